@@ -1,0 +1,65 @@
+# adrec-spark: `make demo` runs the whole pipeline on the embedded local default, `make test` the tests.
+# Both run `setup` first (idempotent: a virtualenv, the pinned packages, the Delta jars, a Java check).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.adrec-installed
+JARS   := .jars/.resolved
+
+export PYSPARK_PYTHON        := $(CURDIR)/$(BIN)/python
+export PYSPARK_DRIVER_PYTHON := $(CURDIR)/$(BIN)/python
+export SPARK_LOCAL_IP        ?= 127.0.0.1
+export PYTHONUNBUFFERED      := 1
+
+.PHONY: setup java-check demo test test-fast lint format bench bench-etl bench-quality cluster-test mlflow-ui clean
+
+setup: java-check $(STAMP) $(JARS)
+
+java-check:
+	@command -v java >/dev/null || { echo "Java 17+ is required (Spark 4): install openjdk-17-jre" >&2; exit 1; }
+	@v=$$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1); \
+	  [ "$${v:-0}" -ge 17 ] || { echo "Java 17+ is required (found $$v)" >&2; exit 1; }
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	@touch $@
+
+$(JARS): $(STAMP)
+	$(BIN)/python -m adrec_spark.jars --dest .jars
+	@touch $@
+
+demo: setup
+	$(BIN)/adrec demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check .
+
+format: setup
+	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
+
+bench: setup
+	$(BIN)/python bench/run.py all
+
+bench-etl: setup
+	$(BIN)/python bench/run.py etl
+
+bench-quality: setup
+	$(BIN)/python bench/run.py quality
+
+cluster-test: setup
+	bash tests/cluster/run_cluster_test.sh
+
+mlflow-ui: setup
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts --port 5000
+
+clean:
+	rm -rf lakehouse data mlflow.db mlartifacts checkpoints reports spark-warehouse .cluster

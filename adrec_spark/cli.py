@@ -1,0 +1,154 @@
+"""The ``adrec`` console command; ``jobs/*.py`` call :func:`main` with their job name.
+
+Every command takes ``--conf FILE`` (repeatable; later wins) and ``--set key=value`` (repeatable). The
+config is loaded and checked before any Spark work starts. User-facing errors print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from adrec_spark.config import AppConfig, load_config
+from adrec_spark.errors import AdrecError
+from adrec_spark.logs import configure_logging
+
+log = logging.getLogger("adrec_spark.cli")
+
+
+def _date(value: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a date (YYYY-MM-DD)") from e
+
+
+def _common() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--conf", action="append", default=[], metavar="FILE",
+                   help="YAML config file(s) over the embedded defaults (conf/local.yaml); repeatable")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="override one setting, e.g. --set train.epochs=3; repeatable")
+    p.add_argument("--log-level", default=os.environ.get("ADREC_LOG_LEVEL", "INFO"))
+    return p
+
+
+def load(args: argparse.Namespace) -> AppConfig:
+    files = [f for f in os.environ.get("ADREC_CONF", "").split(",") if f] + list(args.conf)
+    return load_config(files, args.overrides)
+
+
+def _session(cfg: AppConfig, job: str):
+    from adrec_spark.session import build_spark
+
+    return build_spark(cfg, app_name=f"adrec-{job}")
+
+
+# --- commands ---------------------------------------------------------------------------------------------
+
+
+def cmd_generate(args: argparse.Namespace, cfg: AppConfig) -> int:
+    from adrec_spark.data.generator import GeneratorSpec, generate
+
+    spec = GeneratorSpec(n_users=args.users, n_ads=args.ads, n_events=args.events, n_days=args.days,
+                         start=args.start, seed=args.seed, fmt=args.format,
+                         bad_rows_per_day=0 if args.no_bad_rows else GeneratorSpec.bad_rows_per_day)
+    out = args.out or os.path.dirname(cfg.storage.raw_events.rstrip("/")) or "."
+    counts = generate(spec, out)
+    print(f"generated {counts['events'] + counts['bad_events']} events "
+          f"({counts['bad_events']} deliberately bad) and {counts['ads']} ads under {out}")
+    return 0
+
+
+def cmd_movielens(args: argparse.Namespace, cfg: AppConfig) -> int:
+    from adrec_spark.data.movielens import default_source, write_landing
+
+    out = args.out or os.path.dirname(cfg.storage.raw_events.rstrip("/")) or "."
+    summary = write_landing(args.src or default_source(), out)
+    print(f"MovieLens landing files under {out}: {summary}")
+    print(f"next: adrec etl --start {summary['first_day']} --end {summary['last_day']} --conf conf/movielens.yaml")
+    return 0
+
+
+def cmd_etl(args: argparse.Namespace, cfg: AppConfig) -> int:
+    from adrec_spark.etl.pipeline import run_etl
+
+    start, end = _date_range(args)
+    result = run_etl(_session(cfg, "etl"), cfg, start, end)
+    print(f"ETL {result.dates[0]}..{result.dates[-1]}: input {result.input_rows} = clean {result.clean_rows}"
+          f" + rejected {result.rejected_rows} + duplicates {result.duplicate_rows}; "
+          f"{result.training_examples} training examples; {result.users_profiled} user profiles")
+    return 0
+
+
+def _date_range(args: argparse.Namespace) -> tuple[dt.date, dt.date | None]:
+    if args.date and (args.start or args.end):
+        raise AdrecError("give either --date or --start/--end, not both")
+    if args.date:
+        return args.date, None
+    if not args.start:
+        raise AdrecError("give --date YYYY-MM-DD (nightly) or --start/--end (backfill)")
+    return args.start, args.end or args.start
+
+
+Command = Callable[[argparse.Namespace, AppConfig], int]
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
+    common = _common()
+    parser = argparse.ArgumentParser(prog="adrec", description=__doc__, parents=[common])
+    sub = parser.add_subparsers(dest="command", required=True)
+    commands: dict[str, Command] = {}
+
+    p = sub.add_parser("generate", parents=[common], help="write sample ad logs to the landing area")
+    p.add_argument("--out", help="output folder (default: the parent of storage.raw_events)")
+    p.add_argument("--users", type=int, default=400)
+    p.add_argument("--ads", type=int, default=300)
+    p.add_argument("--events", type=int, default=40_000)
+    p.add_argument("--days", type=int, default=14)
+    p.add_argument("--start", type=_date, default=dt.date(2024, 1, 1))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", choices=["json", "parquet", "csv"], default="json")
+    p.add_argument("--no-bad-rows", action="store_true", help="leave out the deliberately bad rows")
+    commands["generate"] = cmd_generate
+
+    p = sub.add_parser("movielens", parents=[common], help="MovieLens-100k as landing files")
+    p.add_argument("--src", help="folder with ratings.parquet/items.parquet or u.data/u.item "
+                                 "(default: ../shared/data/movielens-100k)")
+    p.add_argument("--out", help="output folder (default: the parent of storage.raw_events)")
+    commands["movielens"] = cmd_movielens
+
+    p = sub.add_parser("etl", parents=[common], help="landing files -> Delta tables for a date or a range")
+    p.add_argument("--date", type=_date, help="the landing date to process (nightly)")
+    p.add_argument("--start", type=_date, help="first date of a backfill")
+    p.add_argument("--end", type=_date, help="last date of a backfill")
+    commands["etl"] = cmd_etl
+
+    _register_later_commands(sub, common, commands)
+    return parser, commands
+
+
+def _register_later_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser,
+                             commands: dict[str, Command]) -> None:
+    """Commands whose modules pull in torch/mlflow: registered here, imported only when run."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser, commands = build_parser()
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    configure_logging(args.log_level)
+    try:
+        cfg = load(args)
+        return commands[args.command](args, cfg)
+    except AdrecError as e:
+        log.debug("error details", exc_info=True)
+        print(f"adrec {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""Typed errors with messages meant for the person running the job."""
+
+from __future__ import annotations
+
+
+class AdrecError(Exception):
+    """Base class: every error a job reports to its user without a stack trace."""
+
+
+class ConfigError(AdrecError):
+    """A config file, key or value is wrong."""
+
+
+class InputDataError(AdrecError):
+    """Input data is missing, empty or lacks required columns."""
+
+
+class MissingColumnsError(InputDataError):
+    """A DataFrame lacks columns a transform needs."""
+
+    def __init__(self, where: str, missing: list[str], available: list[str]) -> None:
+        self.where = where
+        self.missing = sorted(missing)
+        super().__init__(
+            f"{where}: missing column(s) {', '.join(self.missing)}; "
+            f"available: {', '.join(sorted(available)) or '(none)'}"
+        )
+
+
+class ModelResolutionError(AdrecError):
+    """A model, version or alias cannot be found or loaded."""
+
+
+class TrainingDataError(InputDataError):
+    """The training set cannot be used (empty, one class, ...)."""
+
+
+class WriteConflictError(AdrecError):
+    """A Delta write kept conflicting with concurrent writers after the allowed retries."""

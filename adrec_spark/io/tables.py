@@ -1,0 +1,136 @@
+"""Delta table I/O: the only module that reads or writes lakehouse tables.
+
+Nightly tables are replaced one date partition at a time with ``replaceWhere``: one atomic Delta commit,
+so a rerun leaves the same rows, a failed run leaves the previous ones, and runs for other dates are
+untouched. Commit conflicts with concurrent writers are retried a bounded number of times.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+import time
+from collections.abc import Sequence
+
+from delta.exceptions import (
+    ConcurrentAppendException,
+    ConcurrentDeleteDeleteException,
+    ConcurrentDeleteReadException,
+    ConcurrentTransactionException,
+    ConcurrentWriteException,
+    DeltaConcurrentModificationException,
+    MetadataChangedException,
+    ProtocolChangedException,
+)
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from adrec_spark.config import StorageConfig
+from adrec_spark.errors import InputDataError, WriteConflictError
+
+log = logging.getLogger(__name__)
+
+_CONFLICTS = (
+    DeltaConcurrentModificationException, ConcurrentWriteException, MetadataChangedException,
+    ProtocolChangedException, ConcurrentAppendException, ConcurrentDeleteReadException,
+    ConcurrentDeleteDeleteException, ConcurrentTransactionException,
+)
+# Two first writers racing to create a table: the loser sees the log entry 0 already written.
+_CONFLICT_MARKERS = ("FileAlreadyExistsException", "DELTA_CONCURRENT", "ConcurrentModification",
+                     "DELTA_PROTOCOL_CHANGED", "DELTA_METADATA_CHANGED")
+
+
+def is_delta_table(spark: SparkSession, path: str) -> bool:
+    return DeltaTable.isDeltaTable(spark, path)
+
+
+def read_table(spark: SparkSession, storage: StorageConfig, table: str, *,
+               version: int | None = None) -> DataFrame:
+    """Read a Delta table (optionally at a pinned version); a clear error if it is not there."""
+    path = storage.table_path(table)
+    if not is_delta_table(spark, path):
+        raise InputDataError(f"table '{table}' not found at {path}: run the job that writes it first")
+    reader = spark.read.format("delta")
+    if version is not None:
+        reader = reader.option("versionAsOf", version)
+    return reader.load(path)
+
+
+def table_version(spark: SparkSession, storage: StorageConfig, table: str) -> int | None:
+    """The latest committed version, or None if the table does not exist."""
+    path = storage.table_path(table)
+    if not is_delta_table(spark, path):
+        return None
+    row = DeltaTable.forPath(spark, path).history(1).select("version").first()
+    return None if row is None else int(row[0])
+
+
+def _is_conflict(e: Exception) -> bool:
+    return isinstance(e, _CONFLICTS) or any(m in str(e) for m in _CONFLICT_MARKERS)
+
+
+def _sql_literal(value: object) -> str:
+    if isinstance(value, (dt.date, dt.datetime)):
+        value = value.isoformat()
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    return str(value)
+
+
+def partition_predicate(column: str, values: Sequence[object]) -> str:
+    """``ds IN ('2024-01-01', '2024-01-02')``: the replaceWhere predicate for those partitions."""
+    if not values:
+        raise ValueError("partition_predicate needs at least one value")
+    return f"{column} IN ({', '.join(_sql_literal(v) for v in values)})"
+
+
+def write_partitions(df: DataFrame, storage: StorageConfig, table: str, *, partition_col: str,
+                     values: Sequence[object], description: str = "") -> None:
+    """Atomically replace the partitions ``partition_col IN values`` of ``table`` with ``df``.
+
+    Every row of ``df`` must fall in those partitions (Delta checks it). Conflicting commits by concurrent
+    writers are retried with jittered back-off, ``storage.write_retries`` times at most.
+    """
+    if partition_col not in df.columns:
+        raise ValueError(f"write_partitions({table}): partition column '{partition_col}' not in DataFrame")
+    path = storage.table_path(table)
+    predicate = partition_predicate(partition_col, values)
+    attempt = 0
+    while True:
+        try:
+            (df.write.format("delta").mode("overwrite")
+             .option("replaceWhere", predicate)
+             .option("userMetadata", description or f"replace {predicate}")
+             .partitionBy(partition_col)
+             .save(path))
+            log.info("wrote %s (%s)", table, predicate)
+            return
+        except Exception as e:
+            if not _is_conflict(e) or attempt >= storage.write_retries:
+                if _is_conflict(e):
+                    raise WriteConflictError(
+                        f"{table}: commit kept conflicting with concurrent writers after "
+                        f"{attempt + 1} attempts ({predicate})") from e
+                raise
+            attempt += 1
+            wait = min(10.0, 0.5 * 2 ** attempt) * (0.5 + random.random())
+            log.warning("%s: concurrent commit conflict (%s); retry %d/%d in %.1fs", table,
+                        type(e).__name__, attempt, storage.write_retries, wait)
+            time.sleep(wait)
+
+
+def append_rows(df: DataFrame, storage: StorageConfig, table: str) -> None:
+    """Append (used for run logs keyed by run id, never for nightly data)."""
+    df.write.format("delta").mode("append").option("mergeSchema", "true").save(storage.table_path(table))
+
+
+def date_range(start: dt.date, end: dt.date) -> list[dt.date]:
+    if end < start:
+        raise ValueError(f"end date {end} is before start date {start}")
+    return [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
+
+
+def partition_filter(column: str, values: Sequence[dt.date]) -> F.Column:
+    return F.col(column).isin([v.isoformat() if isinstance(v, dt.date) else v for v in values])

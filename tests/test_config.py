@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from adrec_spark.config import AppConfig, load_config, parse_override, replace
+from adrec_spark.errors import ConfigError
+from adrec_spark.session import spark_conf
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_local_yaml_spells_out_the_embedded_defaults() -> None:
+    assert load_config([ROOT / "conf" / "local.yaml"]) == AppConfig()
+
+
+@pytest.mark.parametrize("name", ["cluster.yaml", "cluster-gpu.yaml", "movielens.yaml"])
+def test_shipped_config_files_load(name: str) -> None:
+    load_config([ROOT / "conf" / name])
+
+
+def test_override_types_and_nesting() -> None:
+    cfg = load_config(overrides=["train.epochs=3", "etl.split.method=dates", "etl.split.valid_start=2024-01-10",
+                                 "etl.split.test_start=2024-01-12", "score.precision=bf16",
+                                 "evaluate.ks=[1, 3]", "spark.conf={'spark.x': 1}"])
+    assert cfg.train.epochs == 3
+    assert cfg.etl.split.valid_start == "2024-01-10"
+    assert cfg.score.precision == "bf16"
+    assert cfg.evaluate.ks == (1, 3)
+    assert cfg.spark.conf == {"spark.x": "1"}
+
+
+def test_unknown_key_is_rejected_with_a_suggestion() -> None:
+    with pytest.raises(ConfigError, match=r"unknown key 'etl.lookbak_days' \(did you mean 'lookback_days'\?\)"):
+        load_config(overrides=["etl.lookbak_days=3"])
+    with pytest.raises(ConfigError, match="unknown key 'nope'"):
+        load_config(overrides=["nope.x=1"])
+
+
+@pytest.mark.parametrize("item, message", [
+    ("train.epochs=two", "train.epochs': expected an integer"),
+    ("train.epochs=0", "train.epochs': must be >= 1"),
+    ("train.epochs=true", "expected an integer"),
+    ("score.precision=fp8", "'fp8' is not one of"),
+    ("etl.split.valid_fraction=0.95", "valid_fraction + test_fraction must be < 1"),
+    ("etl.split.method=dates", "needs valid_start and test_start"),
+    ("etl.split.valid_start=yesterday", "not an ISO date"),
+    ("evaluate.baselines=[random, magic]", "unknown ['magic']"),
+    ("train.lora=yes please", "expected true or false"),
+    ("etl", "expected key=value"),
+])
+def test_bad_values_fail_on_the_driver_with_the_key(item: str, message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=[item])
+    assert message in str(e.value)
+
+
+def test_bad_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config([tmp_path / "missing.yaml"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("etl: [1, 2")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config([bad])
+    top = tmp_path / "list.yaml"
+    top.write_text("- 1\n")
+    with pytest.raises(ConfigError, match="mapping at the top level"):
+        load_config([top])
+
+
+def test_later_files_and_overrides_win(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("train: {epochs: 5, batch_size: 8}\nspark: {conf: {a: '1'}}\n")
+    b.write_text("train: {epochs: 6}\nspark: {conf: {b: '2'}}\n")
+    cfg = load_config([a, b], ["train.batch_size=4"])
+    assert (cfg.train.epochs, cfg.train.batch_size) == (6, 4)
+    assert cfg.spark.conf == {"a": "1", "b": "2"}
+
+
+def test_replace_revalidates() -> None:
+    cfg = replace(AppConfig(), "score.top_k=3")
+    assert cfg.score.top_k == 3
+    with pytest.raises(ConfigError):
+        replace(cfg, "score.top_k=0")
+
+
+def test_parse_override_yaml_values() -> None:
+    assert parse_override("a.b=null") == {"a": {"b": None}}
+    assert parse_override("a=x=y") == {"a": "x=y"}
+
+
+def test_spark_conf_points_at_local_jars_or_packages(tmp_path: Path) -> None:
+    (tmp_path / "delta.jar").write_text("")
+    conf = spark_conf(load_config(overrides=[f"spark.jars_dir={tmp_path}"]).spark)
+    assert conf["spark.jars"].endswith("delta.jar")
+    assert conf["spark.sql.session.timeZone"] == "UTC"
+    assert "DeltaSparkSessionExtension" in conf["spark.sql.extensions"]
+    conf = spark_conf(load_config(overrides=["spark.use_packages=true"]).spark)
+    assert conf["spark.jars.packages"].startswith("io.delta:delta-spark_4.2_2.13")
+    with pytest.raises(ConfigError, match="make setup"):
+        spark_conf(load_config(overrides=[f"spark.jars_dir={tmp_path / 'none'}"]).spark)
