@@ -132,9 +132,40 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     return parser, commands
 
 
+def cmd_train(args: argparse.Namespace, cfg: AppConfig) -> int:
+    from adrec_spark.training.pipeline import run_training
+
+    result = run_training(_session(cfg, "train"), cfg, init_from=args.init_from, resume=args.resume)
+    pre = "n/a" if result.pretrained_test_auc is None else f"{result.pretrained_test_auc:.4f}"
+    print(f"trained {cfg.mlflow.model_name} v{result.model_version} (run {result.run_id}) on training_examples "
+          f"v{result.table_version} {result.rows}: test AUC {result.test_auc:.4f} (pretrained, before fine-tuning: "
+          f"{pre}); {'PROMOTED to ' + cfg.train.champion_alias if result.promoted else 'not promoted'}: "
+          f"{result.decision}")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace, cfg: AppConfig) -> int:
+    from adrec_spark.scoring.pipeline import run_scoring
+
+    r = run_scoring(_session(cfg, "score"), cfg, args.date)
+    print(f"scored {r.score_date} with {r.model_name} v{r.model_version}: {r.users} users {r.users_by_strategy}, "
+          f"{r.eligible_ads} eligible ads, {r.pairs_scored} pairs ({r.pairs_scored / max(r.all_pairs, 1):.1%} of "
+          f"all), {r.recommendations} recommendations in {r.seconds:.0f}s ({r.pairs_per_second:.0f} pairs/s)")
+    return 0
+
+
 def _register_later_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser,
                              commands: dict[str, Command]) -> None:
     """Commands whose modules pull in torch/mlflow: registered here, imported only when run."""
+    p = sub.add_parser("train", parents=[common], help="fine-tune, log and register the relevance model")
+    p.add_argument("--init-from", metavar="ALIAS",
+                   help="warm-start from this registered alias (e.g. champion) for periodic retraining")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    commands["train"] = cmd_train
+
+    p = sub.add_parser("score", parents=[common], help="score users x ads for a date; write scores and top-K")
+    p.add_argument("--date", type=_date, required=True, help="the date whose profiles and ads to score")
+    commands["score"] = cmd_score
 
 
 def main(argv: Sequence[str] | None = None) -> int:

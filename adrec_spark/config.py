@@ -183,8 +183,14 @@ class TrainConfig:
     window_days: int | None = None
     table_version: int | None = None
     promotion_margin: float = 0.0
+    challenger_alias: str = "challenger"
+    champion_alias: str = "champion"
+    # Where TorchDistributor runs the training processes: on the driver (local mode, the default when the
+    # master is local) or in barrier tasks on the executors (paths must then be on shared storage).
+    run_on: Literal["auto", "driver", "executors"] = "auto"
     log_every_steps: int = 20
     shuffle_buffer_rows: int = 20000
+    zero_shot_baseline: bool = True
 
     def __post_init__(self) -> None:
         for key in ("learning_rate", "head_learning_rate"):
@@ -199,6 +205,8 @@ class TrainConfig:
         _check(self.early_stopping_patience >= 0, "train.early_stopping_patience", "must be >= 0")
         _check(self.max_grad_norm > 0, "train.max_grad_norm", "must be > 0")
         _check(self.table_version is None or self.table_version >= 0, "train.table_version", "must be >= 0")
+        _check(self.challenger_alias != self.champion_alias, "train.challenger_alias",
+               "must differ from train.champion_alias")
 
 
 @dataclass(frozen=True)

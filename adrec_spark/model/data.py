@@ -1,0 +1,139 @@
+"""Streaming training data from Parquet through Arrow: record batches, per-rank sharding, a seeded shuffle
+buffer. Columns are converted a batch at a time (no Python loop over rows)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from adrec_spark import schema as S
+from adrec_spark.errors import MissingColumnsError, TrainingDataError
+
+PAIR_COLUMNS = (S.HISTORY_TEXT, S.AD_TEXT, *S.NUMERIC_FEATURES, S.LABEL, S.RELEVANCE)
+
+
+@dataclass
+class Batch:
+    ad_text: list[str]
+    history_text: list[str]
+    numeric: np.ndarray  # (n, n_features) float32
+    label: np.ndarray  # (n,) float32 0/1
+    relevance: np.ndarray  # (n,) float32 graded
+    extra: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+
+def _to_batch(table: pa.Table, extra_columns: Sequence[str] = ()) -> Batch:
+    numeric = np.stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float32)
+                        for c in S.NUMERIC_FEATURES], axis=1) if table.num_rows else \
+        np.zeros((0, len(S.NUMERIC_FEATURES)), np.float32)
+    return Batch(
+        ad_text=table.column(S.AD_TEXT).fill_null("").to_pylist(),
+        history_text=table.column(S.HISTORY_TEXT).fill_null("").to_pylist(),
+        numeric=np.nan_to_num(numeric),
+        label=table.column(S.LABEL).to_numpy(zero_copy_only=False).astype(np.float32),
+        relevance=table.column(S.RELEVANCE).to_numpy(zero_copy_only=False).astype(np.float32),
+        extra={c: table.column(c).to_numpy(zero_copy_only=False) for c in extra_columns},
+    )
+
+
+class PairDataset:
+    """One split (a folder of Parquet files) of training pairs."""
+
+    def __init__(self, path: str | Path, *, max_rows: int | None = None,
+                 extra_columns: Sequence[str] = ()) -> None:
+        self.path = str(path)
+        if not Path(self.path).exists():
+            raise TrainingDataError(f"no training data at {self.path}")
+        self.dataset = ds.dataset(self.path, format="parquet")
+        missing = [c for c in (*PAIR_COLUMNS, *extra_columns) if c not in self.dataset.schema.names]
+        if missing:
+            raise MissingColumnsError(f"training data {self.path}", missing, self.dataset.schema.names)
+        self.columns = [*PAIR_COLUMNS, *extra_columns]
+        self.extra_columns = tuple(extra_columns)
+        total = self.dataset.count_rows()
+        self.num_rows = min(total, max_rows) if max_rows else total
+
+    def _record_batches(self, rows: int = 8192) -> Iterator[pa.RecordBatch]:
+        seen = 0
+        for rb in self.dataset.to_batches(columns=self.columns, batch_size=rows):
+            if seen >= self.num_rows:
+                return
+            take = min(rb.num_rows, self.num_rows - seen)
+            seen += take
+            yield rb.slice(0, take)
+
+    def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0, epoch: int = 0, rank: int = 0,
+                world_size: int = 1, buffer_rows: int = 20000, drop_last: bool = False) -> Iterator[Batch]:
+        """Batches of this rank's shard (row ``i`` belongs to rank ``i % world_size``), in file order or
+        through a seeded shuffle buffer. With ``drop_last`` every rank yields exactly
+        ``steps_per_epoch(batch_size, world_size)`` batches, so distributed ranks stay in step."""
+        limit = self.steps_per_epoch(batch_size, world_size) if drop_last else None
+        rng = np.random.default_rng([seed, epoch, rank])
+        pending: list[pa.Table] = []
+        pending_rows, offset, emitted = 0, 0, 0
+
+        def emit(table: pa.Table) -> Iterator[Batch]:
+            nonlocal emitted
+            if shuffle:
+                table = table.take(pa.array(rng.permutation(table.num_rows)))
+            full = table.num_rows // batch_size
+            for b in range(full):
+                if limit is not None and emitted >= limit:
+                    return
+                emitted += 1
+                yield _to_batch(table.slice(b * batch_size, batch_size), self.extra_columns)
+            rest = table.slice(full * batch_size)
+            if rest.num_rows:
+                pending.append(rest)
+
+        for rb in self._record_batches():
+            idx = np.arange(offset, offset + rb.num_rows)
+            offset += rb.num_rows
+            mine = rb.filter(pa.array(idx % world_size == rank)) if world_size > 1 else rb
+            pending.append(pa.Table.from_batches([mine]))
+            pending_rows += mine.num_rows
+            if pending_rows >= (buffer_rows if shuffle else batch_size):
+                table = pa.concat_tables(pending)
+                pending.clear()
+                yield from emit(table)
+                pending_rows = sum(t.num_rows for t in pending)
+        if pending:
+            table = pa.concat_tables(pending)
+            pending.clear()
+            yield from emit(table)
+            if pending and not drop_last and (limit is None or emitted < limit):
+                yield _to_batch(pa.concat_tables(pending), self.extra_columns)
+
+    def steps_per_epoch(self, batch_size: int, world_size: int = 1) -> int:
+        return self.num_rows // (batch_size * world_size)
+
+    def read_all(self) -> Batch:
+        batches = list(self._record_batches())
+        table = pa.Table.from_batches(batches) if batches else self.dataset.to_table(columns=self.columns)
+        return _to_batch(table.select(self.columns).slice(0, self.num_rows), self.extra_columns)
+
+    def numeric_stats(self) -> tuple[list[float], list[float]]:
+        """Per-feature mean and standard deviation (standardization of the model's numeric inputs)."""
+        table = self.dataset.to_table(columns=list(S.NUMERIC_FEATURES)).slice(0, self.num_rows)
+        means, stds = [], []
+        for c in S.NUMERIC_FEATURES:
+            col = pc.fill_null(table.column(c).cast(pa.float64()), 0.0)
+            means.append(float(pc.mean(col).as_py() or 0.0))
+            std = pc.stddev(col).as_py()
+            stds.append(float(std) if std and std > 1e-6 else 1.0)
+        return means, stds
+
+    def label_counts(self) -> tuple[int, int]:
+        """(negatives, positives) of this split."""
+        table = self.dataset.to_table(columns=[S.LABEL]).slice(0, self.num_rows)
+        positives = int(pc.sum(table.column(S.LABEL)).as_py() or 0)
+        return self.num_rows - positives, positives

@@ -1,0 +1,127 @@
+"""The relevance model: a BERT cross-encoder over (ad text, user history) fused with numeric features.
+
+    logit = head([pool(encoder(ad [SEP] history)) ; mlp(z)]) + wide(z),   z = standardized numeric features
+
+The numeric features enter the head while the encoder trains (not stacked afterwards), and the wide term
+lets the classical signal (user strictness, ad quality) act directly. This module never imports Spark.
+
+Saved layout (one folder, what MLflow logs as the model artifact)::
+
+    spec.json           ModelSpec: feature names, standardization, max_length, pooling, sizes
+    encoder/            the fine-tuned encoder (save_pretrained)
+    tokenizer/          its tokenizer
+    head.pt             the non-encoder weights (state dict)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from adrec_spark.model.encoder import load_encoder, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ModelSpec:
+    numeric_features: list[str]
+    numeric_mean: list[float]
+    numeric_std: list[float]
+    max_length: int = 256
+    pooling: str = "mean"
+    numeric_hidden: int = 32
+    dropout: float = 0.1
+    base_model: str = ""
+    format_version: int = FORMAT_VERSION
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelSpec:
+        data = json.loads(text)
+        if data.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"unsupported model format {data.get('format_version')}, expected {FORMAT_VERSION}")
+        return cls(**data)
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-6)
+
+
+class RelevanceModel(nn.Module):
+    def __init__(self, encoder: nn.Module, spec: ModelSpec) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.spec = spec
+        n = len(spec.numeric_features)
+        hidden = int(encoder.config.hidden_size)
+        self.register_buffer("num_mean", torch.tensor(spec.numeric_mean, dtype=torch.float32))
+        self.register_buffer("num_std", torch.tensor(spec.numeric_std, dtype=torch.float32).clamp(min=1e-6))
+        self.num_mlp = nn.Sequential(nn.Linear(n, spec.numeric_hidden), nn.GELU(),
+                                     nn.Linear(spec.numeric_hidden, spec.numeric_hidden), nn.GELU())
+        self.dropout = nn.Dropout(spec.dropout)
+        self.head = nn.Linear(hidden + spec.numeric_hidden, 1)
+        self.wide = nn.Linear(n, 1)
+
+    def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+             token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        hidden = out.last_hidden_state
+        if self.spec.pooling == "cls":
+            return hidden[:, 0]
+        return mean_pool(hidden, attention_mask)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, numeric: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        pooled = self.pool(input_ids, attention_mask, token_type_ids)
+        z = (numeric.to(self.num_mean.dtype) - self.num_mean) / self.num_std
+        z = z.to(pooled.dtype)
+        fused = torch.cat([self.dropout(pooled), self.num_mlp(z)], dim=-1)
+        return (self.head(fused) + self.wide(z)).squeeze(-1)
+
+    def head_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("encoder.")}
+
+    def save(self, out_dir: str | Path, tokenizer: object) -> Path:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.encoder.save_pretrained(out / "encoder")
+        tokenizer.save_pretrained(out / "tokenizer")  # type: ignore[attr-defined]
+        torch.save({k: v.detach().float().cpu() for k, v in self.head_state_dict().items()}, out / "head.pt")
+        (out / "spec.json").write_text(self.spec.to_json())
+        return out
+
+
+def build_model(base_path: str | Path, spec: ModelSpec, *, seed: int | None = None) -> RelevanceModel:
+    """A fresh model: pretrained encoder from ``base_path``, newly initialised head."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    encoder = load_encoder(base_path)
+    return RelevanceModel(encoder, spec)
+
+
+def load_model(model_dir: str | Path) -> tuple[RelevanceModel, object]:
+    """(model, tokenizer) from a saved folder, in fp32 on the CPU, in eval mode."""
+    d = Path(model_dir)
+    for part in ("spec.json", "encoder", "tokenizer", "head.pt"):
+        if not (d / part).exists():
+            raise FileNotFoundError(f"{d} is not a saved relevance model: {part} is missing")
+    spec = ModelSpec.from_json((d / "spec.json").read_text())
+    model = RelevanceModel(load_encoder(d / "encoder"), spec)
+    missing, unexpected = model.load_state_dict(torch.load(d / "head.pt", map_location="cpu"), strict=False)
+    missing = [k for k in missing if not k.startswith("encoder.")]
+    if missing or unexpected:
+        raise ValueError(f"head weights do not match the model: missing {missing}, unexpected {unexpected}")
+    model.eval()
+    return model, load_tokenizer(d / "tokenizer")

@@ -1,0 +1,184 @@
+"""MLflow tracking and Model Registry: experiment set-up, logging the pyfunc, aliases, the promotion gate and
+resolving ``name@alias`` to a pinned version and a local model folder."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from adrec_spark.config import MlflowConfig
+from adrec_spark.errors import ModelResolutionError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    name: str
+    version: int
+    alias: str | None
+    run_id: str | None
+    source: str
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def configure_mlflow(cfg: MlflowConfig) -> str:
+    """Point MLflow at the configured stores; create the experiment (with its artifact root) if needed.
+    Returns the experiment id."""
+    import mlflow
+
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    if cfg.registry_uri:
+        mlflow.set_registry_uri(cfg.registry_uri)
+    exp = mlflow.get_experiment_by_name(cfg.experiment)
+    if exp is None:
+        location = Path(cfg.artifact_location).resolve().as_uri() if cfg.artifact_location and \
+            "://" not in cfg.artifact_location else cfg.artifact_location
+        exp_id = mlflow.create_experiment(cfg.experiment, artifact_location=location)
+    else:
+        exp_id = exp.experiment_id
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
+def client(cfg: MlflowConfig):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.registry_uri or cfg.tracking_uri)
+
+
+def resolve(cfg: MlflowConfig, *, alias: str | None = None, version: int | None = None,
+            name: str | None = None) -> ResolvedModel:
+    """Pin ``name@alias`` (or an explicit version) to one version; a clear error if it does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    name = name or cfg.model_name
+    c = client(cfg)
+    try:
+        if version is not None:
+            mv = c.get_model_version(name, str(version))
+        else:
+            mv = c.get_model_version_by_alias(name, alias or "champion")
+    except MlflowException as e:
+        known = _known_aliases(c, name)
+        what = f"version {version}" if version is not None else f"alias '{alias}'"
+        hint = (f"; it has aliases {known}" if known else
+                "; no version has an alias yet (train one: `adrec train`)") if known is not None else \
+            f"; no registered model named '{name}' (train one: `adrec train`)"
+        raise ModelResolutionError(f"model '{name}' {what} not found in {cfg.tracking_uri}{hint}") from e
+    return ResolvedModel(name=name, version=int(mv.version), alias=alias, run_id=mv.run_id, source=mv.source)
+
+
+def _known_aliases(c: object, name: str) -> dict[str, str] | None:
+    try:
+        return dict(c.get_registered_model(name).aliases)  # type: ignore[attr-defined]
+    except Exception:
+        return None
+
+
+def download_model_dir(cfg: MlflowConfig, model: ResolvedModel, dest: str | Path) -> Path:
+    """Copy the registered version's model folder (spec.json, encoder/, tokenizer/, head.pt) to ``dest``."""
+    import mlflow
+
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    if cfg.registry_uri:
+        mlflow.set_registry_uri(cfg.registry_uri)
+    dest = Path(dest)
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp = dest.with_name(dest.name + ".download")
+    shutil.rmtree(tmp, ignore_errors=True)
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model.uri, dst_path=str(tmp)))
+    found = [p.parent for p in local.rglob("spec.json")]
+    if not found:
+        raise ModelResolutionError(f"{model.uri} holds no adrec-spark model folder (spec.json missing)")
+    shutil.move(str(found[0]), dest)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def log_pyfunc(model_dir: str | Path, *, name: str = "model") -> str:
+    """Log ``model_dir`` as a pyfunc (signature, input example, explicit requirements) to the active run.
+    Returns the logged model's URI."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from adrec_spark.registry.pyfunc import PACKAGE_DIR, RelevancePyfunc, example_input, pip_requirements
+
+    example = example_input()
+    signature = infer_signature(example, [0.5, 0.5])
+    info = mlflow.pyfunc.log_model(
+        name=name, python_model=RelevancePyfunc(), artifacts={"model_dir": str(model_dir)},
+        code_paths=[str(PACKAGE_DIR)], pip_requirements=pip_requirements(), signature=signature,
+        input_example=example)
+    return info.model_uri
+
+
+def register(cfg: MlflowConfig, model_uri: str, *, tags: dict[str, str] | None = None) -> int:
+    import mlflow
+
+    mv = mlflow.register_model(model_uri, cfg.model_name, tags=tags)
+    return int(mv.version)
+
+
+def set_alias(cfg: MlflowConfig, alias: str, version: int) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client(cfg).set_registered_model_alias(cfg.model_name, alias, str(version))
+    except MlflowException as e:
+        raise ModelResolutionError(
+            f"cannot set alias '{alias}' on {cfg.model_name} version {version}: {e.message}") from e
+    log.info("alias %s -> %s version %d", alias, cfg.model_name, version)
+
+
+def tag_version(cfg: MlflowConfig, version: int, tags: dict[str, object]) -> None:
+    c = client(cfg)
+    for k, v in tags.items():
+        c.set_model_version_tag(cfg.model_name, str(version), k, str(v))
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    promote: bool
+    challenger_auc: float
+    champion_auc: float | None
+    champion_version: int | None
+    margin: float
+
+    @property
+    def reason(self) -> str:
+        if self.champion_version is None:
+            return "no champion yet"
+        verdict = "beats" if self.promote else "does not beat"
+        return (f"challenger test AUC {self.challenger_auc:.4f} {verdict} champion v{self.champion_version} "
+                f"{self.champion_auc:.4f} + margin {self.margin}")
+
+
+def decide_promotion(challenger_auc: float, champion_auc: float | None, champion_version: int | None,
+                     margin: float) -> PromotionDecision:
+    """Champion only if there is none, or the challenger's AUC on the same test data is at least the
+    champion's plus ``margin``."""
+    if champion_version is None or champion_auc is None:
+        return PromotionDecision(True, challenger_auc, None, None, margin)
+    return PromotionDecision(challenger_auc >= champion_auc + margin, challenger_auc, champion_auc,
+                             champion_version, margin)
+
+
+def local_model_cache(root: str | Path, model: ResolvedModel) -> Path:
+    return Path(root) / f"{model.name}-v{model.version}"
+
+
+def ensure_local_model(cfg: MlflowConfig, model: ResolvedModel, cache_root: str | Path) -> Path:
+    """The version's model folder under ``cache_root`` (downloaded once, reused after)."""
+    path = local_model_cache(cache_root, model)
+    if (path / "spec.json").is_file():
+        return path
+    os.makedirs(cache_root, exist_ok=True)
+    return download_model_dir(cfg, model, path)

@@ -1,0 +1,227 @@
+"""The nightly scoring job: user profiles and ads of a date -> candidates -> cross-encoder in a pandas UDF
+-> ``user_ad_scores`` -> diversity re-rank with reasons -> ``recommendations``.
+
+The model alias is resolved once on the driver and pinned for the whole run; each output row carries the
+model name and version. Each table's date partition is replaced in one atomic Delta commit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from adrec_spark import schema as S
+from adrec_spark.config import AppConfig
+from adrec_spark.errors import InputDataError
+from adrec_spark.etl import features
+from adrec_spark.frames import require_columns
+from adrec_spark.io import tables
+from adrec_spark.registry import registry
+from adrec_spark.scoring import candidates as C
+from adrec_spark.scoring.rerank import AdInfo, rerank_group
+from adrec_spark.scoring.udf import UdfSettings, embed_udf, numeric_struct, score_udf
+
+log = logging.getLogger(__name__)
+
+CANDIDATE_SCHEMA = "user_id string, ad_id string, source string"
+RECS_SCHEMA = "user_id string, rank int, ad_id string, score double, reason string, strategy string"
+
+
+@dataclass
+class ScoringResult:
+    score_date: str
+    model_name: str
+    model_version: int
+    users: int
+    users_by_strategy: dict[str, int]
+    eligible_ads: int
+    pairs_scored: int
+    all_pairs: int
+    recommendations: int
+    seconds: float
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def pairs_per_second(self) -> float:
+        return self.pairs_scored / max(self.seconds, 1e-9)
+
+
+def with_strategy(users: DataFrame) -> DataFrame:
+    """``strategy``: personalized (has history), query (only searches), popular (nothing yet); and the text
+    the user is matched on."""
+    require_columns(users, (S.USER_ID, S.HISTORY_TEXT, "recent_queries"), "with_strategy")
+    has_history = F.length(F.coalesce(F.col(S.HISTORY_TEXT), F.lit(""))) > 0
+    has_queries = F.size(F.coalesce(F.col("recent_queries"), F.array().cast("array<string>"))) > 0
+    strategy = (F.when(has_history, F.lit(C.PERSONALIZED)).when(has_queries, F.lit(C.QUERY))
+                .otherwise(F.lit(C.POPULAR)))
+    text = F.when(has_history, F.col(S.HISTORY_TEXT)).otherwise(
+        F.array_join(F.transform("recent_queries", lambda q: F.concat(F.lit("searched: "), q)), " | "))
+    return users.withColumn(S.STRATEGY, strategy).withColumn("retrieval_text", text)
+
+
+def eligible_ads(ads: DataFrame, serve_date: dt.date) -> DataFrame:
+    """Ads whose flight dates include ``serve_date`` (open-ended flights always do)."""
+    require_columns(ads, (S.AD_ID, S.START_DATE, S.END_DATE), "eligible_ads")
+    d = F.lit(serve_date.isoformat()).cast("date")
+    return ads.where((F.col(S.START_DATE).isNull() | (F.col(S.START_DATE) <= d))
+                     & (F.col(S.END_DATE).isNull() | (F.col(S.END_DATE) >= d)))
+
+
+def pair_features(pairs: DataFrame, users: DataFrame, ads: DataFrame, *, rate_prior: float,
+                  rate_prior_strength: float) -> DataFrame:
+    """Model inputs per (user, ad) pair, with the same numeric features as training."""
+    require_columns(pairs, (S.USER_ID, S.AD_ID), "pair_features")
+    u = users.select(S.USER_ID, S.HISTORY_TEXT, features.USER_IMPRESSIONS, features.USER_CLICKS,
+                     features.CATEGORY_CLICKS)
+    a = ads.select(S.AD_ID, S.AD_TEXT, S.CATEGORY, S.PRICE, features.AD_IMPRESSIONS, features.AD_CLICKS)
+    df = pairs.join(u, S.USER_ID).join(a, S.AD_ID)
+    feats = features.numeric_features(
+        user_impressions=F.col(features.USER_IMPRESSIONS), user_clicks=F.col(features.USER_CLICKS),
+        ad_impressions=F.col(features.AD_IMPRESSIONS), ad_clicks=F.col(features.AD_CLICKS),
+        price=F.col(S.PRICE), category_clicks=F.try_element_at(features.CATEGORY_CLICKS, F.col(S.CATEGORY)),
+        rate_prior=rate_prior, rate_prior_strength=rate_prior_strength)
+    return df.select(*pairs.columns, S.HISTORY_TEXT, S.AD_TEXT, *feats)
+
+
+def _neutral_user_features(ads: DataFrame, cfg: AppConfig) -> DataFrame:
+    """Ads with the features of a user about whom nothing is known: the input of the prior score."""
+    feats = features.numeric_features(
+        user_impressions=F.lit(0), user_clicks=F.lit(0), ad_impressions=F.col(features.AD_IMPRESSIONS),
+        ad_clicks=F.col(features.AD_CLICKS), price=F.col(S.PRICE), category_clicks=F.lit(0),
+        rate_prior=cfg.etl.rate_prior, rate_prior_strength=cfg.etl.rate_prior_strength)
+    return ads.select("*", *feats)
+
+
+def build_ad_index(ads: DataFrame, cfg: AppConfig, settings: UdfSettings) -> tuple[C.AdIndex, AdInfo]:
+    """Embed each eligible ad once and score its prior once (on the executors); the small result is
+    collected to the driver and broadcast to the retrieval and re-rank tasks."""
+    neutral = _neutral_user_features(ads, cfg)
+    rows = (neutral.select(S.AD_ID, S.ADVERTISER_ID, S.TITLE, features.AD_CLICKS,
+                           embed_udf(settings)(F.col(S.AD_TEXT)).alias("embedding"),
+                           score_udf(settings)(F.col(S.AD_TEXT), F.lit(""),
+                                               numeric_struct(list(S.NUMERIC_FEATURES))).alias("prior"))
+            .toPandas())
+    index = C.build_index(rows[S.AD_ID].tolist(), np.stack(rows["embedding"].to_numpy()), rows["prior"].to_numpy(),
+                          rows[features.AD_CLICKS].to_numpy())
+    by_id = rows.set_index(S.AD_ID).loc[index.ad_ids]
+    info = AdInfo(position=index.position, embeddings=index.embeddings,
+                  advertiser=by_id[S.ADVERTISER_ID].astype(str).tolist(), title=by_id[S.TITLE].astype(str).tolist())
+    return index, info
+
+
+def candidate_pairs(users: DataFrame, ads: DataFrame, index: C.AdIndex, cfg: AppConfig,
+                    settings: UdfSettings) -> DataFrame:
+    """(user_id, ad_id, source) to score: the cascade, or every eligible pair the user has not clicked."""
+    if cfg.score.candidates == "all":
+        return (users.select(S.USER_ID, "clicked_ad_ids").crossJoin(ads.select(S.AD_ID))
+                .where(~F.array_contains("clicked_ad_ids", F.col(S.AD_ID)))
+                .select(S.USER_ID, S.AD_ID, F.lit("all").alias("source")))
+    spark = users.sparkSession
+    bindex = spark.sparkContext.broadcast(index)
+    embedded = users.withColumn("embedding", F.when(F.col(S.STRATEGY) != C.POPULAR,
+                                                    embed_udf(settings)(F.col("retrieval_text"))))
+    sc = cfg.score
+
+    def body(frames):
+        return C.retrieve_partition(frames, bindex.value, top_n=sc.retrieval_top_n, prior_n=sc.prior_top_n,
+                                    popular_n=sc.popular_pool)
+
+    return embedded.select(S.USER_ID, "embedding", "clicked_ad_ids", S.STRATEGY).mapInPandas(body, CANDIDATE_SCHEMA)
+
+
+def _user_key(cfg: AppConfig) -> F.Column:
+    """The user id written to output tables: as is, or its salted hash when pseudonymous output is on."""
+    if not cfg.privacy.pseudonymize_user_ids:
+        return F.col(S.USER_ID)
+    from adrec_spark.privacy import pseudonym_salt, pseudonymize
+
+    return pseudonymize(F.col(S.USER_ID), pseudonym_salt(cfg.privacy))
+
+
+def run_scoring(spark: SparkSession, cfg: AppConfig, score_date: dt.date) -> ScoringResult:
+    """Score the users and ads of ``score_date`` (profiles as of the end of that day; ads eligible the next
+    day, when the recommendations are served) and replace that date's partitions."""
+    t0 = time.perf_counter()
+    stages: dict[str, float] = {}
+    sc = cfg.score
+    model = registry.resolve(cfg.mlflow, alias=None if sc.model_version else sc.model_alias,
+                             version=sc.model_version)
+    log.info("scoring %s with %s v%d (pinned from %s)", score_date, model.name, model.version,
+             f"alias '{sc.model_alias}'" if sc.model_version is None else "an explicit version")
+    ds = F.lit(score_date.isoformat()).cast("date")
+    users = tables.read_table(spark, cfg.storage, S.USER_PROFILES).where(F.col(S.DS) == ds)
+    ads = tables.read_table(spark, cfg.storage, S.ADS).where(F.col(S.DS) == ds)
+    n_users = users.count()
+    if n_users == 0:
+        raise InputDataError(f"no user profiles for {score_date}: nothing to score (run the ETL for that date)")
+    ads = eligible_ads(ads, score_date + dt.timedelta(days=1))
+    n_ads = ads.count()
+    if n_ads == 0:
+        raise InputDataError(f"no ads eligible on {score_date + dt.timedelta(days=1)} in the {score_date} catalog")
+
+    model_dir = registry.ensure_local_model(cfg.mlflow, model, Path(cfg.storage.staging) / "models")
+    spark.sparkContext.addFile(str(model_dir), recursive=True)
+    settings = UdfSettings(model_file=Path(model_dir).name, precision=sc.precision, batch_size=sc.batch_size,
+                           threads=sc.torch_threads, chaos=sc.chaos)
+    users = with_strategy(users)
+    by_strategy = {r[S.STRATEGY]: int(r["count"]) for r in users.groupBy(S.STRATEGY).count().collect()}
+    t = time.perf_counter()
+    index, info = build_ad_index(ads, cfg, settings)
+    stages["ad_index"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    pairs = candidate_pairs(users, ads, index, cfg, settings)
+    parts = spark.sparkContext.defaultParallelism * 2
+    scored = (pair_features(pairs, users, ads, rate_prior=cfg.etl.rate_prior,
+                            rate_prior_strength=cfg.etl.rate_prior_strength)
+              .repartition(parts)
+              .withColumn(S.SCORE, score_udf(settings)(F.col(S.AD_TEXT), F.col(S.HISTORY_TEXT),
+                                                       numeric_struct(list(S.NUMERIC_FEATURES))).cast("double")))
+    out = scored.select(ds.alias(S.SCORE_DATE), _user_key(cfg).alias(S.USER_ID), S.AD_ID, S.SCORE,
+                        F.col("source").alias("candidate_source"), F.lit(model.name).alias(S.MODEL_NAME),
+                        F.lit(model.version).alias(S.MODEL_VERSION))
+    tables.write_partitions(out, cfg.storage, S.USER_AD_SCORES, partition_col=S.SCORE_DATE,
+                            values=[score_date.isoformat()], description=f"{model.uri} scores {score_date}")
+    stages["score_pairs"] = time.perf_counter() - t
+    written = tables.read_table(spark, cfg.storage, S.USER_AD_SCORES).where(F.col(S.SCORE_DATE) == ds)
+    n_pairs = written.count()
+
+    t = time.perf_counter()
+    recs = rerank(written, users.withColumn("_key", _user_key(cfg)), info, cfg)
+    recs_out = recs.select(ds.alias(S.SCORE_DATE), S.USER_ID, S.RANK, S.AD_ID, S.SCORE, S.REASON, S.STRATEGY,
+                           F.lit(model.name).alias(S.MODEL_NAME), F.lit(model.version).alias(S.MODEL_VERSION))
+    tables.write_partitions(recs_out, cfg.storage, S.RECOMMENDATIONS, partition_col=S.SCORE_DATE,
+                            values=[score_date.isoformat()], description=f"{model.uri} top-{sc.top_k} {score_date}")
+    n_recs = tables.read_table(spark, cfg.storage, S.RECOMMENDATIONS).where(F.col(S.SCORE_DATE) == ds).count()
+    stages["rerank"] = time.perf_counter() - t
+    result = ScoringResult(score_date=score_date.isoformat(), model_name=model.name, model_version=model.version,
+                           users=n_users, users_by_strategy=by_strategy, eligible_ads=n_ads, pairs_scored=n_pairs,
+                           all_pairs=n_users * n_ads, recommendations=n_recs,
+                           seconds=time.perf_counter() - t0, stage_seconds=stages)
+    log.info("scored %d pairs for %d users x %d ads (%s) in %.1fs (%.0f pairs/s end to end; stages %s); "
+             "%d recommendations", n_pairs, n_users, n_ads, by_strategy, result.seconds,
+             result.pairs_per_second, {k: round(v, 1) for k, v in stages.items()}, n_recs)
+    return result
+
+
+def rerank(scores: DataFrame, users: DataFrame, info: AdInfo, cfg: AppConfig) -> DataFrame:
+    """Top-K per user after the diversity re-rank, with reasons (grouped by user, in applyInPandas)."""
+    sc = cfg.score
+    u = users.select(F.col("_key").alias(S.USER_ID), S.STRATEGY, "recent_clicked_ad_ids", "recent_queries")
+    joined = scores.select(S.USER_ID, S.AD_ID, S.SCORE).join(u, S.USER_ID)
+    binfo = scores.sparkSession.sparkContext.broadcast(info)
+    fn = partial(_rerank_one, binfo=binfo, k=sc.top_k, max_per_advertiser=sc.max_per_advertiser,
+                 duplicate_similarity=sc.duplicate_similarity)
+    return joined.groupBy(S.USER_ID).applyInPandas(fn, RECS_SCHEMA)
+
+
+def _rerank_one(df, *, binfo, **kw):
+    return rerank_group(df, binfo.value, **kw)

@@ -1,0 +1,119 @@
+"""pandas UDFs that run the model inside Spark's Python workers.
+
+The model folder reaches executors with ``SparkContext.addFile`` (no tracking server access needed there)
+and is loaded once per Python worker: a module-level cache keyed by (path, device, precision) survives
+across batches and tasks while Spark reuses the worker. Each task scores on the GPU Spark assigned to it
+(``TaskContext.resources()``), in bf16; without one, on CPU in the configured precision.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import Column
+from pyspark.sql import functions as F
+from pyspark.sql.functions import pandas_udf
+from pyspark.sql.types import ArrayType, FloatType
+
+from adrec_spark.config import ChaosConfig
+
+log = logging.getLogger(__name__)
+
+_SCORERS: dict[tuple[str, str, str, int | None, int], Any] = {}
+
+
+@dataclass(frozen=True)
+class UdfSettings:
+    """What the UDF closure carries to the workers (small and picklable)."""
+
+    model_file: str  # name under SparkFiles, or an absolute local path
+    precision: str = "auto"
+    batch_size: int = 64
+    threads: int | None = 1
+    chaos: ChaosConfig = field(default_factory=ChaosConfig)
+
+
+def _model_path(model_file: str) -> str:
+    if os.path.isabs(model_file) and os.path.isdir(model_file):
+        return model_file
+    from pyspark import SparkFiles
+
+    return SparkFiles.get(model_file)
+
+
+def task_device() -> str:
+    """The device for this task: its Spark-assigned GPU if CUDA works here, else CPU (warned)."""
+    from pyspark import TaskContext
+
+    from adrec_spark.model.inference import choose_device, task_gpu_addresses
+
+    ctx = TaskContext.get()
+    gpus = task_gpu_addresses(ctx.resources()) if ctx is not None else []
+    return choose_device(gpus)
+
+
+def get_scorer(s: UdfSettings, device: str | None = None) -> Any:
+    """This worker's cached Scorer for the settings (loaded on first use)."""
+    from adrec_spark.model.inference import Scorer
+
+    device = device or task_device()
+    path = _model_path(s.model_file)
+    key = (path, device, s.precision, s.threads, s.batch_size)
+    if key not in _SCORERS:
+        t0 = time.perf_counter()
+        _SCORERS[key] = Scorer(path, device=device, precision=s.precision, batch_size=s.batch_size,
+                               threads=s.threads)
+        log.info("loaded model %s on %s (%s) in pid %d in %.1fs", path, device, _SCORERS[key].precision,
+                 os.getpid(), time.perf_counter() - t0)
+    return _SCORERS[key]
+
+
+def _chaos(c: ChaosConfig) -> None:
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    if ctx is None:
+        return
+    n = c.fail_first_attempt_every_n_partitions
+    if n and ctx.attemptNumber() == 0 and ctx.partitionId() % n == 0:
+        raise RuntimeError(f"injected fault: partition {ctx.partitionId()} attempt 0 (score.chaos)")
+    if c.sleep_seconds_per_batch:
+        time.sleep(c.sleep_seconds_per_batch)
+
+
+def score_udf(s: UdfSettings) -> Any:
+    """``score(ad_text, history_text, numeric_struct) -> float``: click probability per pair."""
+
+    @pandas_udf(FloatType())  # type: ignore[call-overload]
+    def score(batches: Iterator[tuple[pd.Series, pd.Series, pd.DataFrame]]) -> Iterator[pd.Series]:
+        scorer = get_scorer(s)
+        for ad_text, history, numeric in batches:
+            _chaos(s.chaos)
+            out = scorer.score(ad_text.tolist(), history.tolist(), numeric.to_numpy(dtype=np.float32))
+            yield pd.Series(out.astype(np.float32))
+
+    return score
+
+
+def embed_udf(s: UdfSettings) -> Any:
+    """``embed(text) -> array<float>``: L2-normalised sentence embedding from the model's encoder."""
+
+    @pandas_udf(ArrayType(FloatType()))  # type: ignore[call-overload]
+    def embed(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
+        scorer = get_scorer(s)
+        for texts in batches:
+            vecs = scorer.embed(texts.tolist())
+            yield pd.Series(list(vecs))
+
+    return embed
+
+
+def numeric_struct(columns: list[str]) -> Column:
+    return F.struct(*[F.col(c).cast("float").alias(c) for c in columns])

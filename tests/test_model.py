@@ -1,0 +1,172 @@
+"""The relevance model, its data streaming and batch inference, on a tiny BERT built from a config."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from adrec_spark import schema as S
+from adrec_spark.errors import MissingColumnsError, ModelResolutionError
+from adrec_spark.model.data import PairDataset
+from adrec_spark.model.encoder import load_tokenizer, resolve_base_model
+from adrec_spark.model.inference import (
+    Scorer,
+    choose_device,
+    length_sorted_batches,
+    resolve_precision,
+    task_gpu_addresses,
+)
+from adrec_spark.model.relevance import ModelSpec, build_model, load_model
+from tests.pairs import make_pairs, write_splits
+from tests.tiny_bert import make_tiny_bert
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny"))
+
+
+def _spec(**kw) -> ModelSpec:
+    return ModelSpec(list(S.NUMERIC_FEATURES), [0.0] * 6, [1.0] * 6, max_length=64, **kw)
+
+
+def test_model_code_never_imports_spark() -> None:
+    code = ("import sys, adrec_spark.model.training, adrec_spark.model.inference, adrec_spark.model.data; "
+            "print('pyspark' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_resolve_base_model(tiny, tmp_path) -> None:
+    assert (resolve_base_model("all-MiniLM-L6-v2") / "config.json").is_file()
+    assert resolve_base_model(str(tiny)) == tiny
+    with pytest.raises(ModelResolutionError, match=r"no config\.json"):
+        resolve_base_model(str(tmp_path))
+    with pytest.raises(ModelResolutionError, match="downloads are disabled"):
+        resolve_base_model("someone/not-a-cached-model")
+
+
+def test_save_load_round_trip_gives_the_same_scores(tiny, tmp_path) -> None:
+    model = build_model(tiny, _spec(), seed=1).eval()
+    tok = load_tokenizer(tiny)
+    model.save(tmp_path / "m", tok)
+    load_model(tmp_path / "m")  # loads cleanly
+    df = make_pairs(20, 3)
+    num = df[list(S.NUMERIC_FEATURES)].to_numpy()
+    a = Scorer(None, model=model, tokenizer=tok).score(df[S.AD_TEXT], df[S.HISTORY_TEXT], num)
+    b = Scorer(tmp_path / "m").score(df[S.AD_TEXT], df[S.HISTORY_TEXT], num)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert ((a > 0) & (a < 1)).all()
+
+
+def test_scores_do_not_depend_on_batching_or_order(tiny) -> None:
+    model, tok = build_model(tiny, _spec(), seed=2).eval(), load_tokenizer(tiny)
+    df = make_pairs(33, 4)
+    num = df[list(S.NUMERIC_FEATURES)].to_numpy()
+    one = Scorer(None, model=model, tokenizer=tok, batch_size=1).score(df[S.AD_TEXT], df[S.HISTORY_TEXT], num)
+    many = Scorer(None, model=model, tokenizer=tok, batch_size=8).score(df[S.AD_TEXT], df[S.HISTORY_TEXT], num)
+    np.testing.assert_allclose(one, many, atol=1e-5)
+    perm = np.random.default_rng(0).permutation(len(df))
+    shuffled = Scorer(None, model=model, tokenizer=tok, batch_size=8).score(
+        df[S.AD_TEXT].to_numpy()[perm], df[S.HISTORY_TEXT].to_numpy()[perm], num[perm])
+    np.testing.assert_allclose(shuffled, many[perm], atol=1e-5)
+
+
+def test_numeric_features_move_the_score(tiny) -> None:
+    model, tok = build_model(tiny, _spec(), seed=3).eval(), load_tokenizer(tiny)
+    with torch.no_grad():
+        model.wide.weight.fill_(0.0)
+        model.wide.weight[0, S.NUMERIC_FEATURES.index(S.AD_RATE)] = 2.0
+    s = Scorer(None, model=model, tokenizer=tok)
+    low = s.score(["deal"], ["clicked: deal"], [[0, 0, 0, 0, 0, 0]])
+    high = s.score(["deal"], ["clicked: deal"], [[0, 0, 3, 0, 0, 0]])
+    assert high[0] > low[0]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_reduced_precisions_track_fp32(tiny, precision) -> None:
+    model, tok = build_model(tiny, _spec(), seed=4).eval(), load_tokenizer(tiny)
+    df = make_pairs(64, 5)
+    num = df[list(S.NUMERIC_FEATURES)].to_numpy()
+    ref = Scorer(None, model=model, tokenizer=tok).logits(df[S.AD_TEXT], df[S.HISTORY_TEXT], num)
+    got = Scorer(None, model=model, tokenizer=tok, precision=precision).logits(df[S.AD_TEXT], df[S.HISTORY_TEXT],
+                                                                              num)
+    assert np.corrcoef(ref, got)[0, 1] > 0.99
+
+
+def test_empty_input_and_mismatched_lengths(tiny) -> None:
+    s = Scorer(None, model=build_model(tiny, _spec()).eval(), tokenizer=load_tokenizer(tiny))
+    assert s.score([], [], np.zeros((0, 6))).shape == (0,)
+    with pytest.raises(ValueError, match="2 ad texts but 1 histories"):
+        s.score(["a", "b"], ["x"], np.zeros((2, 6)))
+    # missing history and NaN features are scored, not crashed on
+    assert s.score(["a"], [None], [[np.nan] * 6]).shape == (1,)
+
+
+def test_length_sorted_batches_cover_every_index_once() -> None:
+    lengths = [5, 1, 9, 3, 3, 7, 2]
+    batches = length_sorted_batches(lengths, 3)
+    assert [list(b) for b in batches] == [[1, 6, 3], [4, 0, 5], [2]]
+
+
+def test_device_and_precision_choice() -> None:
+    assert choose_device([], cuda_available=True) == "cpu"
+    assert choose_device(["1"], cuda_available=True) == "cuda:1"
+    with pytest.warns(RuntimeWarning, match="CUDA is not available"):
+        assert choose_device(["0"], cuda_available=False) == "cpu"
+    assert resolve_precision("auto", "cuda:0") == "bf16"
+    assert resolve_precision("auto", "cpu") == "int8"
+    assert resolve_precision("int8", "cuda:0") == "bf16"
+    with pytest.raises(ValueError):
+        resolve_precision("fp8", "cpu")
+
+    class Info:
+        addresses = ("3", "4")
+
+    assert task_gpu_addresses({"gpu": Info()}) == ["3", "4"]
+    assert task_gpu_addresses({}) == [] and task_gpu_addresses(None) == []
+
+
+def test_pair_dataset_streams_shards_and_shuffles(tmp_path) -> None:
+    root = write_splits(tmp_path, n_train=100, files_per_split=3)
+    data = PairDataset(root / S.TRAIN)
+    assert data.num_rows == 100
+    plain = [b for b in data.batches(16)]
+    assert [len(b) for b in plain] == [16] * 6 + [4]
+    got = np.concatenate([b.numeric[:, 2] for b in plain])
+    np.testing.assert_allclose(got, make_pairs(100, 0)[S.AD_RATE].to_numpy(), rtol=1e-6)
+    # two ranks: disjoint shards, same number of batches with drop_last
+    r0 = list(data.batches(16, shuffle=True, seed=1, rank=0, world_size=2, drop_last=True, buffer_rows=30))
+    r1 = list(data.batches(16, shuffle=True, seed=1, rank=1, world_size=2, drop_last=True, buffer_rows=30))
+    assert len(r0) == len(r1) == data.steps_per_epoch(16, 2) == 3
+    seen0 = {t for b in r0 for t in b.numeric[:, 0]}  # user_rate: a distinct random value per row
+    seen1 = {t for b in r1 for t in b.numeric[:, 0]}
+    assert not seen0 & seen1
+    # the shuffle is seeded by (seed, epoch)
+    again = list(data.batches(16, shuffle=True, seed=1, rank=0, world_size=2, drop_last=True, buffer_rows=30))
+    assert all((a.numeric == b.numeric).all() for a, b in zip(r0, again, strict=True))
+    other = list(data.batches(16, shuffle=True, seed=1, epoch=1, rank=0, world_size=2, drop_last=True,
+                              buffer_rows=30))
+    assert any((a.numeric != b.numeric).any() for a, b in zip(r0, other, strict=True))
+    mean, std = data.numeric_stats()
+    assert mean[2] == pytest.approx(float(make_pairs(100, 0)[S.AD_RATE].mean()), rel=1e-5)
+    assert len(std) == 6
+
+
+def test_pair_dataset_names_missing_columns(tmp_path) -> None:
+    (tmp_path / "x").mkdir()
+    make_pairs(5, 0).drop(columns=[S.AD_TEXT]).to_parquet(tmp_path / "x" / "p.parquet")
+    with pytest.raises(MissingColumnsError, match="ad_text"):
+        PairDataset(tmp_path / "x")
+
+
+def test_gpu_warning_is_a_runtime_warning() -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        choose_device(["0"], cuda_available=False)
+    assert caught and issubclass(caught[0].category, RuntimeWarning)

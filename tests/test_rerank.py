@@ -1,0 +1,92 @@
+"""Candidate retrieval and the diversity re-rank: pure numpy, expected results worked out by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from adrec_spark.scoring import candidates as C
+from adrec_spark.scoring.rerank import AdInfo, diversify, reason_for, rerank_group
+
+
+def _unit(*v: float) -> np.ndarray:
+    a = np.asarray(v, dtype=np.float32)
+    return a / np.linalg.norm(a)
+
+
+@pytest.fixture
+def index() -> C.AdIndex:
+    emb = np.stack([_unit(1, 0, 0), _unit(0.9, 0.1, 0), _unit(0, 1, 0), _unit(0, 0, 1), _unit(0.5, 0.5, 0)])
+    # given out of order: build_index sorts by id
+    ids = ["a3", "a1", "a4", "a0", "a2"]
+    perm = [3, 1, 4, 0, 2]  # rows of `emb` for those ids: a3->emb[3], a1->emb[1], ...
+    prior = np.array([0.1, 0.9, 0.5, 0.2, 0.7])  # a3 .1, a1 .9, a4 .5, a0 .2, a2 .7
+    clicks = np.array([5, 1, 9, 0, 2])
+    return C.build_index(ids, emb[perm], prior, clicks)
+
+
+def test_index_orders(index) -> None:
+    assert list(index.ad_ids) == ["a0", "a1", "a2", "a3", "a4"]
+    assert [index.ad_ids[i] for i in index.prior_order] == ["a1", "a2", "a4", "a0", "a3"]
+    assert [index.ad_ids[i] for i in index.popular_order] == ["a4", "a3", "a2", "a1", "a0"]
+
+
+def test_retrieve_similarity_then_prior_without_clicked(index) -> None:
+    got = C.retrieve(index, _unit(1, 0, 0), ["a0"], C.PERSONALIZED, top_n=2, prior_n=2, popular_n=3)
+    # embeddings: a0 (1,0,0), a1 (.9,.1,0), a2 (0,1,0), a3 (0,0,1), a4 (.5,.5,0)
+    # similarity to (1,0,0): a0 1.0 (clicked: excluded), a1 .99, a4 .71, a2 0, a3 0 -> a1, a4
+    # prior, best first, skipping those already in and the clicked: a1 (in), a2, a4 (in), a0 (clicked), a3
+    assert got == [("a1", "similarity"), ("a4", "similarity"), ("a2", "prior"), ("a3", "prior")]
+
+
+def test_retrieve_popular_for_users_without_history(index) -> None:
+    got = C.retrieve(index, None, ["a4"], C.POPULAR, top_n=2, prior_n=2, popular_n=2)
+    assert got == [("a3", "popular"), ("a2", "popular")]
+
+
+def test_retrieve_never_returns_more_than_the_catalog(index) -> None:
+    got = C.retrieve(index, _unit(0, 1, 0), [], C.QUERY, top_n=10, prior_n=10, popular_n=10)
+    assert sorted(a for a, _ in got) == ["a0", "a1", "a2", "a3", "a4"]
+
+
+def _info(emb, advertisers, titles=None) -> AdInfo:
+    ids = [f"a{i}" for i in range(len(emb))]
+    return AdInfo({a: i for i, a in enumerate(ids)}, np.stack(emb), advertisers, titles or ids)
+
+
+def test_diversify_limits_advertisers_and_near_duplicates() -> None:
+    info = _info([_unit(1, 0), _unit(1, 0.01), _unit(0, 1), _unit(0.6, 0.8), _unit(-1, 0)],
+                 ["x", "y", "x", "x", "z"])
+    ads = ["a0", "a1", "a2", "a3", "a4"]
+    scores = [0.9, 0.8, 0.7, 0.6, 0.1]
+    picks = diversify(ads, scores, info, k=3, max_per_advertiser=2, duplicate_similarity=0.95)
+    # a0; a1 is a near-duplicate of a0; a2 (x, 2nd); a3 would be x's 3rd; a4
+    assert [ads[i] for i in picks] == ["a0", "a2", "a4"]
+    # not enough diverse ads: the skipped fill in, in score order
+    picks = diversify(ads, scores, info, k=5, max_per_advertiser=2, duplicate_similarity=0.95)
+    assert [ads[i] for i in picks] == ["a0", "a2", "a4", "a1", "a3"]
+
+
+def test_diversify_ties_break_by_ad_id() -> None:
+    info = _info([_unit(1, 0), _unit(0, 1), _unit(-1, 0)], ["x", "y", "z"])
+    picks = diversify(["a2", "a0", "a1"], [0.5, 0.5, 0.5], info, k=3, max_per_advertiser=1, duplicate_similarity=1)
+    assert picks == [1, 2, 0]
+
+
+def test_reasons() -> None:
+    info = _info([_unit(1, 0), _unit(0.9, 0.1), _unit(0, 1)], ["x", "y", "z"], ["Alpha", "Beta", "Gamma"])
+    assert reason_for("a0", C.PERSONALIZED, ["a2", "a1"], [], info) == "Because you clicked \u201cBeta\u201d"
+    assert reason_for("a0", C.QUERY, [], ["cheap flights"], info) == "Matches your search \u201ccheap flights\u201d"
+    assert reason_for("a0", C.POPULAR, ["a1"], [], info).startswith("Popular")
+
+
+def test_rerank_group_output() -> None:
+    info = _info([_unit(1, 0), _unit(0, 1), _unit(-1, 0)], ["x", "x", "y"], ["Alpha", "Beta", "Gamma"])
+    df = pd.DataFrame({"user_id": ["u1"] * 4, "ad_id": ["a0", "a1", "a2", "gone"], "score": [0.2, 0.9, 0.5, 1.0],
+                       "strategy": [C.PERSONALIZED] * 4, "recent_clicked_ad_ids": [["a1"]] * 4,
+                       "recent_queries": [[]] * 4})
+    out = rerank_group(df, info, k=2, max_per_advertiser=1, duplicate_similarity=0.99)
+    assert out["ad_id"].tolist() == ["a1", "a2"]  # "gone" is no longer in the catalog; a0 is x's second ad
+    assert out["rank"].tolist() == [1, 2]
+    assert out["reason"].tolist() == ["Because you clicked \u201cBeta\u201d"] * 2

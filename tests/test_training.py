@@ -1,0 +1,117 @@
+"""The fine-tuning loop on a tiny BERT: learns, is reproducible, stops early, resumes, rejects bad data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from adrec_spark import schema as S
+from adrec_spark.errors import TrainingDataError
+from adrec_spark.model.training import TrainParams, train_worker
+from tests.pairs import make_pairs, write_splits
+from tests.tiny_bert import make_tiny_bert
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory):
+    return write_splits(tmp_path_factory.mktemp("pairs"), n_train=320, n_valid=128, n_test=128)
+
+
+def _params(tiny, splits, tmp, **kw) -> TrainParams:
+    base = dict(data_dir=str(splits), out_dir=str(tmp / "out"), base_model_dir=str(tiny),
+                checkpoint_dir=str(tmp / "ckpt"), max_length=48, epochs=3, batch_size=16, eval_batch_size=64,
+                learning_rate=5e-4, head_learning_rate=1e-2, warmup_ratio=0.1, log_every_steps=5,
+                precision="fp32", early_stopping_patience=0, shuffle_buffer_rows=100, zero_shot_baseline=False)
+    return TrainParams(**(base | kw))
+
+
+def test_learns_and_saves_a_loadable_model(tiny, splits, tmp_path) -> None:
+    out = train_worker(_params(tiny, splits, tmp_path, zero_shot_baseline=True).to_json())
+    assert out["global_step"] == 3 * (320 // 16)
+    assert out["test"]["auc"] > 0.9, out["test"]
+    assert out["best_valid_auc"] > 0.9
+    assert 0.0 <= out["pretrained_test"]["auc"] <= 1.0
+    saved = np.load(tmp_path / "out" / "test_predictions.npz")
+    assert saved["score"].shape == (128,) and set(saved["label"]) == {0.0, 1.0}
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["test"]["auc"] == out["test"]["auc"]
+    from adrec_spark.model.inference import Scorer
+
+    df = make_pairs(128, 2)  # the test split's seed in write_splits
+    again = Scorer(out["model_dir"]).score(df[S.AD_TEXT], df[S.HISTORY_TEXT], df[list(S.NUMERIC_FEATURES)])
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(df[S.LABEL], again) == pytest.approx(out["test"]["auc"], abs=1e-6)
+
+
+def test_same_seed_same_metrics(tiny, splits, tmp_path) -> None:
+    a = train_worker(_params(tiny, splits, tmp_path / "a", epochs=1).to_json())
+    b = train_worker(_params(tiny, splits, tmp_path / "b", epochs=1).to_json())
+    c = train_worker(_params(tiny, splits, tmp_path / "c", epochs=1, seed=7).to_json())
+    assert a["test"] == b["test"] and a["history"] == b["history"]
+    assert a["test"] != c["test"]
+
+
+def test_early_stopping_when_validation_stops_improving(tiny, splits, tmp_path) -> None:
+    # learning rates ~0: validation AUC never improves after the first evaluation
+    out = train_worker(_params(tiny, splits, tmp_path, learning_rate=1e-12, head_learning_rate=1e-12, epochs=50,
+                               eval_every_steps=2, early_stopping_patience=2).to_json())
+    assert out["stopped_early"] is True
+    assert out["global_step"] == 6  # evals at steps 2 (best), 4, 6 -> two without improvement
+    assert len(out["history"]) == 3
+
+
+def test_resume_continues_where_it_stopped(tiny, splits, tmp_path) -> None:
+    full = train_worker(_params(tiny, splits, tmp_path / "full", epochs=2, eval_every_steps=5).to_json())
+    halted = train_worker(_params(tiny, splits, tmp_path / "cut", epochs=2, eval_every_steps=5,
+                                  halt_after_steps=27).to_json())
+    assert halted["halted"] is True and halted["global_step"] == 27
+    resumed = train_worker(_params(tiny, splits, tmp_path / "cut", epochs=2, eval_every_steps=5,
+                                   resume=True).to_json())
+    assert resumed["global_step"] == full["global_step"] == 40
+    assert resumed["test"]["auc"] == pytest.approx(full["test"]["auc"], abs=1e-9)
+    assert resumed["test"]["log_loss"] == pytest.approx(full["test"]["log_loss"], abs=1e-6)
+
+
+@pytest.mark.parametrize("options", [{"trainable": "head"}, {"trainable": "top_k", "top_k_layers": 1},
+                                     {"lora": True, "lora_r": 4}, {"loss": "mse"}])
+def test_training_options(tiny, splits, tmp_path, options) -> None:
+    out = train_worker(_params(tiny, splits, tmp_path, epochs=2, **options).to_json())
+    assert out["test"]["auc"] > 0.8, (options, out["test"])
+    from adrec_spark.model.relevance import load_model
+
+    model, _ = load_model(out["model_dir"])  # LoRA is merged: loads without peft
+    assert not any("lora" in k for k in model.state_dict())
+
+
+def test_bf16_autocast_trains(tiny, splits, tmp_path) -> None:
+    out = train_worker(_params(tiny, splits, tmp_path, epochs=1, precision="bf16").to_json())
+    assert out["precision"] == "bf16" and out["test"]["auc"] > 0.7
+
+
+def _write_train(root, df: pd.DataFrame) -> None:
+    for split in (S.TRAIN, S.VALID, S.TEST):
+        (root / split).mkdir(parents=True, exist_ok=True)
+        (df if split == S.TRAIN else make_pairs(16, 1)).to_parquet(root / split / "p.parquet", index=False)
+
+
+def test_bad_training_sets_are_clear_errors(tiny, tmp_path) -> None:
+    one_class = make_pairs(64, 0).assign(**{S.LABEL: 1})
+    _write_train(tmp_path / "one", one_class)
+    with pytest.raises(TrainingDataError, match="single class"):
+        train_worker(_params(tiny, tmp_path / "one", tmp_path).to_json())
+    _write_train(tmp_path / "empty", make_pairs(64, 0).iloc[:0])
+    with pytest.raises(TrainingDataError, match="empty"):
+        train_worker(_params(tiny, tmp_path / "empty", tmp_path).to_json())
+    _write_train(tmp_path / "small", make_pairs(8, 0))
+    with pytest.raises(TrainingDataError, match="fewer than one batch"):
+        train_worker(_params(tiny, tmp_path / "small", tmp_path).to_json())
+    with pytest.raises(TrainingDataError, match="no training data"):
+        train_worker(_params(tiny, tmp_path / "nothing", tmp_path).to_json())
