@@ -1,0 +1,110 @@
+"""The HTML report: self-contained, complete, highlighted, NaN-safe. No Spark needed."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn import metrics as skm
+
+from adrec_spark.evaluation.report import MISSING, best_rows, format_value, write_report
+
+METHODS = ["bert_cross_encoder", "popularity", "<b>logreg</b> & co"]
+
+
+def _curves(seed: int) -> dict[str, pd.DataFrame]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 200)
+    s = np.clip(0.3 * y + rng.uniform(0, 0.7, 200), 0, 1)
+    fpr, tpr, _ = skm.roc_curve(y, s)
+    precision, recall, _ = skm.precision_recall_curve(y, s)
+    bins = np.minimum((s * 10).astype(int), 9)
+    cal = pd.DataFrame({"bin": bins, "s": s, "y": y}).groupby("bin").agg(
+        mean_score=("s", "mean"), frac_positive=("y", "mean"), count=("y", "size")).reset_index()
+    return {"roc": pd.DataFrame({"fpr": fpr, "tpr": tpr}),
+            "pr": pd.DataFrame({"recall": recall, "precision": precision}), "calibration": cal}
+
+
+@pytest.fixture
+def report_inputs():
+    table = pd.DataFrame(
+        {
+            "auc": [0.81, 0.64, 0.77],
+            "log_loss": [0.41, np.nan, 0.45],
+            "ece": [0.02, np.nan, 0.05],
+            "ndcg@10": [0.52, 0.31, 0.47],
+            "map@10": [0.40, 0.22, np.nan],
+            "mrr": [0.55, 0.35, 0.50],
+            "n": [1000.0, 1000.0, 1000.0],
+        },
+        index=pd.Index(METHODS, name="method"),
+    )
+    popularity_curves = _curves(2)
+    popularity_curves["calibration"] = popularity_curves["calibration"].iloc[0:0]  # not probabilities: empty
+    curves = {METHODS[0]: _curves(1), METHODS[1]: popularity_curves, METHODS[2]: _curves(3)}
+    beyond = pd.DataFrame(
+        {"coverage": [0.3, 0.01, 0.2], "ild_category": [0.6, 0.1, 0.5], "personalization": [0.9, 0.0, 0.8],
+         "novelty": [7.5, 2.1, 6.0], "gini_advertiser": [0.4, 0.9, np.nan]},
+        index=pd.Index(METHODS, name="model"),
+    )
+    return table, curves, beyond
+
+
+def _best_cells(text: str) -> list[str]:
+    return re.findall(r'<td class="best">([^<]*)</td>', text)
+
+
+def test_report_is_complete_and_self_contained(tmp_path, report_inputs) -> None:
+    table, curves, beyond = report_inputs
+    out = write_report(tmp_path / "sub" / "report.html", title="Nightly eval 2024-01-02 <test>", table=table,
+                       curves=curves, beyond=beyond, notes=["test split: 2024-01-01", "a & b"],
+                       subtitle="model v3 vs baselines")
+    assert out == tmp_path / "sub" / "report.html"
+    text = out.read_text(encoding="utf-8")
+    assert text.startswith("<!DOCTYPE html>")
+    assert text.rstrip().endswith("</html>")
+    assert "http://" not in text and "https://" not in text
+    assert "Nightly eval 2024-01-02 &lt;test&gt;" in text and "<test>" not in text
+    assert "a &amp; b" in text
+    for method in METHODS:
+        assert method.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;") in text
+    assert "<b>logreg</b>" not in text
+    for metric in [*table.columns, *beyond.columns]:
+        assert f"<th>{metric}</th>" in text
+    images = re.findall(r'<img alt="[^"]*" src="data:image/png;base64,([A-Za-z0-9+/=]+)">', text)
+    assert len(images) >= 5  # ROC, PR, calibration, ranking bars, beyond bars
+    assert all(base64.b64decode(img).startswith(b"\x89PNG") for img in images)
+    assert text.count(MISSING) >= 4  # the NaN cells
+
+
+def test_report_highlights_best_per_column(tmp_path, report_inputs) -> None:
+    table, curves, _ = report_inputs
+    text = write_report(tmp_path / "r.html", title="t", table=table, curves=curves).read_text(encoding="utf-8")
+    # auc .81 (max), log_loss .41 and ece .02 (min), ndcg .52, map .40, mrr .55; "n" is a count: no highlight
+    assert _best_cells(text) == ["0.8100", "0.4100", "0.0200", "0.5200", "0.4000", "0.5500"]
+    assert "<td>1000</td>" in text
+
+
+def test_report_without_beyond_or_curves(tmp_path) -> None:
+    table = pd.DataFrame({"auc": [np.nan], "ndcg@5": [0.5]}, index=["only"])
+    text = write_report(tmp_path / "r.html", title="t", table=table, curves={}).read_text(encoding="utf-8")
+    assert text.count("data:image/png;base64,") == 1  # the ranking bars only
+    assert f"<td>{MISSING}</td>" in text
+
+
+def test_best_rows_and_format_value() -> None:
+    s = pd.Series([0.3, np.nan, 0.1, 0.3], index=["a", "b", "c", "d"])
+    assert best_rows(s, "auc") == {"a", "d"}  # ties: all highlighted
+    assert best_rows(s, "brier") == {"c"}
+    assert best_rows(s, "ece@10") == {"c"}
+    assert best_rows(s, "n_users") == set()
+    assert best_rows(pd.Series([np.nan, None]), "auc") == set()
+    assert format_value(float("nan")) == MISSING
+    assert format_value(None) == MISSING
+    assert format_value(pd.NA) == MISSING
+    assert format_value(np.int64(12), "n_users") == "12"
+    assert format_value(0.123456, "auc") == "0.1235"
+    assert format_value("<x>") == "&lt;x&gt;"
