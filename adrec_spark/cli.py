@@ -154,6 +154,32 @@ def cmd_score(args: argparse.Namespace, cfg: AppConfig) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace, cfg: AppConfig) -> int:
+    from adrec_spark.evaluation.pipeline import run_evaluation
+
+    r = run_evaluation(_session(cfg, "evaluate"), cfg, args.date)
+    print(headline(r.table, r.beyond))
+    print(f"report: {r.report_path.resolve()}")
+    return 0
+
+
+def headline(table, beyond) -> str:  # noqa: ANN001 - pandas frames
+    """The method-by-metric table a person reads first."""
+    cols = [c for c in ("auc", "log_loss", "ndcg@5", "ndcg@10", "hit_rate@10", "mrr", "map@10") if c in table.columns]
+    text = table[cols].to_string(float_format=lambda v: f"{v:.4f}", na_rep="-")
+    if beyond is not None:
+        bcols = [c for c in ("coverage", "ild_category", "ild_embedding", "personalization", "novelty",
+                             "gini_advertiser") if c in beyond.columns]
+        text += "\n\n" + beyond[bcols].to_string(float_format=lambda v: f"{v:.4f}", na_rep="-")
+    return text
+
+
+def cmd_forget_users(args: argparse.Namespace, cfg: AppConfig) -> int:
+    from adrec_spark.privacy import cmd_forget_users as run
+
+    return run(args, cfg)
+
+
 def _register_later_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser,
                              commands: dict[str, Command]) -> None:
     """Commands whose modules pull in torch/mlflow: registered here, imported only when run."""
@@ -166,6 +192,16 @@ def _register_later_commands(sub: argparse._SubParsersAction, common: argparse.A
     p = sub.add_parser("score", parents=[common], help="score users x ads for a date; write scores and top-K")
     p.add_argument("--date", type=_date, required=True, help="the date whose profiles and ads to score")
     commands["score"] = cmd_score
+
+    p = sub.add_parser("evaluate", parents=[common], help="model vs baselines: metrics, eval_metrics, HTML report")
+    p.add_argument("--date", type=_date, help="recommendations date for beyond-accuracy metrics (default: latest)")
+    commands["evaluate"] = cmd_evaluate
+
+    from adrec_spark.privacy import add_forget_arguments
+
+    p = sub.add_parser("forget-users", parents=[common], help="delete users from every table (right to be forgotten)")
+    add_forget_arguments(p)
+    commands["forget-users"] = cmd_forget_users
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -27,6 +27,16 @@ def _check(cond: bool, key: str, msg: str) -> None:
         raise ConfigError(f"config '{key}': {msg}")
 
 
+def _check_alias(value: str, key: str) -> None:
+    """MLflow alias rules: letters, digits, _ and -; 'latest' and 'v<number>' are reserved."""
+    import re
+
+    _check(bool(re.fullmatch(r"[A-Za-z0-9_\-]{1,255}", value)), key,
+           f"{value!r} is not a valid alias (letters, digits, _ and - only)")
+    _check(value.lower() != "latest" and not re.fullmatch(r"[vV]\d+", value), key,
+           f"{value!r} is reserved by MLflow")
+
+
 def _check_date(value: str | None, key: str) -> None:
     if value is None:
         return
@@ -207,6 +217,8 @@ class TrainConfig:
         _check(self.table_version is None or self.table_version >= 0, "train.table_version", "must be >= 0")
         _check(self.challenger_alias != self.champion_alias, "train.challenger_alias",
                "must differ from train.champion_alias")
+        _check_alias(self.challenger_alias, "train.challenger_alias")
+        _check_alias(self.champion_alias, "train.champion_alias")
 
 
 @dataclass(frozen=True)
@@ -245,7 +257,7 @@ class ScoreConfig:
         _check(self.prior_top_n >= 0, "score.prior_top_n", "must be >= 0")
         _check(0 < self.duplicate_similarity <= 1, "score.duplicate_similarity", "must be in (0, 1]")
         _check(self.torch_threads is None or self.torch_threads >= 1, "score.torch_threads", "must be >= 1")
-        _check(bool(self.model_alias.strip()), "score.model_alias", "must not be empty")
+        _check_alias(self.model_alias, "score.model_alias")
 
 
 @dataclass(frozen=True)
@@ -358,6 +370,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"config '{key}': expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 5e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config '{key}': expected a number, got {value!r}")
         return float(value)

@@ -29,6 +29,7 @@ def test_override_types_and_nesting() -> None:
     assert cfg.score.precision == "bf16"
     assert cfg.evaluate.ks == (1, 3)
     assert cfg.spark.conf == {"spark.x": "1"}
+    assert load_config(overrides=["train.learning_rate=5e-4"]).train.learning_rate == 5e-4
 
 
 def test_unknown_key_is_rejected_with_a_suggestion() -> None:
@@ -49,6 +50,9 @@ def test_unknown_key_is_rejected_with_a_suggestion() -> None:
     ("evaluate.baselines=[random, magic]", "unknown ['magic']"),
     ("train.lora=yes please", "expected true or false"),
     ("etl", "expected key=value"),
+    ("train.champion_alias=best model", "not a valid alias"),
+    ("score.model_alias=latest", "reserved by MLflow"),
+    ("train.challenger_alias=champion", "must differ"),
 ])
 def test_bad_values_fail_on_the_driver_with_the_key(item: str, message: str) -> None:
     with pytest.raises(ConfigError) as e:

@@ -172,7 +172,8 @@ def decide_promotion(challenger_auc: float, champion_auc: float | None, champion
 
 
 def local_model_cache(root: str | Path, model: ResolvedModel) -> Path:
-    return Path(root) / f"{model.name}-v{model.version}"
+    """Unique per registry entry (the run id), so two registries never share a cached folder name."""
+    return Path(root) / f"{model.name}-v{model.version}-{(model.run_id or 'norun')[:12]}"
 
 
 def ensure_local_model(cfg: MlflowConfig, model: ResolvedModel, cache_root: str | Path) -> Path:

@@ -115,5 +115,30 @@ def embed_udf(s: UdfSettings) -> Any:
     return embed
 
 
+_EMBEDDERS: dict[tuple[str, int | None], Any] = {}
+
+
+def pretrained_cosine_udf(base_model: str, *, batch_size: int = 64, max_length: int = 256,
+                          threads: int | None = 1) -> Any:
+    """``cosine(history_text, ad_text) -> float`` with the pretrained encoder before any fine-tuning (the
+    zero-shot baseline). ``base_model`` is resolved on the worker (the packaged model is installed there)."""
+
+    @pandas_udf(FloatType())  # type: ignore[call-overload]
+    def cosine(batches: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.Series]:
+        from adrec_spark.model.encoder import resolve_base_model
+        from adrec_spark.model.inference import Embedder
+
+        key = (base_model, threads)
+        if key not in _EMBEDDERS:
+            _EMBEDDERS[key] = Embedder(resolve_base_model(base_model), batch_size=batch_size,
+                                       max_length=max_length, threads=threads)
+        emb = _EMBEDDERS[key]
+        for history, ad in batches:
+            h, a = emb.embed(history.tolist()), emb.embed(ad.tolist())
+            yield pd.Series((h * a).sum(axis=1).astype(np.float32))
+
+    return cosine
+
+
 def numeric_struct(columns: list[str]) -> Column:
     return F.struct(*[F.col(c).cast("float").alias(c) for c in columns])

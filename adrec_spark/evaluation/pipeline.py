@@ -1,0 +1,216 @@
+"""The evaluation job: the registered model and every baseline on the same test split, click and ranking
+metrics in Spark, beyond-accuracy metrics of the recommendations, to MLflow, ``eval_metrics`` and one HTML
+report."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from adrec_spark import schema as S
+from adrec_spark.config import AppConfig
+from adrec_spark.errors import InputDataError
+from adrec_spark.evaluation import baselines as B
+from adrec_spark.evaluation.beyond import beyond_accuracy
+from adrec_spark.evaluation.metrics import click_metrics, ranking_metrics, score_curves
+from adrec_spark.evaluation.report import write_report
+from adrec_spark.io import tables
+from adrec_spark.registry import registry
+from adrec_spark.scoring.udf import UdfSettings, embed_udf, numeric_struct, pretrained_cosine_udf, score_udf
+
+log = logging.getLogger(__name__)
+
+MODEL = "model"
+
+
+@dataclass
+class EvaluationResult:
+    run_id: str
+    eval_date: str
+    model_name: str
+    model_version: int
+    table: pd.DataFrame  # method x metric
+    beyond: pd.DataFrame | None
+    report_path: Path
+    seconds: float
+
+
+def _test_rows(spark: SparkSession, cfg: AppConfig) -> tuple[DataFrame, DataFrame, int]:
+    version = tables.table_version(spark, cfg.storage, S.TRAINING_EXAMPLES)
+    if version is None:
+        raise InputDataError("table 'training_examples' does not exist: run the ETL job first")
+    ex = tables.read_table(spark, cfg.storage, S.TRAINING_EXAMPLES, version=version)
+    return ex.where(F.col(S.SPLIT) == S.TRAIN), ex.where(F.col(S.SPLIT) == S.TEST), version
+
+
+def scored_test_set(spark: SparkSession, cfg: AppConfig, settings: UdfSettings) -> tuple[DataFrame, int]:
+    """Test rows with one score column per method (persisted: every metric reads it)."""
+    ev = cfg.evaluate
+    train, test, version = _test_rows(spark, cfg)
+    if test.limit(1).count() == 0:
+        raise InputDataError("the test split of training_examples is empty: nothing to evaluate")
+    df = test.select(S.EVENT_ID, S.USER_ID, S.AD_ID, S.LABEL, S.HISTORY_TEXT, S.AD_TEXT, *S.NUMERIC_FEATURES,
+                     "ad_impressions")
+    df = df.withColumn(MODEL, score_udf(settings)(F.col(S.AD_TEXT), F.col(S.HISTORY_TEXT),
+                                                  numeric_struct(list(S.NUMERIC_FEATURES))).cast("double"))
+    if "random" in ev.baselines:
+        df = B.random_scores(df, seed=ev.seed)
+    if "popularity" in ev.baselines:
+        df = B.popularity_scores(df)
+    if "item_rate" in ev.baselines:
+        df = B.item_rate_scores(df)
+    if "logistic_regression" in ev.baselines:
+        df = B.logistic_regression_scores(train, df)
+    if "als" in ev.baselines:
+        df = B.als_scores(train, df, rank=ev.als_rank, max_iter=ev.als_max_iter, reg=ev.als_reg, seed=ev.seed)
+    if "pretrained" in ev.baselines:
+        cos = pretrained_cosine_udf(cfg.model.base_model, batch_size=cfg.score.batch_size,
+                                    max_length=cfg.model.max_length, threads=cfg.score.torch_threads)
+        df = df.withColumn("pretrained", cos(F.col(S.HISTORY_TEXT), F.col(S.AD_TEXT)).cast("double"))
+    return df.persist(StorageLevel.MEMORY_AND_DISK), version
+
+
+def per_user_item(df: DataFrame, score_col: str) -> DataFrame:
+    """One ranking candidate per (user, ad): an ad shown several times is relevant if any showing was
+    clicked, and ranks by its mean score."""
+    return df.groupBy(S.USER_ID, S.AD_ID).agg(F.max(S.LABEL).alias(S.LABEL), F.avg(score_col).alias(score_col))
+
+
+def method_metrics(df: DataFrame, methods: list[str], cfg: AppConfig) -> tuple[pd.DataFrame, dict]:
+    """One row of click and ranking metrics per method, and each method's curves."""
+    ev = cfg.evaluate
+    rows, curves = {}, {}
+    for m in methods:
+        prob = B.PROBABILISTIC.get(m, False)
+        t = time.perf_counter()
+        click = click_metrics(df, score_col=m, threshold=ev.threshold, bins=ev.calibration_bins, probabilities=prob)
+        ranking = ranking_metrics(per_user_item(df, m), score_col=m, ks=ev.ks)
+        curves[m] = score_curves(df, score_col=m, calibration_bins=ev.calibration_bins, probabilities=prob)
+        rows[m] = {**click, **ranking}
+        log.info("%s: AUC %.4f, NDCG@%d %.4f (%.1fs)", m, click["auc"], max(ev.ks),
+                 ranking.get(f"ndcg@{max(ev.ks)}", float("nan")), time.perf_counter() - t)
+    return pd.DataFrame.from_dict(rows, orient="index"), curves
+
+
+def _popular_recs(spark: SparkSession, cfg: AppConfig, users: DataFrame, ads: DataFrame, k: int) -> DataFrame:
+    """The popularity baseline's lists: the k most clicked ads, the same for everyone (minus clicked)."""
+    top = ads.orderBy(F.col("ad_clicks").desc(), S.AD_ID).limit(k * 3).select(S.AD_ID, "ad_clicks")
+    ranked = (users.select(S.USER_ID, "clicked_ad_ids").crossJoin(top)
+              .where(~F.array_contains("clicked_ad_ids", F.col(S.AD_ID))))
+    from pyspark.sql import Window
+
+    w = Window.partitionBy(S.USER_ID).orderBy(F.col("ad_clicks").desc(), S.AD_ID)
+    return ranked.withColumn(S.RANK, F.row_number().over(w)).where(F.col(S.RANK) <= k).select(S.USER_ID, S.AD_ID,
+                                                                                               S.RANK)
+
+
+def beyond_metrics(spark: SparkSession, cfg: AppConfig, score_date: dt.date, settings: UdfSettings,
+                   model_version: int) -> pd.DataFrame | None:
+    """Coverage, diversity, personalization, novelty and advertiser fairness of the model's lists of
+    ``score_date`` (and, for contrast, of the popularity baseline's)."""
+    ds = F.lit(score_date.isoformat()).cast("date")
+    if tables.table_version(spark, cfg.storage, S.RECOMMENDATIONS) is None:
+        log.warning("no recommendations table: skipping beyond-accuracy metrics (run the scoring job)")
+        return None
+    recs = tables.read_table(spark, cfg.storage, S.RECOMMENDATIONS).where(F.col(S.SCORE_DATE) == ds)
+    if recs.limit(1).count() == 0:
+        log.warning("no recommendations for %s: skipping beyond-accuracy metrics", score_date)
+        return None
+    if cfg.privacy.pseudonymize_user_ids:
+        log.info("pseudonymous user ids in recommendations: beyond-accuracy metrics do not need raw ids")
+    ads = tables.read_table(spark, cfg.storage, S.ADS).where(F.col(S.DS) == ds)
+    ads = ads.withColumn("embedding", embed_udf(settings)(F.col(S.AD_TEXT))).persist(StorageLevel.MEMORY_AND_DISK)
+    train, _, _ = _test_rows(spark, cfg)
+    popularity = train.where(F.col(S.LABEL) == 1).groupBy(S.AD_ID).agg(F.countDistinct(S.USER_ID).alias("n_users"))
+    total_users = train.select(S.USER_ID).distinct().count()
+    out = {f"{MODEL} v{model_version}": beyond_accuracy(recs, ads, popularity=popularity, total_users=total_users)}
+    users = tables.read_table(spark, cfg.storage, S.USER_PROFILES).where(F.col(S.DS) == ds)
+    k = int(recs.agg(F.max(S.RANK)).first()[0])
+    if not cfg.privacy.pseudonymize_user_ids:
+        out["popularity"] = beyond_accuracy(_popular_recs(spark, cfg, users, ads, k), ads, popularity=popularity,
+                                            total_users=total_users)
+    ads.unpersist()
+    return pd.DataFrame.from_dict(out, orient="index")
+
+
+def _latest_score_date(spark: SparkSession, cfg: AppConfig) -> dt.date | None:
+    if tables.table_version(spark, cfg.storage, S.RECOMMENDATIONS) is None:
+        return None
+    d = tables.read_table(spark, cfg.storage, S.RECOMMENDATIONS).agg(F.max(S.SCORE_DATE)).first()[0]
+    return d
+
+
+def _metric_rows(table: pd.DataFrame, beyond: pd.DataFrame | None) -> list[tuple[str, str, int | None, float]]:
+    out = []
+    for frame in (table, beyond):
+        if frame is None:
+            continue
+        for method, row in frame.iterrows():
+            for metric, value in row.items():
+                name, _, k = str(metric).partition("@")
+                v = float(value) if value is not None else float("nan")
+                out.append((str(method), name, int(k) if k else None, v))
+    return out
+
+
+def run_evaluation(spark: SparkSession, cfg: AppConfig, score_date: dt.date | None = None) -> EvaluationResult:
+    import mlflow
+
+    t0 = time.perf_counter()
+    model = registry.resolve(cfg.mlflow, alias=None if cfg.score.model_version else cfg.score.model_alias,
+                             version=cfg.score.model_version)
+    registry.configure_mlflow(cfg.mlflow)
+    model_dir = registry.ensure_local_model(cfg.mlflow, model, Path(cfg.storage.staging) / "models")
+    spark.sparkContext.addFile(str(model_dir), recursive=True)
+    settings = UdfSettings(model_file=Path(model_dir).name, precision=cfg.score.precision,
+                           batch_size=cfg.score.batch_size, threads=cfg.score.torch_threads)
+    df, version = scored_test_set(spark, cfg, settings)
+    methods = [MODEL, *cfg.evaluate.baselines]
+    table, curves = method_metrics(df, methods, cfg)
+    df.unpersist()
+    table = table.rename(index={MODEL: f"{MODEL} v{model.version}"})
+    curves = {(f"{MODEL} v{model.version}" if k == MODEL else k): v for k, v in curves.items()}
+    score_date = score_date or _latest_score_date(spark, cfg)
+    beyond = beyond_metrics(spark, cfg, score_date, settings, model.version) if score_date else None
+    eval_date = score_date or dt.date.today()
+
+    with mlflow.start_run(run_name=f"evaluate-{model.name}-v{model.version}") as run:
+        mlflow.set_tags({"adrec.job": "evaluate", "adrec.model_version": str(model.version)})
+        mlflow.log_params({"model": model.uri, "alias": cfg.score.model_alias, "training_examples_version": version,
+                           "eval_date": eval_date.isoformat(), "ks": ",".join(map(str, cfg.evaluate.ks))})
+        for method, metric, k, value in _metric_rows(table, beyond):
+            if math.isfinite(value):
+                key = f"{method.replace(' ', '_')}.{metric}" + (f"_at_{k}" if k else "")
+                mlflow.log_metric(key, value)
+        report = write_report(
+            Path(cfg.evaluate.report_dir) / f"evaluation-{eval_date.isoformat()}.html",
+            title=f"adrec-spark evaluation: {model.name} v{model.version}",
+            subtitle=f"test split of training_examples v{version}; recommendations of {score_date or 'n/a'}",
+            table=table, curves=curves, beyond=beyond,
+            notes=[f"{int(table.iloc[0].get('n', 0))} test rows. Ranking metrics rank each user's own test "
+                   "impressions by score; users without a click in test are skipped.",
+                   "popularity, als and pretrained scores are not probabilities: no log-loss or calibration."])
+        mlflow.log_artifact(str(report), "report")
+        mlflow.log_text(table.to_csv(), "eval_table.csv")
+        run_id = run.info.run_id
+    rows = [(eval_date, run_id, model.name, model.version, version, m, metric, k, v)
+            for m, metric, k, v in _metric_rows(table, beyond)]
+    out = spark.createDataFrame(rows, "eval_date date, run_id string, model_name string, model_version int, "
+                                      "training_examples_version long, method string, metric string, k int, "
+                                      "value double")
+    tables.write_partitions(out, cfg.storage, S.EVAL_METRICS, partition_col="eval_date",
+                            values=[eval_date.isoformat()])
+    result = EvaluationResult(run_id=run_id, eval_date=eval_date.isoformat(), model_name=model.name,
+                              model_version=model.version, table=table, beyond=beyond, report_path=report,
+                              seconds=time.perf_counter() - t0)
+    log.info("evaluation written: %s (%.0fs)", report, result.seconds)
+    return result

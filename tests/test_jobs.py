@@ -1,0 +1,266 @@
+"""Training, scoring and evaluation jobs end to end on generated logs: real Spark, Delta, MLflow registry.
+
+Most tests use a tiny BERT built from a config (fast); ``test_real_model_through_every_job`` runs the packaged
+all-MiniLM-L6-v2 through the same jobs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pyspark.sql import functions as F
+
+from adrec_spark import schema as S
+from adrec_spark.config import replace
+from adrec_spark.data.generator import GeneratorSpec, generate
+from adrec_spark.errors import InputDataError, ModelResolutionError
+from adrec_spark.etl.pipeline import run_etl
+from adrec_spark.model.inference import Scorer
+from adrec_spark.registry import registry
+from adrec_spark.scoring.pipeline import pair_features, run_scoring
+from adrec_spark.training.pipeline import run_training
+from tests.conftest import ROOT, make_config
+from tests.tiny_bert import make_tiny_bert
+
+START = dt.date(2024, 1, 1)
+LAST = START + dt.timedelta(days=2)
+
+TINY_TRAIN = ["model.max_length=64", "train.epochs=1", "train.batch_size=16", "train.eval_batch_size=64",
+              "train.learning_rate=5e-4", "train.head_learning_rate=5e-3", "train.log_every_steps=10",
+              "train.precision=fp32", "train.max_eval_rows=300", "score.retrieval_top_n=6", "score.prior_top_n=3",
+              "score.top_k=4", "score.batch_size=32", "score.popular_pool=8"]
+
+
+@pytest.fixture(scope="module")
+def world(spark, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("jobs")
+    tiny = make_tiny_bert(tmp / "tiny")
+    cfg = make_config(tmp, f"model.base_model={tiny}", *TINY_TRAIN)
+    generate(GeneratorSpec(n_users=50, n_ads=36, n_events=2500, n_days=3, start=START, seed=3), tmp / "raw")
+    run_etl(spark, cfg, START, LAST)
+    trained = run_training(spark, cfg)
+    scored = run_scoring(spark, cfg, LAST)
+    return {"cfg": cfg, "tmp": tmp, "tiny": tiny, "trained": trained, "scored": scored}
+
+
+def _table(spark, cfg, name):
+    return spark.read.format("delta").load(cfg.storage.table_path(name))
+
+
+# --- training ----------------------------------------------------------------------------------------------
+
+def test_training_logs_lineage_metrics_plots_and_registers(world) -> None:
+    from mlflow.tracking import MlflowClient
+
+    cfg, trained = world["cfg"], world["trained"]
+    c = MlflowClient(cfg.mlflow.tracking_uri)
+    run = c.get_run(trained.run_id)
+    assert run.data.params["data.table_version"] == str(trained.table_version)
+    assert int(run.data.params["data.rows_train"]) == trained.rows["train"] > 0
+    assert run.data.params["train.learning_rate"] == "0.0005"
+    for key in ("test_auc", "pretrained_test_auc", "best_valid_auc", "train_samples_per_sec"):
+        assert key in run.data.metrics, key
+    assert [m.step for m in c.get_metric_history(trained.run_id, "valid_auc")]
+    artifacts = {a.path for a in c.list_artifacts(trained.run_id, "plots")}
+    assert artifacts == {"plots/learning_curves.png", "plots/test_roc_pr_calibration.png"}
+    mv = c.get_model_version_by_alias(cfg.mlflow.model_name, "champion")
+    assert int(mv.version) == trained.model_version == 1 and trained.promoted
+    assert c.get_model_version_by_alias(cfg.mlflow.model_name, "challenger").version == mv.version
+    assert mv.tags["promotion_decision"] == "promoted"
+
+
+def test_promotion_gate_keeps_the_champion_when_the_challenger_is_not_better(spark, world) -> None:
+    from mlflow.tracking import MlflowClient
+
+    cfg = replace(world["cfg"], "train.promotion_margin=0.5", "train.max_steps=2")
+    result = run_training(spark, cfg)
+    c = MlflowClient(cfg.mlflow.tracking_uri)
+    assert not result.promoted and result.model_version == 2
+    assert int(c.get_model_version_by_alias(cfg.mlflow.model_name, "champion").version) == 1
+    assert int(c.get_model_version_by_alias(cfg.mlflow.model_name, "challenger").version) == 2
+    tags = c.get_model_version(cfg.mlflow.model_name, "2").tags
+    assert tags["promotion_decision"] == "kept_champion"
+    assert float(tags["champion_test_auc"]) == pytest.approx(result.champion_test_auc)
+    assert float(tags["challenger_test_auc"]) == pytest.approx(result.test_auc)
+    assert tags["champion_version_compared"] == "1"
+
+
+def test_decide_promotion() -> None:
+    assert registry.decide_promotion(0.6, None, None, 0.01).promote
+    assert registry.decide_promotion(0.62, 0.6, 3, 0.01).promote
+    assert not registry.decide_promotion(0.605, 0.6, 3, 0.01).promote
+    assert not registry.decide_promotion(0.5, 0.6, 3, 0.0).promote
+
+
+def test_registered_model_works_through_mlflow_spark_udf(spark, world) -> None:
+    import mlflow.pyfunc
+
+    cfg = world["cfg"]
+    test = _table(spark, cfg, S.TRAINING_EXAMPLES).where(F.col(S.SPLIT) == "test").limit(20)
+    rows = test.select(*S.MODEL_INPUT_COLUMNS).toPandas()
+    udf = mlflow.pyfunc.spark_udf(spark, f"models:/{cfg.mlflow.model_name}@champion", result_type="double",
+                                  env_manager="local")
+    got = test.select(udf(*[F.col(c) for c in S.MODEL_INPUT_COLUMNS]).alias("s")).toPandas()["s"].to_numpy()
+    model = registry.resolve(cfg.mlflow, alias="champion")
+    local = registry.download_model_dir(cfg.mlflow, model, world["tmp"] / "check-model")
+    want = Scorer(local).score(rows[S.AD_TEXT], rows[S.HISTORY_TEXT], rows[list(S.NUMERIC_FEATURES)].to_numpy())
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_warm_start_from_champion_on_a_window(spark, world) -> None:
+    from mlflow.tracking import MlflowClient
+
+    cfg = replace(world["cfg"], "train.window_days=2", "train.max_steps=2", "train.promotion_margin=1.0")
+    result = run_training(spark, cfg, init_from="champion")
+    params = MlflowClient(cfg.mlflow.tracking_uri).get_run(result.run_id).data.params
+    assert params["init_from"].startswith(f"models:/{cfg.mlflow.model_name}/1")
+    assert result.rows["train"] < world["trained"].rows["train"]  # only the last two days
+    assert result.pretrained_test_auc is None  # a warm start has no "before fine-tuning" baseline
+
+
+def test_training_errors_are_clear(spark, world, tmp_path) -> None:
+    cfg = world["cfg"]
+    with pytest.raises(InputDataError, match="training_examples' does not exist"):
+        run_training(spark, make_config(tmp_path))
+    with pytest.raises(ModelResolutionError, match="alias 'nope' not found"):
+        run_training(spark, cfg, init_from="nope")
+    with pytest.raises(ModelResolutionError, match="neither a local folder"):
+        run_training(spark, replace(cfg, f"model.base_model={tmp_path / 'missing-model'}"))
+    with pytest.raises(ModelResolutionError, match="cannot set alias"):
+        registry.set_alias(cfg.mlflow, "not valid!", 1)
+
+
+# --- scoring -------------------------------------------------------------------------------------------------
+
+def test_scoring_writes_pinned_scores_and_recommendations(spark, world) -> None:
+    cfg, scored = world["cfg"], world["scored"]
+    scores = _table(spark, cfg, S.USER_AD_SCORES)
+    recs = _table(spark, cfg, S.RECOMMENDATIONS)
+    assert scores.count() == scored.pairs_scored > 0
+    assert {tuple(r) for r in scores.select(S.MODEL_NAME, S.MODEL_VERSION).distinct().collect()} == \
+        {(cfg.mlflow.model_name, 1)}
+    assert scores.groupBy(S.USER_ID, S.AD_ID).count().where("count > 1").count() == 0
+    # the cascade scores at most top_n + prior_n ads per user (popular_pool for users without history)
+    popular = scored.users_by_strategy.get("popular", 0)
+    bound = (scored.users - popular) * (cfg.score.retrieval_top_n + cfg.score.prior_top_n) + \
+        popular * cfg.score.popular_pool
+    assert scored.pairs_scored <= bound < scored.all_pairs
+    r = recs.toPandas()
+    assert (r.groupby(S.USER_ID)[S.RANK].max() <= cfg.score.top_k).all()
+    assert not r.duplicated([S.USER_ID, S.AD_ID]).any()
+    assert r[S.REASON].str.len().gt(0).all()
+    profiles = _table(spark, cfg, S.USER_PROFILES).where(F.col(S.DS) == LAST).toPandas().set_index(S.USER_ID)
+    for user, group in r.groupby(S.USER_ID):
+        assert not set(group[S.AD_ID]) & set(profiles.loc[user, "clicked_ad_ids"]), user
+    popular_users = profiles.index[profiles[S.HISTORY_TEXT].eq("") & profiles["recent_queries"].map(len).eq(0)]
+    assert set(r[r[S.USER_ID].isin(popular_users)][S.STRATEGY]) <= {"popular"}
+    assert (r.groupby(S.USER_ID)[S.SCORE].apply(lambda s: s.notna().all())).all()
+
+
+def test_spark_scores_equal_in_process_scores(spark, world) -> None:
+    cfg = world["cfg"]
+    scores = _table(spark, cfg, S.USER_AD_SCORES).where(F.col(S.SCORE_DATE) == LAST)
+    users = _table(spark, cfg, S.USER_PROFILES).where(F.col(S.DS) == LAST)
+    ads = _table(spark, cfg, S.ADS).where(F.col(S.DS) == LAST)
+    pairs = pair_features(scores.select(S.USER_ID, S.AD_ID, S.SCORE), users, ads, rate_prior=cfg.etl.rate_prior,
+                          rate_prior_strength=cfg.etl.rate_prior_strength).toPandas()
+    model = registry.resolve(cfg.mlflow, alias="champion")
+    local = registry.download_model_dir(cfg.mlflow, model, world["tmp"] / "inproc-model")
+    want = Scorer(local, precision="int8").score(pairs[S.AD_TEXT], pairs[S.HISTORY_TEXT],
+                                                 pairs[list(S.NUMERIC_FEATURES)].to_numpy())
+    np.testing.assert_allclose(pairs[S.SCORE].to_numpy(), want, atol=1e-4)
+
+
+def test_rerun_of_a_date_leaves_identical_tables(spark, world) -> None:
+    cfg = world["cfg"]
+
+    def snapshot():
+        s = _table(spark, cfg, S.USER_AD_SCORES).orderBy(S.USER_ID, S.AD_ID).collect()
+        r = _table(spark, cfg, S.RECOMMENDATIONS).orderBy(S.USER_ID, S.RANK).collect()
+        return [tuple(x) for x in s], [tuple(x) for x in r]
+
+    before = snapshot()
+    run_scoring(spark, cfg, LAST)
+    assert snapshot() == before
+
+
+def test_all_candidates_mode_scores_every_unclicked_eligible_pair(spark, world) -> None:
+    cfg = replace(world["cfg"], "score.candidates=all", f"storage.lakehouse={world['tmp'] / 'lakehouse-all'}")
+    import shutil
+
+    shutil.copytree(world["cfg"].storage.lakehouse, cfg.storage.lakehouse)
+    result = run_scoring(spark, cfg, LAST)
+    users = _table(spark, cfg, S.USER_PROFILES).where(F.col(S.DS) == LAST).toPandas()
+    ads = _table(spark, cfg, S.ADS).where(F.col(S.DS) == LAST).toPandas()
+    serve = LAST + dt.timedelta(days=1)
+    live = ads[(ads[S.START_DATE].isna() | (ads[S.START_DATE] <= serve))
+               & (ads[S.END_DATE].isna() | (ads[S.END_DATE] >= serve))][S.AD_ID]
+    assert result.eligible_ads == len(live) < len(ads)  # some ads are off their flight
+    expected = sum(len(set(live) - set(clicked)) for clicked in users["clicked_ad_ids"])
+    assert result.pairs_scored == expected
+
+
+def test_unknown_alias_fails_before_any_work(spark, world) -> None:
+    cfg = replace(world["cfg"], "score.model_alias=no-such-alias")
+    before = _table(spark, cfg, S.USER_AD_SCORES).count()
+    with pytest.raises(ModelResolutionError, match="alias 'no-such-alias' not found.*it has aliases"):
+        run_scoring(spark, cfg, LAST)
+    assert _table(spark, cfg, S.USER_AD_SCORES).count() == before
+
+
+def test_empty_user_set_is_a_clear_error(spark, world) -> None:
+    with pytest.raises(InputDataError, match="no user profiles for 2023-06-01"):
+        run_scoring(spark, world["cfg"], dt.date(2023, 6, 1))
+
+
+def test_gpu_task_resource_falls_back_to_cpu_with_a_warning(world) -> None:
+    """A Spark task given a GPU scores on it; without CUDA here it warns and scores on CPU."""
+    import torch
+
+    model = world["tmp"] / "gpu-model"
+    if not model.exists():
+        registry.download_model_dir(world["cfg"].mlflow, registry.resolve(world["cfg"].mlflow, alias="champion"),
+                                    model)
+    jars = ",".join(str(p) for p in sorted((ROOT / ".jars").glob("*.jar")))
+    out = subprocess.run([sys.executable, str(ROOT / "tests" / "scripts" / "gpu_task_resource.py"), str(model),
+                          jars], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["gpus"] == ["0"]
+    if torch.cuda.is_available():
+        assert seen["device"] == "cuda:0" and not seen["warnings"]
+    else:
+        assert seen["device"] == "cpu"
+        assert any("CUDA is not available" in w for w in seen["warnings"])
+    assert len(seen["scores"]) == 3 and all(0 < s < 1 for s in seen["scores"])
+
+
+# --- the real model through every job -------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_real_model_through_every_job(spark, tmp_path) -> None:
+    from adrec_spark.evaluation.pipeline import run_evaluation
+
+    cfg = make_config(tmp_path, "model.max_length=96", "train.max_steps=3", "train.batch_size=8",
+                      "train.max_eval_rows=48", "train.eval_batch_size=48", "train.log_every_steps=1",
+                      "score.retrieval_top_n=4", "score.prior_top_n=2", "score.top_k=3",
+                      "evaluate.baselines=[random, popularity, item_rate, logistic_regression, als, pretrained]")
+    generate(GeneratorSpec(n_users=20, n_ads=24, n_events=900, n_days=2, start=START, seed=9), tmp_path / "raw")
+    run_etl(spark, cfg, START, START + dt.timedelta(days=1))
+    trained = run_training(spark, cfg)
+    assert trained.promoted and trained.pretrained_test_auc is not None
+    scored = run_scoring(spark, cfg, START + dt.timedelta(days=1))
+    assert scored.recommendations > 0
+    result = run_evaluation(spark, replace(cfg, "evaluate.ks=[3]"))
+    assert result.report_path.is_file()
+    assert {"model v1", "random", "popularity", "item_rate", "logistic_regression", "als", "pretrained"} <= \
+        set(result.table.index)
+    metrics = _table(spark, cfg, S.EVAL_METRICS)
+    assert metrics.where((F.col("method") == "model v1") & (F.col("metric") == "auc")).count() == 1
+    assert Path(result.report_path).read_text().count("data:image/png;base64") >= 4
