@@ -1,0 +1,77 @@
+"""Shared helpers for the benchmarks: a work folder, a prepared lakehouse with a trained model, JSON output."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "bench" / ".work"
+RESULTS = ROOT / "bench" / "results"
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+
+
+def machine() -> dict[str, object]:
+    cpu = ""
+    with contextlib.suppress(OSError, StopIteration):
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    import torch
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "cuda": torch.cuda.is_available(), "date": dt.date.today().isoformat()}
+
+
+def save(name: str, payload: dict[str, object]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"machine": machine(), **payload}, indent=2, default=str))
+    print(f"\nwrote {path.relative_to(ROOT)}")
+    return path
+
+
+def table(rows: list[dict[str, object]], columns: list[str]) -> str:
+    def fmt(v: object) -> str:
+        if isinstance(v, float):
+            return f"{v:,.1f}" if abs(v) >= 100 else f"{v:.3f}"
+        return str(v)
+
+    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(columns)]
+    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(x.ljust(w) for x, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(out)
+
+
+def run_python(code: str, *, env: dict[str, str] | None = None, timeout: int = 7200) -> dict[str, object]:
+    """Run ``code`` in a fresh interpreter (a fresh Spark JVM); its last stdout line is JSON."""
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=timeout,
+                         env={**os.environ, **(env or {})})
+    if out.returncode != 0:
+        sys.stderr.write(out.stderr[-5000:])
+        raise SystemExit(f"benchmark step failed (exit {out.returncode})")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["wall_seconds"] = time.perf_counter() - t0
+    return result
+
+
+def bench_config(work: Path, *overrides: str):
+    from adrec_spark.config import load_config
+
+    return load_config(overrides=[
+        f"storage.lakehouse={work / 'lakehouse'}", f"storage.raw_events={work / 'raw' / 'events'}",
+        f"storage.raw_ads={work / 'raw' / 'ads'}", f"storage.staging={work / 'lakehouse' / '_staging'}",
+        f"spark.jars_dir={ROOT / '.jars'}", f"mlflow.tracking_uri=sqlite:///{work / 'mlflow.db'}",
+        f"mlflow.artifact_location={work / 'mlartifacts'}", f"train.checkpoint_dir={work / 'checkpoints'}",
+        f"evaluate.report_dir={work / 'reports'}", *overrides])

@@ -1,0 +1,284 @@
+"""Scoring throughput and the cascade, on one prepared world (generated logs, ETL, a fine-tuned MiniLM).
+
+Prints one table and writes bench/results/scoring.json:
+  (1) an in-process PyTorch loop over the same pairs (our Scorer: length-sorted micro-batches, 2 threads),
+  (2) the Spark scoring job end to end (all candidates for a fixed set of users: ETL tables in, Delta out),
+  (3) ``mlflow.pyfunc.spark_udf`` with default settings on the same registered model and pairs,
+each in fp32 and in the fastest CPU precision; the precisions' quality against fp32 on the test split;
+and the cascade: pairs scored and recall@10 against scoring every pair.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from bench.common import ROOT, WORK, bench_config, run_python, save, table
+
+W = WORK / "scoring"
+BENCH_USERS = 60
+SCORE_DATE = "2024-01-14"
+
+PREPARE = """
+import datetime as dt, json, sys
+sys.path.insert(0, {root!r})
+from pathlib import Path
+from bench.common import bench_config
+from adrec_spark.logs import configure_logging
+from adrec_spark.session import build_spark
+from adrec_spark.data.generator import GeneratorSpec, generate
+from adrec_spark.etl.pipeline import run_etl
+from adrec_spark.training.pipeline import run_training
+configure_logging("INFO")
+work = Path({work!r})
+cfg = bench_config(work, *{overrides!r})
+generate(GeneratorSpec(n_users=300, n_ads=200, n_events=30000, n_days=14, seed=0), work / "raw")
+spark = build_spark(cfg)
+run_etl(spark, cfg, dt.date(2024, 1, 1), dt.date(2024, 1, 14))
+t = run_training(spark, cfg)
+print(json.dumps({{"model_version": t.model_version, "test_auc": t.test_auc}}))
+"""
+
+# One Spark measurement per fresh JVM (and fresh Python workers).
+SPARK_JOB = """
+import datetime as dt, json, sys
+sys.path.insert(0, {root!r})
+from pathlib import Path
+from bench.common import bench_config
+from adrec_spark.logs import configure_logging
+from adrec_spark.session import build_spark
+from adrec_spark.scoring.pipeline import run_scoring
+configure_logging("INFO")
+cfg = bench_config(Path({work!r}), *{overrides!r})
+spark = build_spark(cfg)
+r = run_scoring(spark, cfg, dt.date.fromisoformat({date!r}))
+print(json.dumps({{"pairs": r.pairs_scored, "seconds": r.seconds, "stages": r.stage_seconds,
+                  "users": r.users, "eligible_ads": r.eligible_ads}}))
+"""
+
+SPARK_UDF = """
+import json, os, sys, time
+sys.path.insert(0, {root!r})
+from pathlib import Path
+from bench.common import bench_config
+from adrec_spark.session import build_spark
+from adrec_spark import schema as S
+import mlflow, mlflow.pyfunc
+from pyspark.sql import functions as F
+cfg = bench_config(Path({work!r}))
+mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+spark = build_spark(cfg)
+pairs = spark.read.parquet({pairs!r})
+n = pairs.count()
+udf = mlflow.pyfunc.spark_udf(spark, "models:/" + cfg.mlflow.model_name + "@champion")
+t0 = time.perf_counter()
+pairs.withColumn("s", udf(*[F.col(c) for c in S.MODEL_INPUT_COLUMNS])).write.format("noop").mode("overwrite").save()
+print(json.dumps({{"pairs": n, "seconds": time.perf_counter() - t0}}))
+"""
+
+
+def _cfg(*overrides: str):
+    return bench_config(W, *overrides)
+
+
+TRAIN_OVERRIDES = ("model.max_length=160", "train.epochs=1", "train.batch_size=16", "train.max_train_rows=3000",
+                   "train.max_eval_rows=1000", "train.log_every_steps=50")
+
+
+def prepare() -> dict[str, object]:
+    marker = W / "prepared.json"
+    if marker.is_file():
+        return json.loads(marker.read_text())
+    shutil.rmtree(W, ignore_errors=True)
+    W.mkdir(parents=True)
+    print("preparing: generate 30k events, ETL, fine-tune MiniLM on 3,000 examples ...", flush=True)
+    res = run_python(PREPARE.format(root=str(ROOT), work=str(W), overrides=TRAIN_OVERRIDES))
+    marker.write_text(json.dumps(res))
+    return res
+
+
+def _bench_lakehouse() -> Path:
+    """A copy of the lakehouse whose profiles for the date hold only BENCH_USERS personalized users."""
+    from pyspark.sql import functions as F
+
+    from adrec_spark import schema as S
+    from adrec_spark.session import build_spark
+
+    target = W / "lakehouse-bench"
+    if (target / S.USER_PROFILES / "_delta_log").is_dir():
+        return target
+    cfg = _cfg()
+    spark = build_spark(cfg)
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(W / "lakehouse", target, ignore=shutil.ignore_patterns("_staging"))
+    profiles = spark.read.format("delta").load(str(W / "lakehouse" / S.USER_PROFILES))
+    keep = (profiles.where((F.col(S.DS) == SCORE_DATE) & (F.length(S.HISTORY_TEXT) > 0))
+            .orderBy(S.USER_ID).limit(BENCH_USERS))
+    keep.write.format("delta").mode("overwrite").save(str(target / S.USER_PROFILES))
+    return target
+
+
+def _pairs(target: Path) -> Path:
+    """The (user, ad) pairs the all-candidates job scores for the bench users, with model inputs."""
+    from pyspark.sql import functions as F
+
+    from adrec_spark import schema as S
+    from adrec_spark.scoring.pipeline import eligible_ads, pair_features
+    from adrec_spark.session import build_spark
+
+    out = W / "pairs.parquet"
+    if out.exists():
+        return out
+    import datetime as dt
+
+    cfg = _cfg()
+    spark = build_spark(cfg)
+    users = spark.read.format("delta").load(str(target / S.USER_PROFILES)).where(F.col(S.DS) == SCORE_DATE)
+    ads = spark.read.format("delta").load(str(target / S.ADS)).where(F.col(S.DS) == SCORE_DATE)
+    ads = eligible_ads(ads, dt.date.fromisoformat(SCORE_DATE) + dt.timedelta(days=1))
+    pairs = (users.select(S.USER_ID, "clicked_ad_ids").crossJoin(ads.select(S.AD_ID))
+             .where(~F.array_contains("clicked_ad_ids", F.col(S.AD_ID))).select(S.USER_ID, S.AD_ID))
+    feats = pair_features(pairs, users, ads, rate_prior=cfg.etl.rate_prior,
+                          rate_prior_strength=cfg.etl.rate_prior_strength)
+    feats.orderBy(S.USER_ID, S.AD_ID).coalesce(1).write.mode("overwrite").parquet(str(out))
+    return out
+
+
+def _model_dir() -> Path:
+    from adrec_spark.registry import registry
+
+    cfg = _cfg()
+    return registry.ensure_local_model(cfg.mlflow, registry.resolve(cfg.mlflow, alias="champion"), W / "models")
+
+
+def in_process(pairs: Path, precision: str, *, plain: bool = False) -> dict[str, float]:
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from adrec_spark import schema as S
+    from adrec_spark.model.inference import Scorer, tokenize_pairs
+
+    df = pd.read_parquet(pairs)
+    scorer = Scorer(_model_dir(), precision=precision, batch_size=64, threads=2)
+    num = df[list(S.NUMERIC_FEATURES)].to_numpy(np.float32)
+    scorer.score(df[S.AD_TEXT][:64], df[S.HISTORY_TEXT][:64], num[:64])  # warm-up
+    t0 = time.perf_counter()
+    if plain:  # the simplest loop: batches in table order, no length sorting
+        with torch.inference_mode():
+            for i in range(0, len(df), 64):
+                enc = tokenize_pairs(scorer.tokenizer, df[S.AD_TEXT][i:i + 64].tolist(),
+                                     df[S.HISTORY_TEXT][i:i + 64].tolist(), scorer.spec.max_length)
+                scorer.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                             token_type_ids=enc["token_type_ids"], numeric=torch.from_numpy(num[i:i + 64]))
+        scores = None
+    else:
+        scores = scorer.score(df[S.AD_TEXT], df[S.HISTORY_TEXT], num)
+    seconds = time.perf_counter() - t0
+    return {"pairs": len(df), "seconds": seconds, "pairs_per_second": len(df) / seconds,
+            "scores": None if scores is None else scores.tolist()}
+
+
+def precision_quality() -> list[dict[str, object]]:
+    """Each precision against fp32 on (up to 2,000 rows of) the test split: AUC and correlation."""
+    import numpy as np
+    import pyarrow.dataset as ds
+    from sklearn.metrics import roc_auc_score
+
+    from adrec_spark import schema as S
+    from adrec_spark.model.inference import Scorer
+
+    files = str(W / "lakehouse" / S.TRAINING_EXAMPLES)
+    import deltalake
+
+    table = deltalake.DeltaTable(files).to_pyarrow_table()
+    test = ds.dataset(table).to_table(filter=ds.field(S.SPLIT) == S.TEST).to_pandas().head(2000)
+    num = test[list(S.NUMERIC_FEATURES)].to_numpy(np.float32)
+    ref = None
+    rows = []
+    for precision in ("fp32", "bf16", "int8"):
+        s = Scorer(_model_dir(), precision=precision, batch_size=64, threads=2).score(test[S.AD_TEXT],
+                                                                                    test[S.HISTORY_TEXT], num)
+        ref = s if ref is None else ref
+        rows.append({"precision": precision, "test_rows": len(test), "test_auc": roc_auc_score(test[S.LABEL], s),
+                     "corr_vs_fp32": float(np.corrcoef(ref, s)[0, 1])})
+    return rows
+
+
+def recall_at_10(cascade_lake: Path, all_lake: Path) -> dict[str, float]:
+    import deltalake
+
+    from adrec_spark import schema as S
+
+    def top(lake: Path):
+        df = deltalake.DeltaTable(str(lake / S.USER_AD_SCORES)).to_pandas()
+        df = df.sort_values([S.USER_ID, S.SCORE, S.AD_ID], ascending=[True, False, True])
+        return df, df.groupby(S.USER_ID).head(10).groupby(S.USER_ID)[S.AD_ID].apply(set)
+
+    casc, casc_top = top(cascade_lake)
+    full, full_top = top(all_lake)
+    recalls = [len(casc_top.get(u, set()) & s) / len(s) for u, s in full_top.items() if s]
+    return {"cascade_pairs": len(casc), "all_pairs": len(full), "reduction": len(full) / max(len(casc), 1),
+            "recall_at_10": sum(recalls) / len(recalls), "users": len(recalls)}
+
+
+def run() -> dict[str, object]:
+    prepared = prepare()
+    target = _bench_lakehouse()
+    pairs = _pairs(target)
+    fast = "int8"
+    rows: list[dict[str, object]] = []
+    for precision in ("fp32", fast):
+        print(f"in-process {precision} ...", flush=True)
+        r = in_process(pairs, precision)
+        rows.append({"method": "in-process loop (Scorer)", "precision": precision, "pairs": r["pairs"],
+                     "seconds": r["seconds"], "pairs_per_second": r["pairs_per_second"]})
+        p = in_process(pairs, precision, plain=True)
+        rows.append({"method": "plain loop (table order)", "precision": precision, "pairs": p["pairs"],
+                     "seconds": p["seconds"], "pairs_per_second": p["pairs_per_second"]})
+        print(f"Spark job {precision} ...", flush=True)
+        job = run_python(SPARK_JOB.format(root=str(ROOT), work=str(W), date=SCORE_DATE, overrides=(
+            f"storage.lakehouse={target}", "score.candidates=all", f"score.precision={precision}")))
+        rows.append({"method": "Spark scoring job (end to end)", "precision": precision, "pairs": job["pairs"],
+                     "seconds": job["seconds"], "pairs_per_second": job["pairs"] / job["seconds"],
+                     "stages": job["stages"]})
+        print(f"mlflow spark_udf {precision} ...", flush=True)
+        env = {} if precision == "fp32" else {"ADREC_PYFUNC_PRECISION": precision}
+        udf = run_python(SPARK_UDF.format(root=str(ROOT), work=str(W), pairs=str(pairs)), env=env)
+        rows.append({"method": "mlflow.pyfunc.spark_udf" + (" (default)" if precision == "fp32" else ""),
+                     "precision": precision, "pairs": udf["pairs"], "seconds": udf["seconds"],
+                     "pairs_per_second": udf["pairs"] / udf["seconds"]})
+    rate = {(r["method"], r["precision"]): r["pairs_per_second"] for r in rows}
+    job_fast = rate[("Spark scoring job (end to end)", fast)]
+    ratios = {
+        "job_vs_in_process_fp32": rate[("Spark scoring job (end to end)", "fp32")]
+        / rate[("in-process loop (Scorer)", "fp32")],
+        f"job_vs_in_process_{fast}": job_fast / rate[("in-process loop (Scorer)", fast)],
+        f"{fast}_vs_fp32_in_process": rate[("in-process loop (Scorer)", fast)]
+        / rate[("in-process loop (Scorer)", "fp32")],
+        "job_fastest_vs_spark_udf_default": job_fast / rate[("mlflow.pyfunc.spark_udf (default)", "fp32")],
+    }
+    print("cascade vs all pairs ...", flush=True)
+    lakes = {}
+    for mode in ("cascade", "all"):
+        lake = W / f"lakehouse-{mode}"
+        shutil.rmtree(lake, ignore_errors=True)
+        shutil.copytree(W / "lakehouse", lake, ignore=shutil.ignore_patterns("_staging", "user_ad_scores",
+                                                                             "recommendations"))
+        run_python(SPARK_JOB.format(root=str(ROOT), work=str(W), date=SCORE_DATE, overrides=(
+            f"storage.lakehouse={lake}", f"score.candidates={mode}", f"score.precision={fast}")))
+        lakes[mode] = lake
+    cascade = recall_at_10(lakes["cascade"], lakes["all"])
+    quality = precision_quality()
+    print()
+    print(table(rows, ["method", "precision", "pairs", "seconds", "pairs_per_second"]))
+    print()
+    print(table(quality, ["precision", "test_rows", "test_auc", "corr_vs_fp32"]))
+    print()
+    print(table([{**ratios, **cascade}], [*list(ratios), "cascade_pairs", "all_pairs", "reduction", "recall_at_10"]))
+    save("scoring", {"command": "make bench (bench/run.py scoring)", "prepared": prepared, "throughput": rows,
+                     "ratios": ratios, "precision_quality": quality, "cascade": cascade,
+                     "bench_users": BENCH_USERS, "score_date": SCORE_DATE})
+    return {"throughput": rows, "ratios": ratios, "cascade": cascade, "quality": quality}
