@@ -17,7 +17,7 @@ from pyspark.sql import functions as F
 
 from adrec_spark import schema as S
 from adrec_spark.config import AppConfig
-from adrec_spark.errors import AdrecError
+from adrec_spark.errors import AdrecError, InputDataError
 from adrec_spark.etl import clean, features, split
 from adrec_spark.io import landing, tables
 
@@ -121,6 +121,9 @@ def run_etl(spark: SparkSession, cfg: AppConfig, start: dt.date, end: dt.date | 
                                 max_clock_skew_minutes=etl.max_clock_skew_minutes)
     parsed = clean.reject_unknown_ads(parsed, ads_clean)
     processed = sorted({str(r[S.DS]) for r in raw.select(S.DS).distinct().collect()})
+    if not processed:
+        raise InputDataError(f"no events for {start}{'..' + str(end) if end else ''}: the landing files hold "
+                             "only blank lines")
     marked = clean.mark_duplicates(parsed, _previous_event_ids(spark, cfg, start, processed))
     marked = marked.persist(StorageLevel.MEMORY_AND_DISK)
 

@@ -25,7 +25,14 @@ from adrec_spark.evaluation.metrics import click_metrics, ranking_metrics, score
 from adrec_spark.evaluation.report import write_report
 from adrec_spark.io import tables
 from adrec_spark.registry import registry
-from adrec_spark.scoring.udf import UdfSettings, embed_udf, numeric_struct, pretrained_cosine_udf, score_udf
+from adrec_spark.scoring.udf import (
+    UdfSettings,
+    embed_udf,
+    numeric_struct,
+    pretrained_cosine_udf,
+    score_udf,
+    ship_model_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -170,8 +177,7 @@ def run_evaluation(spark: SparkSession, cfg: AppConfig, score_date: dt.date | No
                              version=cfg.score.model_version)
     registry.configure_mlflow(cfg.mlflow)
     model_dir = registry.ensure_local_model(cfg.mlflow, model, Path(cfg.storage.staging) / "models")
-    spark.sparkContext.addFile(str(model_dir), recursive=True)
-    settings = UdfSettings(model_file=Path(model_dir).name, precision=cfg.score.precision,
+    settings = UdfSettings(model_file=ship_model_dir(spark.sparkContext, model_dir), precision=cfg.score.precision,
                            batch_size=cfg.score.batch_size, threads=cfg.score.torch_threads)
     df, version = scored_test_set(spark, cfg, settings)
     methods = [MODEL, *cfg.evaluate.baselines]

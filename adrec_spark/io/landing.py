@@ -99,14 +99,16 @@ def read_raw(spark: SparkSession, folders: Sequence[str], fmt: str, columns: Seq
     """
     folders = list(folders)
     if fmt == "json":
+        # JSON whitespace is spaces and tabs within a line (F.trim alone strips spaces only).
+        stripped = F.btrim(F.col("line"), F.lit(" \t"))
         lines = (spark.read.text(folders).select(F.col("value").alias("line"),
                                                  F.col("_metadata.file_path").alias("source_file"))
-                 .where(F.trim("line") != ""))
+                 .where(stripped != ""))
         parsed = F.from_json("line", _all_string_schema(columns, True),
                              {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": _CORRUPT})
         df = lines.select("line", "source_file", parsed.alias("r"))
         # A JSON value that is not an object (a number, a list) parses to a row of nulls: malformed too.
-        is_object = F.trim("line").startswith("{")
+        is_object = stripped.startswith("{")
         malformed = F.col(f"r.{_CORRUPT}").isNotNull() | F.col("r").isNull() | ~is_object
         out = df.select(*[F.col(f"r.{c}").alias(c) for c in columns],
                         F.col("line").alias(S.PAYLOAD), malformed.alias("malformed"), "source_file")
