@@ -58,8 +58,10 @@ class SparkConfig:
     jars_dir: str | None = ".jars"
     use_packages: bool = False
     delta_package: str = "io.delta:delta-spark_4.2_2.13:4.4.0"
-    # Rows per Arrow batch sent to Python workers: bounds the scoring workers' memory.
+    # Rows per Arrow batch sent to Python workers: bounds the scoring workers' memory. A byte cap as well
+    # (spark.sql.execution.arrow.maxBytesPerBatch; a batch ends at whichever limit comes first) suits long texts.
     arrow_max_records_per_batch: int = 2048
+    arrow_max_bytes_per_batch: int | None = None
     driver_memory: str | None = "4g"
     log_level: str = "WARN"
     conf: dict[str, str] = field(default_factory=dict)
@@ -67,6 +69,8 @@ class SparkConfig:
     def __post_init__(self) -> None:
         _check(self.shuffle_partitions >= 1, "spark.shuffle_partitions", "must be >= 1")
         _check(self.arrow_max_records_per_batch >= 1, "spark.arrow_max_records_per_batch", "must be >= 1")
+        _check(self.arrow_max_bytes_per_batch is None or 0 < self.arrow_max_bytes_per_batch < 2**31 - 1,
+               "spark.arrow_max_bytes_per_batch", "must be between 1 and 2147483646 bytes (or null)")
         _check(self.jars_dir is not None or self.use_packages or "spark.jars" in self.conf,
                "spark.jars_dir", "set a jars folder, use_packages: true, or spark.conf['spark.jars']")
 
@@ -175,7 +179,7 @@ class TrainConfig:
     batch_size: int = 32
     eval_batch_size: int = 128
     max_steps: int | None = None
-    max_train_rows: int | None = None
+    max_train_rows: int | None = None  # train on the most recent N rows of the train split
     max_eval_rows: int | None = None
     early_stopping_patience: int = 2
     eval_every_steps: int | None = None

@@ -37,6 +37,8 @@ def spark_conf(cfg: SparkConfig) -> dict[str, str]:
         # Python workers (pandas UDFs) start with the same interpreter as the driver unless told otherwise.
         "spark.pyspark.python": os.environ.get("PYSPARK_PYTHON", sys.executable),
     }
+    if cfg.arrow_max_bytes_per_batch is not None:
+        conf["spark.sql.execution.arrow.maxBytesPerBatch"] = str(cfg.arrow_max_bytes_per_batch)
     if cfg.driver_memory:
         conf["spark.driver.memory"] = cfg.driver_memory
     if cfg.use_packages:

@@ -54,14 +54,28 @@ def table(rows: list[dict[str, object]], columns: list[str]) -> str:
 
 
 def run_python(code: str, *, env: dict[str, str] | None = None, timeout: int = 7200) -> dict[str, object]:
-    """Run ``code`` in a fresh interpreter (a fresh Spark JVM); its last stdout line is JSON."""
+    """Run ``code`` in a fresh interpreter (a fresh Spark JVM); its last stdout line is JSON.
+
+    Everything it prints streams through as it comes (stderr directly, stdout line by line: TorchDistributor
+    relays the training processes' logs there), so a long step shows its progress."""
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=timeout,
-                         env={**os.environ, **(env or {})})
-    if out.returncode != 0:
-        sys.stderr.write(out.stderr[-5000:])
-        raise SystemExit(f"benchmark step failed (exit {out.returncode})")
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**os.environ, **(env or {})})
+    last = ""
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.strip():
+                last = line
+            if not line.startswith("{"):
+                sys.stderr.write(line)
+        proc.wait(timeout=max(1.0, timeout - (time.perf_counter() - t0)))
+    except BaseException:
+        proc.kill()
+        raise
+    if proc.returncode != 0:
+        raise SystemExit(f"benchmark step failed (exit {proc.returncode}); its log is above")
+    result = json.loads(last)
     result["wall_seconds"] = time.perf_counter() - t0
     return result
 

@@ -104,3 +104,14 @@ def test_spark_conf_points_at_local_jars_or_packages(tmp_path: Path) -> None:
     assert conf["spark.jars.packages"].startswith("io.delta:delta-spark_4.2_2.13")
     with pytest.raises(ConfigError, match="make setup"):
         spark_conf(load_config(overrides=[f"spark.jars_dir={tmp_path / 'none'}"]).spark)
+
+
+def test_arrow_batches_bounded_by_rows_and_optionally_bytes() -> None:
+    conf = spark_conf(load_config(overrides=["spark.use_packages=true"]).spark)
+    assert conf["spark.sql.execution.arrow.maxRecordsPerBatch"] == "2048"
+    assert "spark.sql.execution.arrow.maxBytesPerBatch" not in conf
+    cfg = load_config(overrides=["spark.use_packages=true", "spark.arrow_max_bytes_per_batch=8388608"])
+    conf = spark_conf(cfg.spark)
+    assert conf["spark.sql.execution.arrow.maxBytesPerBatch"] == "8388608"
+    with pytest.raises(ConfigError, match=r"spark\.arrow_max_bytes_per_batch"):
+        load_config(overrides=["spark.arrow_max_bytes_per_batch=0"])

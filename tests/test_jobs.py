@@ -124,6 +124,16 @@ def test_warm_start_from_champion_on_a_window(spark, world) -> None:
     assert result.pretrained_test_auc is None  # a warm start has no "before fine-tuning" baseline
 
 
+def test_two_training_processes_through_torch_distributor(spark, world) -> None:
+    """The local-mode path of the cluster set-up: 2 DDP processes (gloo) on the driver."""
+    cfg = replace(world["cfg"], "train.num_processes=2", "train.max_steps=4", "train.promotion_margin=1.0",
+                  "train.zero_shot_baseline=false")
+    result = run_training(spark, cfg)
+    assert result.summary["world_size"] == 2
+    assert result.summary["global_step"] == 4
+    assert 0.0 <= result.test_auc <= 1.0
+
+
 def test_training_errors_are_clear(spark, world, tmp_path) -> None:
     cfg = world["cfg"]
     with pytest.raises(InputDataError, match="training_examples' does not exist"):

@@ -158,6 +158,20 @@ def test_pair_dataset_streams_shards_and_shuffles(tmp_path) -> None:
     assert len(std) == 6
 
 
+def test_pair_dataset_keeps_the_first_or_the_newest_rows(tmp_path) -> None:
+    root = write_splits(tmp_path, n_train=100, files_per_split=3)  # 3 files: the cut crosses file boundaries
+    want = make_pairs(100, 0)[S.AD_RATE].to_numpy()
+    first = PairDataset(root / S.TRAIN, max_rows=70).read_all()
+    np.testing.assert_allclose(first.numeric[:, 2], want[:70], rtol=1e-6)
+    newest = PairDataset(root / S.TRAIN, max_rows=70, newest=True)
+    assert newest.num_rows == 70
+    np.testing.assert_allclose(newest.read_all().numeric[:, 2], want[30:], rtol=1e-6)
+    streamed = np.concatenate([b.numeric[:, 2] for b in newest.batches(16)])
+    np.testing.assert_allclose(streamed, want[30:], rtol=1e-6)
+    everything = PairDataset(root / S.TRAIN, max_rows=500, newest=True).read_all()
+    np.testing.assert_allclose(everything.numeric[:, 2], want, rtol=1e-6)
+
+
 def test_pair_dataset_names_missing_columns(tmp_path) -> None:
     (tmp_path / "x").mkdir()
     make_pairs(5, 0).drop(columns=[S.AD_TEXT]).to_parquet(tmp_path / "x" / "p.parquet")

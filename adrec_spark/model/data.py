@@ -46,10 +46,11 @@ def _to_batch(table: pa.Table, extra_columns: Sequence[str] = ()) -> Batch:
 
 
 class PairDataset:
-    """One split (a folder of Parquet files) of training pairs."""
+    """One split (a folder of Parquet files) of training pairs, in file order (the job writes them sorted by
+    time). ``max_rows`` keeps the first rows, or with ``newest`` the last ones (the most recent examples)."""
 
     def __init__(self, path: str | Path, *, max_rows: int | None = None,
-                 extra_columns: Sequence[str] = ()) -> None:
+                 extra_columns: Sequence[str] = (), newest: bool = False) -> None:
         self.path = str(path)
         if not Path(self.path).exists():
             raise TrainingDataError(f"no training data at {self.path}")
@@ -61,15 +62,20 @@ class PairDataset:
         self.extra_columns = tuple(extra_columns)
         total = self.dataset.count_rows()
         self.num_rows = min(total, max_rows) if max_rows else total
+        self.skip_rows = total - self.num_rows if newest else 0
 
     def _record_batches(self, rows: int = 8192) -> Iterator[pa.RecordBatch]:
-        seen = 0
+        seen, skip = 0, self.skip_rows
         for rb in self.dataset.to_batches(columns=self.columns, batch_size=rows):
             if seen >= self.num_rows:
                 return
-            take = min(rb.num_rows, self.num_rows - seen)
+            if skip >= rb.num_rows:
+                skip -= rb.num_rows
+                continue
+            take = min(rb.num_rows - skip, self.num_rows - seen)
             seen += take
-            yield rb.slice(0, take)
+            yield rb.slice(skip, take)
+            skip = 0
 
     def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0, epoch: int = 0, rank: int = 0,
                 world_size: int = 1, buffer_rows: int = 20000, drop_last: bool = False) -> Iterator[Batch]:

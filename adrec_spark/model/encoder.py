@@ -44,6 +44,11 @@ def load_tokenizer(path: str | Path):
 
 
 def load_encoder(path: str | Path):
+    """The encoder without its pooler head: the relevance model mean-pools (or takes [CLS]) itself, and an
+    unused pooler would be dead weight in inference and unused parameters in distributed training."""
     from transformers import AutoModel
 
-    return AutoModel.from_pretrained(str(path), local_files_only=True)
+    encoder = AutoModel.from_pretrained(str(path), local_files_only=True)
+    if getattr(encoder, "pooler", None) is not None:
+        encoder.pooler = None
+    return encoder

@@ -329,7 +329,7 @@ def _train(p: TrainParams, rank: int, world: int, local_rank: int) -> dict[str, 
         log.warning("use_gpu is set but CUDA is not available: training on CPU")
     precision = resolve_train_precision(p.precision, device)
     data = Path(p.data_dir)
-    train = PairDataset(data / S.TRAIN, max_rows=p.max_train_rows)
+    train = PairDataset(data / S.TRAIN, max_rows=p.max_train_rows, newest=True)  # the most recent rows
     _check_data(train, p, world)
     valid = PairDataset(data / S.VALID, max_rows=p.max_eval_rows).read_all()
     test_set = PairDataset(data / S.TEST, max_rows=p.max_eval_rows, extra_columns=(S.USER_ID, S.AD_ID))

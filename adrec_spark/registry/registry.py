@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,9 +178,24 @@ def local_model_cache(root: str | Path, model: ResolvedModel) -> Path:
 
 
 def ensure_local_model(cfg: MlflowConfig, model: ResolvedModel, cache_root: str | Path) -> Path:
-    """The version's model folder under ``cache_root`` (downloaded once, reused after)."""
+    """The version's model folder under ``cache_root`` (downloaded once, reused after).
+
+    Jobs sharing the cache may download the same version at the same time: each downloads into a folder of
+    its own and renames it into place (atomic), so the cached folder is always complete; a job that loses the
+    race keeps the winner's copy."""
     path = local_model_cache(cache_root, model)
     if (path / "spec.json").is_file():
         return path
     os.makedirs(cache_root, exist_ok=True)
-    return download_model_dir(cfg, model, path)
+    own = Path(tempfile.mkdtemp(prefix=f"{path.name}.", suffix=".partial", dir=cache_root))
+    try:
+        download_model_dir(cfg, model, own / "model")
+        try:
+            os.rename(own / "model", path)
+        except OSError as e:
+            if not (path / "spec.json").is_file():
+                raise ModelResolutionError(f"cannot cache {model.uri} at {path}: {e} (remove the folder if it "
+                                           "is an incomplete copy)") from e
+    finally:
+        shutil.rmtree(own, ignore_errors=True)
+    return path

@@ -27,7 +27,7 @@ from adrec_spark.io import tables
 from adrec_spark.registry import registry
 from adrec_spark.scoring import candidates as C
 from adrec_spark.scoring.rerank import AdInfo, rerank_group
-from adrec_spark.scoring.udf import UdfSettings, embed_udf, numeric_struct, score_udf
+from adrec_spark.scoring.udf import UdfSettings, embed_udf, numeric_struct, score_udf, ship_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -168,9 +168,8 @@ def run_scoring(spark: SparkSession, cfg: AppConfig, score_date: dt.date) -> Sco
         raise InputDataError(f"no ads eligible on {score_date + dt.timedelta(days=1)} in the {score_date} catalog")
 
     model_dir = registry.ensure_local_model(cfg.mlflow, model, Path(cfg.storage.staging) / "models")
-    spark.sparkContext.addFile(str(model_dir), recursive=True)
-    settings = UdfSettings(model_file=Path(model_dir).name, precision=sc.precision, batch_size=sc.batch_size,
-                           threads=sc.torch_threads, chaos=sc.chaos)
+    settings = UdfSettings(model_file=ship_model_dir(spark.sparkContext, model_dir), precision=sc.precision,
+                           batch_size=sc.batch_size, threads=sc.torch_threads, chaos=sc.chaos)
     users = with_strategy(users)
     by_strategy = {r[S.STRATEGY]: int(r["count"]) for r in users.groupBy(S.STRATEGY).count().collect()}
     t = time.perf_counter()

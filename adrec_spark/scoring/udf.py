@@ -1,6 +1,7 @@
 """pandas UDFs that run the model inside Spark's Python workers.
 
-The model folder reaches executors with ``SparkContext.addFile`` (no tracking server access needed there)
+The model folder reaches executors with ``SparkContext.addFile`` in local mode and as a zip with
+``SparkContext.addArchive`` on a cluster (:func:`ship_model_dir`; no tracking server access needed there)
 and is loaded once per Python worker: a module-level cache keyed by (path, device, precision) survives
 across batches and tasks while Spark reuses the worker. Each task scores on the GPU Spark assigned to it
 (``TaskContext.resources()``), in bf16; without one, on CPU in the configured precision.
@@ -10,13 +11,16 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from pyspark import SparkContext
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 from pyspark.sql.functions import pandas_udf
@@ -38,6 +42,27 @@ class UdfSettings:
     batch_size: int = 64
     threads: int | None = 1
     chaos: ChaosConfig = field(default_factory=ChaosConfig)
+
+
+def ship_model_dir(sc: SparkContext, model_dir: str | Path) -> str:
+    """Make the local folder ``model_dir`` available to every Python worker; returns its ``model_file`` name.
+
+    Spark's ``addFile`` takes local folders only in local mode (a cluster master raises
+    UNSUPPORTED_ADD_FILE.LOCAL_DIRECTORY), so on a cluster the folder goes as a zip next to it, which
+    ``addArchive`` unpacks on each executor under SparkFiles with the folder's name.
+    """
+    model_dir = Path(model_dir)
+    if sc.master.startswith("local"):
+        sc.addFile(str(model_dir), recursive=True)
+        return model_dir.name
+    archive = model_dir.with_name(model_dir.name + ".zip")
+    if not archive.is_file():  # the folder of a model version never changes: zip it once
+        tmp = shutil.make_archive(str(model_dir.with_name(f".{model_dir.name}.{os.getpid()}")), "zip",
+                                  root_dir=model_dir)
+        os.replace(tmp, archive)
+    sc.addArchive(f"{archive}#{model_dir.name}")
+    log.info("shipping model %s to the executors as %s", model_dir, archive)
+    return model_dir.name
 
 
 def _model_path(model_file: str) -> str:

@@ -38,7 +38,7 @@ def main(model_dir: str, jars: str) -> None:
              .config("spark.ui.enabled", "false").config("spark.jars", jars)
              .config("spark.executorEnv.PYTHONPATH", os.pathsep.join(sys.path)).getOrCreate())
 
-    def probe(_):  # noqa: ANN001, ANN202
+    def probe(_):
         from adrec_spark.scoring.udf import task_device
 
         with warnings.catch_warnings(record=True) as caught:
