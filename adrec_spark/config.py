@@ -205,6 +205,9 @@ class TrainConfig:
     log_every_steps: int = 20
     shuffle_buffer_rows: int = 20000
     zero_shot_baseline: bool = True
+    # Start the wide term at a logistic (or ridge) regression on the numeric features, the text path at zero:
+    # fine-tuning then learns the residual over that classical model ("random": no such start).
+    wide_init: Literal["linear", "random"] = "linear"
 
     def __post_init__(self) -> None:
         for key in ("learning_rate", "head_learning_rate"):

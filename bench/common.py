@@ -65,9 +65,9 @@ def run_python(code: str, *, env: dict[str, str] | None = None, timeout: int = 7
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
-            if line.strip():
+            if line.startswith("{"):
                 last = line
-            if not line.startswith("{"):
+            else:
                 sys.stderr.write(line)
         proc.wait(timeout=max(1.0, timeout - (time.perf_counter() - t0)))
     except BaseException:
@@ -75,6 +75,8 @@ def run_python(code: str, *, env: dict[str, str] | None = None, timeout: int = 7
         raise
     if proc.returncode != 0:
         raise SystemExit(f"benchmark step failed (exit {proc.returncode}); its log is above")
+    if not last:
+        raise SystemExit("benchmark step printed no result line")
     result = json.loads(last)
     result["wall_seconds"] = time.perf_counter() - t0
     return result

@@ -18,7 +18,7 @@ from pathlib import Path
 from bench.common import ROOT, WORK, bench_config, run_python, save, table
 
 W = WORK / "scoring"
-BENCH_USERS = 60
+BENCH_USERS = 40
 SCORE_DATE = "2024-01-14"
 
 PREPARE = """
@@ -83,7 +83,7 @@ def _cfg(*overrides: str):
     return bench_config(W, *overrides)
 
 
-TRAIN_OVERRIDES = ("model.max_length=160", "train.epochs=1", "train.batch_size=16", "train.max_train_rows=3000",
+TRAIN_OVERRIDES = ("model.max_length=128", "train.epochs=1", "train.batch_size=16", "train.max_train_rows=1500",
                    "train.max_eval_rows=1000", "train.log_every_steps=50")
 
 
@@ -93,7 +93,7 @@ def prepare() -> dict[str, object]:
         return json.loads(marker.read_text())
     shutil.rmtree(W, ignore_errors=True)
     W.mkdir(parents=True)
-    print("preparing: generate 30k events, ETL, fine-tune MiniLM on 3,000 examples ...", flush=True)
+    print("preparing: generate 30k events, ETL, fine-tune MiniLM on 1,500 examples ...", flush=True)
     res = run_python(PREPARE.format(root=str(ROOT), work=str(W), overrides=TRAIN_OVERRIDES))
     marker.write_text(json.dumps(res))
     return res

@@ -8,7 +8,7 @@ import time
 from bench.common import ROOT, WORK, run_python, save, table
 from bench.scoring_bench import W, prepare
 
-STEPS, BATCH, MAX_LENGTH = 40, 16, 160
+STEPS, BATCH, MAX_LENGTH = 20, 16, 128
 
 JOB = """
 import json, sys

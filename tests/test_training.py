@@ -7,9 +7,12 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from adrec_spark import schema as S
 from adrec_spark.errors import TrainingDataError
+from adrec_spark.model.data import PairDataset
+from adrec_spark.model.encoder import load_tokenizer
 from adrec_spark.model.training import TrainParams, train_worker
 from tests.pairs import make_pairs, write_splits
 from tests.tiny_bert import make_tiny_bert
@@ -115,3 +118,24 @@ def test_bad_training_sets_are_clear_errors(tiny, tmp_path) -> None:
         train_worker(_params(tiny, tmp_path / "small", tmp_path).to_json())
     with pytest.raises(TrainingDataError, match="no training data"):
         train_worker(_params(tiny, tmp_path / "nothing", tmp_path).to_json())
+
+
+def test_wide_term_starts_as_a_logistic_regression_on_the_numeric_features(tiny, splits) -> None:
+    """Before any step the model's output is sklearn's logistic regression on the standardized numeric features
+    (the text path starts at zero), so fine-tuning learns the residual over that classical model."""
+    from sklearn.linear_model import LogisticRegression
+
+    from adrec_spark.model.relevance import ModelSpec, build_model
+    from adrec_spark.model.training import _forward, init_wide_from_linear
+
+    data = PairDataset(splits / S.TRAIN)
+    mean, std = data.numeric_stats()
+    model = build_model(tiny, ModelSpec(list(S.NUMERIC_FEATURES), mean, std, max_length=64), seed=0).eval()
+    coefs = init_wide_from_linear(model, data, "bce")
+    batch = data.read_all()
+    z = (batch.numeric.astype(np.float64) - np.array(mean)) / np.array(std)
+    ref = LogisticRegression(C=1.0, max_iter=1000).fit(z, batch.label)
+    np.testing.assert_allclose([coefs[f] for f in S.NUMERIC_FEATURES], ref.coef_[0], rtol=1e-4, atol=1e-6)
+    with torch.no_grad():
+        logits = _forward(model, load_tokenizer(tiny), batch, "cpu", 64).numpy()
+    np.testing.assert_allclose(logits, ref.decision_function(z), rtol=1e-4, atol=1e-4)

@@ -127,9 +127,12 @@ class PairDataset:
         table = pa.Table.from_batches(batches) if batches else self.dataset.to_table(columns=self.columns)
         return _to_batch(table.select(self.columns).slice(0, self.num_rows), self.extra_columns)
 
+    def _selected(self, columns: list[str]) -> pa.Table:
+        return self.dataset.to_table(columns=columns).slice(self.skip_rows, self.num_rows)
+
     def numeric_stats(self) -> tuple[list[float], list[float]]:
         """Per-feature mean and standard deviation (standardization of the model's numeric inputs)."""
-        table = self.dataset.to_table(columns=list(S.NUMERIC_FEATURES)).slice(0, self.num_rows)
+        table = self._selected(list(S.NUMERIC_FEATURES))
         means, stds = [], []
         for c in S.NUMERIC_FEATURES:
             col = pc.fill_null(table.column(c).cast(pa.float64()), 0.0)
@@ -138,8 +141,17 @@ class PairDataset:
             stds.append(float(std) if std and std > 1e-6 else 1.0)
         return means, stds
 
+    def numeric_and_targets(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The numeric features (nulls as 0), labels and graded relevance of the selected rows, as arrays."""
+        table = self._selected([*S.NUMERIC_FEATURES, S.LABEL, S.RELEVANCE])
+        numeric = np.stack([pc.fill_null(table.column(c).cast(pa.float64()), 0.0).to_numpy()
+                            for c in S.NUMERIC_FEATURES], axis=1)
+        label = table.column(S.LABEL).to_numpy(zero_copy_only=False).astype(np.float64)
+        relevance = table.column(S.RELEVANCE).to_numpy(zero_copy_only=False).astype(np.float64)
+        return np.nan_to_num(numeric), label, relevance
+
     def label_counts(self) -> tuple[int, int]:
-        """(negatives, positives) of this split."""
-        table = self.dataset.to_table(columns=[S.LABEL]).slice(0, self.num_rows)
+        """(negatives, positives) of the selected rows."""
+        table = self._selected([S.LABEL])
         positives = int(pc.sum(table.column(S.LABEL)).as_py() or 0)
         return self.num_rows - positives, positives

@@ -73,6 +73,9 @@ class TrainParams:
     # Stop as if interrupted after this many steps (checkpoint kept): for time-boxed runs and resume tests.
     halt_after_steps: int | None = None
     zero_shot_baseline: bool = True
+    # "linear": start the wide term at a logistic (bce) or ridge (mse) regression on the numeric features and
+    # the text path at zero, so fine-tuning learns the residual over that classical model; "random": no fit.
+    wide_init: str = "linear"
     tracking_uri: str | None = None
     run_id: str | None = None
     extra: dict[str, object] = field(default_factory=dict)
@@ -284,6 +287,29 @@ def _eval_split(model: RelevanceModel, tokenizer: object, data: Batch, p: TrainP
     return binary_metrics(data.label, scores), scores
 
 
+def init_wide_from_linear(model: RelevanceModel, train: PairDataset, loss: str) -> dict[str, float]:
+    """Set the model's wide term to a regression on the standardized numeric features of ``train`` (logistic
+    on the labels for ``bce``, ridge on the graded relevance for ``mse``) and zero the fused head's output, so
+    the model starts as that classical model; returns the fitted coefficients by feature."""
+    from sklearn.linear_model import LogisticRegression, Ridge
+
+    numeric, label, relevance = train.numeric_and_targets()
+    mean, std = model.num_mean.double().cpu().numpy(), model.num_std.double().cpu().numpy()
+    z = (numeric - mean) / std
+    if loss == "mse":
+        fit = Ridge(alpha=1.0).fit(z, relevance)
+        weight, bias = np.ravel(fit.coef_), float(np.ravel(fit.intercept_)[0])
+    else:
+        fit = LogisticRegression(C=1.0, max_iter=1000).fit(z, label)
+        weight, bias = fit.coef_[0], float(fit.intercept_[0])
+    with torch.no_grad():
+        model.wide.weight.copy_(torch.as_tensor(weight, dtype=model.wide.weight.dtype).view(1, -1))
+        model.wide.bias.fill_(bias)
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+    return {**dict(zip(model.spec.numeric_features, map(float, weight), strict=True)), "intercept": bias}
+
+
 def _check_data(train: PairDataset, p: TrainParams, world_size: int) -> None:
     neg, pos = train.label_counts()
     if train.num_rows == 0:
@@ -342,6 +368,10 @@ def _train(p: TrainParams, rank: int, world: int, local_rank: int) -> dict[str, 
         spec = ModelSpec(list(S.NUMERIC_FEATURES), mean, std, max_length=p.max_length, pooling=p.pooling,
                          numeric_hidden=p.numeric_hidden, dropout=p.dropout, base_model=p.base_model_dir)
         model, tokenizer = build_model(p.base_model_dir, spec, seed=p.seed), load_tokenizer(p.base_model_dir)
+        if p.wide_init == "linear":
+            coefs = init_wide_from_linear(model, train, p.loss)
+            log.info("wide term initialised from a %s regression on the numeric features: %s",
+                     "ridge" if p.loss == "mse" else "logistic", {k: round(v, 3) for k, v in coefs.items()})
     model = apply_trainable(model, p).to(device)
     model.train()
     steps_per_epoch = train.steps_per_epoch(p.batch_size, world)

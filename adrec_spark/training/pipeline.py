@@ -114,7 +114,7 @@ def _params(cfg: AppConfig, *, data_dir: str, out_dir: str, base: str, init_dir:
         trainable=t.trainable, top_k_layers=t.top_k_layers, lora=t.lora, lora_r=t.lora_r, lora_alpha=t.lora_alpha,
         lora_dropout=t.lora_dropout, precision=t.precision, seed=t.seed, use_gpu=t.use_gpu,
         log_every_steps=t.log_every_steps, shuffle_buffer_rows=t.shuffle_buffer_rows,
-        zero_shot_baseline=t.zero_shot_baseline and init_dir is None,
+        zero_shot_baseline=t.zero_shot_baseline and init_dir is None, wide_init=t.wide_init,
         tracking_uri=cfg.mlflow.tracking_uri, run_id=run_id)
 
 
