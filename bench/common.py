@@ -9,6 +9,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -59,7 +60,13 @@ def run_python(code: str, *, env: dict[str, str] | None = None, timeout: int = 7
     Everything it prints streams through as it comes (stderr directly, stdout line by line: TorchDistributor
     relays the training processes' logs there), so a long step shows its progress."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT,
+    # A script file, not `python -c`: under -c, mlflow.pyfunc.log_model ends the process (exit 0, printing
+    # "Skipping doctests: No module named 'grpc'") when it validates the input example.
+    WORK.mkdir(parents=True, exist_ok=True)
+    fd, script = tempfile.mkstemp(suffix=".py", prefix="step-", dir=WORK)
+    with os.fdopen(fd, "w") as f:
+        f.write(code)
+    proc = subprocess.Popen([sys.executable, script], stdout=subprocess.PIPE, text=True, cwd=ROOT,
                             env={**os.environ, **(env or {})})
     last = ""
     try:
@@ -73,6 +80,8 @@ def run_python(code: str, *, env: dict[str, str] | None = None, timeout: int = 7
     except BaseException:
         proc.kill()
         raise
+    finally:
+        os.unlink(script)
     if proc.returncode != 0:
         raise SystemExit(f"benchmark step failed (exit {proc.returncode}); its log is above")
     if not last:

@@ -47,8 +47,17 @@ def load_encoder(path: str | Path):
     """The encoder without its pooler head: the relevance model mean-pools (or takes [CLS]) itself, and an
     unused pooler would be dead weight in inference and unused parameters in distributed training."""
     from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
 
-    encoder = AutoModel.from_pretrained(str(path), local_files_only=True)
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the load report would list the pooler weights this leaves out
+    try:
+        try:
+            encoder = AutoModel.from_pretrained(str(path), local_files_only=True, add_pooling_layer=False)
+        except TypeError:  # architectures without that option
+            encoder = AutoModel.from_pretrained(str(path), local_files_only=True)
+    finally:
+        hf_logging.set_verbosity(level)
     if getattr(encoder, "pooler", None) is not None:
         encoder.pooler = None
     return encoder
