@@ -20,6 +20,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from adrec_spark.errors import ConfigError
+from adrec_spark.schema import NUMERIC_FEATURES
 
 
 def _check(cond: bool, key: str, msg: str) -> None:
@@ -160,8 +161,14 @@ class ModelConfig:
     pooling: Literal["mean", "cls"] = "mean"
     dropout: float = 0.1
     numeric_hidden: int = 32
+    # Numeric features that describe the user only (how strict a rater, how active): they enter the model as
+    # an additive per-user bias, not the pair head, so ranking one user's ads never depends on them (see
+    # adrec_spark/model/relevance.py). Empty: every feature goes through the pair head.
+    user_features: tuple[str, ...] = ("user_rate", "user_log_impressions")
 
     def __post_init__(self) -> None:
+        unknown = sorted(set(self.user_features) - set(NUMERIC_FEATURES))
+        _check(not unknown, "model.user_features", f"unknown {unknown}; numeric features: {list(NUMERIC_FEATURES)}")
         _check(16 <= self.max_length <= 4096, "model.max_length", "must be in [16, 4096]")
         _check(0 <= self.dropout < 1, "model.dropout", "must be in [0, 1)")
         _check(self.numeric_hidden >= 1, "model.numeric_hidden", "must be >= 1")
@@ -170,6 +177,10 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     loss: Literal["bce", "mse"] = "bce"
+    # A pairwise (RankNet) loss between one user's rows with different labels, on the logit less the user
+    # bias, added with this weight; batches then hold about users_per_batch users each. 0: pointwise only.
+    ranking_loss_weight: float = 0.0
+    users_per_batch: int = 4
     learning_rate: float = 5e-5
     head_learning_rate: float = 1e-3
     weight_decay: float = 0.01
@@ -213,6 +224,8 @@ class TrainConfig:
         for key in ("learning_rate", "head_learning_rate"):
             _check(getattr(self, key) > 0, f"train.{key}", "must be > 0")
         _check(0 <= self.warmup_ratio < 1, "train.warmup_ratio", "must be in [0, 1)")
+        _check(self.ranking_loss_weight >= 0, "train.ranking_loss_weight", "must be >= 0")
+        _check(1 <= self.users_per_batch <= self.batch_size, "train.users_per_batch", "must be in [1, batch_size]")
         for key in ("epochs", "batch_size", "eval_batch_size", "num_processes", "log_every_steps",
                     "shuffle_buffer_rows", "lora_r", "top_k_layers"):
             _check(getattr(self, key) >= 1, f"train.{key}", "must be >= 1")
@@ -246,10 +259,14 @@ class ScoreConfig:
     model_alias: str = "champion"
     model_version: int | None = None
     candidates: Literal["cascade", "all"] = "cascade"
-    retrieval_top_n: int = 40
-    prior_top_n: int = 10
+    retrieval_top_n: int = 25
+    prior_top_n: int = 45
+    # The prior (the cross-encoder's score of an ad for an empty history) is scored at this many levels of the
+    # user-ad category affinity and interpolated at each user's own (1: one neutral prior for everyone).
+    prior_affinity_levels: int = 5
     top_k: int = 10
-    # 'auto' is bf16 on a GPU and, on CPU, the fastest precision that kept quality when measured (int8).
+    # 'auto' is bf16 on a GPU and, on CPU, the fastest precision that kept quality when measured: bf16 where
+    # the CPU has native bf16 (AMX, AVX512-BF16), else int8 dynamic quantization.
     precision: Literal["auto", "fp32", "bf16", "int8"] = "auto"
     batch_size: int = 64
     torch_threads: int | None = 1
@@ -259,7 +276,8 @@ class ScoreConfig:
     chaos: ChaosConfig = field(default_factory=ChaosConfig)
 
     def __post_init__(self) -> None:
-        for key in ("retrieval_top_n", "top_k", "batch_size", "max_per_advertiser", "popular_pool"):
+        for key in ("retrieval_top_n", "top_k", "batch_size", "max_per_advertiser", "popular_pool",
+                    "prior_affinity_levels"):
             _check(getattr(self, key) >= 1, f"score.{key}", "must be >= 1")
         _check(self.prior_top_n >= 0, "score.prior_top_n", "must be >= 0")
         _check(0 < self.duplicate_similarity <= 1, "score.duplicate_similarity", "must be in (0, 1]")

@@ -285,3 +285,35 @@ def test_score_curves_few_thresholds_and_single_class(spark, caplog) -> None:
 def test_score_curves_rejects_nulls(spark) -> None:
     with pytest.raises(InputDataError, match="1 null/NaN"):
         score_curves(spark.createDataFrame([(1, 0.5), (0, None)], CLICK_SCHEMA))
+
+
+# ------------------------------------------------------------------------------------------ baselines
+
+
+def test_logistic_regression_rank_column_drops_only_the_user_terms(spark) -> None:
+    """``logistic_regression__rank`` is the logit less a linear function of the user-only features: it does not
+    move when they do, and logit - rank is exactly linear in them."""
+    from adrec_spark import schema as S
+    from adrec_spark.evaluation.baselines import RANK_SUFFIX, logistic_regression_scores, rank_column
+    from tests.pairs import make_pairs
+
+    user = (S.USER_RATE, S.USER_LOG_IMPRESSIONS)
+    cols = [S.LABEL, *S.NUMERIC_FEATURES]
+    train = spark.createDataFrame(make_pairs(300, 1)[cols])
+    test_pd = make_pairs(60, 2)[cols]
+    out = logistic_regression_scores(train, spark.createDataFrame(test_pd), user_features=user).toPandas()
+    assert rank_column("logistic_regression", list(out.columns)) == "logistic_regression" + RANK_SUFFIX
+    logit = np.log(out["logistic_regression"] / (1 - out["logistic_regression"]))
+    gap = (logit - out["logistic_regression" + RANK_SUFFIX]).to_numpy()
+    x = np.column_stack([np.ones(len(out)), out[list(user)].to_numpy()])
+    coef, *_ = np.linalg.lstsq(x, gap, rcond=None)
+    np.testing.assert_allclose(x @ coef, gap, atol=1e-6)
+    assert np.abs(coef[1:]).max() > 1e-3  # the user features did carry weight
+    moved = test_pd.assign(**{S.USER_RATE: test_pd[S.USER_RATE] + 5.0})
+    out2 = logistic_regression_scores(train, spark.createDataFrame(moved), user_features=user).toPandas()
+    np.testing.assert_allclose(out2["logistic_regression" + RANK_SUFFIX], out["logistic_regression" + RANK_SUFFIX],
+                               atol=1e-9)
+    assert not np.allclose(out2["logistic_regression"], out["logistic_regression"])
+    plain = logistic_regression_scores(train, spark.createDataFrame(test_pd)).toPandas()
+    assert "logistic_regression" + RANK_SUFFIX not in plain.columns
+    assert rank_column("logistic_regression", list(plain.columns)) == "logistic_regression"

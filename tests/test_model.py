@@ -114,12 +114,17 @@ def test_length_sorted_batches_cover_every_index_once() -> None:
     assert [list(b) for b in batches] == [[1, 6, 3], [4, 0, 5], [2]]
 
 
-def test_device_and_precision_choice() -> None:
+def test_device_and_precision_choice(monkeypatch) -> None:
+    from adrec_spark.model import inference
+
     assert choose_device([], cuda_available=True) == "cpu"
     assert choose_device(["1"], cuda_available=True) == "cuda:1"
     with pytest.warns(RuntimeWarning, match="CUDA is not available"):
         assert choose_device(["0"], cuda_available=False) == "cpu"
     assert resolve_precision("auto", "cuda:0") == "bf16"
+    monkeypatch.setattr(inference, "cpu_supports_bf16", lambda: True)
+    assert resolve_precision("auto", "cpu") == "bf16"
+    monkeypatch.setattr(inference, "cpu_supports_bf16", lambda: False)
     assert resolve_precision("auto", "cpu") == "int8"
     assert resolve_precision("int8", "cuda:0") == "bf16"
     with pytest.raises(ValueError):
@@ -184,3 +189,58 @@ def test_gpu_warning_is_a_runtime_warning() -> None:
         warnings.simplefilter("always")
         choose_device(["0"], cuda_available=False)
     assert caught and issubclass(caught[0].category, RuntimeWarning)
+
+
+USER_ONLY = [S.USER_RATE, S.USER_LOG_IMPRESSIONS]
+
+
+def test_user_only_features_enter_only_an_additive_user_bias(tiny) -> None:
+    """The pair logit ignores the user-only features; the user term depends on nothing else; the logit is their
+    sum, so a user's ads scored with one set of user features rank the same by either."""
+    model, tok = build_model(tiny, _spec(user_features=USER_ONLY), seed=3).eval(), load_tokenizer(tiny)
+    with torch.no_grad():  # a non-trivial head, not the zero start
+        model.head.weight.normal_(0, 0.5)
+    scorer = Scorer(None, model=model, tokenizer=tok)
+    df = make_pairs(24, 5)
+    num = df[list(S.NUMERIC_FEATURES)].to_numpy()
+    pair, user = scorer.logit_parts(df[S.AD_TEXT], df[S.HISTORY_TEXT], num)
+    np.testing.assert_allclose(scorer.logits(df[S.AD_TEXT], df[S.HISTORY_TEXT], num), pair + user, atol=1e-5)
+    moved = num.copy()
+    for f in USER_ONLY:
+        moved[:, S.NUMERIC_FEATURES.index(f)] += np.linspace(-3, 3, len(df))
+    pair2, user2 = scorer.logit_parts(df[S.AD_TEXT], df[S.HISTORY_TEXT], moved)
+    np.testing.assert_allclose(pair2, pair, atol=1e-5)
+    assert np.abs(user2 - user).max() > 1e-3
+    # by hand: the user term is the wide weights of the user-only features times their standardized values
+    w = model.wide.weight.detach().numpy()[0]
+    idx = [S.NUMERIC_FEATURES.index(f) for f in USER_ONLY]
+    np.testing.assert_allclose(user, num[:, idx] @ w[idx], rtol=1e-5, atol=1e-5)
+    # everything else moves the pair logit
+    other = num.copy()
+    other[:, S.NUMERIC_FEATURES.index(S.AD_RATE)] += 2.0
+    assert np.abs(scorer.logit_parts(df[S.AD_TEXT], df[S.HISTORY_TEXT], other)[0] - pair).max() > 1e-3
+    # one user's candidates at one moment: identical user features, identical order
+    same_user = np.repeat(num[:1], len(df), axis=0)
+    same_user[:, S.NUMERIC_FEATURES.index(S.AD_RATE)] = num[:, S.NUMERIC_FEATURES.index(S.AD_RATE)]
+    p, u = scorer.logit_parts(df[S.AD_TEXT], df[S.HISTORY_TEXT], same_user)
+    assert np.ptp(u) < 1e-6
+    assert list(np.argsort(-(p + u), kind="stable")) == list(np.argsort(-p, kind="stable"))
+
+
+def test_without_user_features_the_user_term_is_zero(tiny, tmp_path) -> None:
+    model, tok = build_model(tiny, _spec(), seed=4).eval(), load_tokenizer(tiny)
+    df = make_pairs(10, 6)
+    num = df[list(S.NUMERIC_FEATURES)].to_numpy()
+    pair, user = Scorer(None, model=model, tokenizer=tok).logit_parts(df[S.AD_TEXT], df[S.HISTORY_TEXT], num)
+    assert np.all(user == 0)
+    model.save(tmp_path / "m", tok)  # a model saved before user_features existed loads the same way
+    spec = (tmp_path / "m" / "spec.json")
+    spec.write_text(spec.read_text().replace('"user_features": [],', ""))
+    assert "user_features" not in spec.read_text()
+    np.testing.assert_allclose(Scorer(tmp_path / "m").logit_parts(df[S.AD_TEXT], df[S.HISTORY_TEXT], num)[0], pair,
+                               atol=1e-5)
+
+
+def test_unknown_user_feature_is_a_clear_error(tiny) -> None:
+    with pytest.raises(ValueError, match="not among the numeric features"):
+        build_model(tiny, _spec(user_features=["user_shoe_size"]))

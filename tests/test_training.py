@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -84,7 +85,9 @@ def test_resume_continues_where_it_stopped(tiny, splits, tmp_path) -> None:
 
 
 @pytest.mark.parametrize("options", [{"trainable": "head"}, {"trainable": "top_k", "top_k_layers": 1},
-                                     {"lora": True, "lora_r": 4}, {"loss": "mse"}])
+                                     {"lora": True, "lora_r": 4}, {"loss": "mse"},
+                                     {"ranking_loss_weight": 1.0, "users_per_batch": 4,
+                                      "user_features": [S.USER_RATE, S.USER_LOG_IMPRESSIONS]}])
 def test_training_options(tiny, splits, tmp_path, options) -> None:
     out = train_worker(_params(tiny, splits, tmp_path, epochs=2, **options).to_json())
     assert out["test"]["auc"] > 0.8, (options, out["test"])
@@ -120,7 +123,8 @@ def test_bad_training_sets_are_clear_errors(tiny, tmp_path) -> None:
         train_worker(_params(tiny, tmp_path / "nothing", tmp_path).to_json())
 
 
-def test_wide_term_starts_as_a_logistic_regression_on_the_numeric_features(tiny, splits) -> None:
+@pytest.mark.parametrize("user_features", [[], [S.USER_RATE, S.USER_LOG_IMPRESSIONS]])
+def test_wide_term_starts_as_a_logistic_regression_on_the_numeric_features(tiny, splits, user_features) -> None:
     """Before any step the model's output is sklearn's logistic regression on the standardized numeric features
     (the text path starts at zero), so fine-tuning learns the residual over that classical model."""
     from sklearn.linear_model import LogisticRegression
@@ -130,7 +134,8 @@ def test_wide_term_starts_as_a_logistic_regression_on_the_numeric_features(tiny,
 
     data = PairDataset(splits / S.TRAIN)
     mean, std = data.numeric_stats()
-    model = build_model(tiny, ModelSpec(list(S.NUMERIC_FEATURES), mean, std, max_length=64), seed=0).eval()
+    spec = ModelSpec(list(S.NUMERIC_FEATURES), mean, std, max_length=64, user_features=user_features)
+    model = build_model(tiny, spec, seed=0).eval()
     coefs = init_wide_from_linear(model, data, "bce")
     batch = data.read_all()
     z = (batch.numeric.astype(np.float64) - np.array(mean)) / np.array(std)
@@ -139,3 +144,40 @@ def test_wide_term_starts_as_a_logistic_regression_on_the_numeric_features(tiny,
     with torch.no_grad():
         logits = _forward(model, load_tokenizer(tiny), batch, "cpu", 64).numpy()
     np.testing.assert_allclose(logits, ref.decision_function(z), rtol=1e-4, atol=1e-4)
+
+
+def test_pairwise_ranking_loss_by_hand() -> None:
+    from adrec_spark.model.training import pairwise_ranking_loss
+
+    scores = torch.tensor([2.0, 0.0, 1.0, 3.0], requires_grad=True)
+    labels = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    groups = torch.tensor([0, 0, 1, 2])
+    # one pair: rows 0 > 1 in group 0 (row 2 and 3 are alone in theirs): log(1 + e^-2)
+    loss = pairwise_ranking_loss(scores, labels, groups)
+    assert float(loss.detach()) == pytest.approx(math.log1p(math.exp(-2.0)), rel=1e-6)
+    loss.backward()
+    assert scores.grad[2] == 0 and scores.grad[3] == 0 and scores.grad[0] < 0 < scores.grad[1]
+    # two pairs in one group: mean of log(1 + e^-(s_i - s_j))
+    both = pairwise_ranking_loss(torch.tensor([1.0, 0.5, -1.0]), torch.tensor([1.0, 0.0, 0.0]),
+                                 torch.tensor([0, 0, 0]))
+    assert float(both) == pytest.approx((math.log1p(math.exp(-0.5)) + math.log1p(math.exp(-2.0))) / 2, rel=1e-6)
+    none = pairwise_ranking_loss(scores, torch.ones(4), groups)
+    assert float(none) == 0.0 and none.requires_grad
+
+
+def test_user_grouped_batches_cover_every_row_once_with_few_users(tmp_path) -> None:
+    from adrec_spark.model.data import grouped_order
+
+    rng = np.random.default_rng(0)
+    keys = np.array([f"u{i % 10}" for i in range(200)], dtype=object)
+    order = grouped_order(keys, rng, 8)
+    assert sorted(order.tolist()) == list(range(200))
+    users_per_run = [len(set(keys[order[i:i + 32]])) for i in range(0, 200 - 31, 32)]
+    assert max(users_per_run) <= 8 and np.mean(users_per_run) <= 6  # 4 runs of 8 -> about 4 users, vs 10 shuffled
+    data = PairDataset(write_splits(tmp_path, n_train=160) / S.TRAIN, extra_columns=(S.USER_ID,))
+    batches = list(data.batches(16, shuffle=True, seed=1, group_col=S.USER_ID, groups_per_batch=2, buffer_rows=80))
+    assert sum(len(b) for b in batches) == 160
+    again = list(data.batches(16, shuffle=True, seed=1, group_col=S.USER_ID, groups_per_batch=2, buffer_rows=80))
+    assert [b.ad_text for b in batches] == [b.ad_text for b in again]
+    with pytest.raises(ValueError, match="extra columns"):
+        next(PairDataset(tmp_path / S.TRAIN).batches(16, shuffle=True, group_col=S.USER_ID))

@@ -18,9 +18,19 @@ from adrec_spark import schema as S
 from adrec_spark.etl.features import AD_IMPRESSIONS
 from adrec_spark.frames import require_columns
 
+# A method's optional second column, ``<method>__rank``, ranks one user's rows when its score carries a term
+# that depends on the user alone (see rank_column).
+RANK_SUFFIX = "__rank"
+
 # method -> are its scores probabilities (log-loss and calibration make sense)?
 PROBABILISTIC = {"random": True, "popularity": False, "item_rate": True, "logistic_regression": True,
                  "als": False, "pretrained": False, "model": True}
+
+
+def rank_column(method: str, columns: list[str]) -> str:
+    """The column that ranks one user's rows for ``method``: ``<method>__rank`` where the method has one (its
+    logit less the terms that depend on the user's features alone), else its score."""
+    return method + RANK_SUFFIX if method + RANK_SUFFIX in columns else method
 
 
 def random_scores(test: DataFrame, *, seed: int, out: str = "random") -> DataFrame:
@@ -40,8 +50,10 @@ def item_rate_scores(test: DataFrame, *, out: str = "item_rate") -> DataFrame:
 
 
 def logistic_regression_scores(train: DataFrame, test: DataFrame, *, out: str = "logistic_regression",
-                               reg: float = 0.01) -> DataFrame:
-    """Spark MLlib logistic regression on the standardized numeric features."""
+                               reg: float = 0.01, user_features: tuple[str, ...] = ()) -> DataFrame:
+    """Spark MLlib logistic regression on the standardized numeric features. With ``user_features`` it also
+    writes ``<out>__rank``: the logit less those features' terms, which ranks one user's rows (the same
+    treatment as the model's user bias, so the comparison stays even)."""
     cols = list(S.NUMERIC_FEATURES)
     require_columns(train, (*cols, S.LABEL), "logistic_regression_scores (train)")
     pipeline = Pipeline(stages=[
@@ -51,8 +63,16 @@ def logistic_regression_scores(train: DataFrame, test: DataFrame, *, out: str = 
                            rawPredictionCol="_raw", predictionCol="_pred"),
     ])
     fitted = pipeline.fit(train.withColumn(S.LABEL, F.col(S.LABEL).cast("double")))
-    scored = fitted.transform(test)
-    return scored.withColumn(out, vector_to_array(F.col("_p"))[1]).drop("_x", "_xs", "_p", "_raw", "_pred")
+    scored = fitted.transform(test).withColumn(out, vector_to_array(F.col("_p"))[1])
+    if user_features:
+        scaler, lr = fitted.stages[1], fitted.stages[2]
+        mean, std, coef = scaler.mean.toArray(), scaler.std.toArray(), lr.coefficients.toArray()
+        user_term = F.lit(0.0)
+        for i, c in enumerate(cols):
+            if c in user_features and std[i] > 0:  # MLlib's scaler maps a constant feature to 0
+                user_term = user_term + float(coef[i] / std[i]) * (F.col(c).cast("double") - float(mean[i]))
+        scored = scored.withColumn(out + RANK_SUFFIX, vector_to_array(F.col("_raw"))[1] - user_term)
+    return scored.drop("_x", "_xs", "_p", "_raw", "_pred")
 
 
 def als_scores(train: DataFrame, test: DataFrame, *, rank: int, max_iter: int, reg: float, seed: int,

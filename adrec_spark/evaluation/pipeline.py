@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from adrec_spark.scoring.udf import (
     embed_udf,
     numeric_struct,
     pretrained_cosine_udf,
-    score_udf,
+    score_parts_udf,
     ship_model_dir,
 )
 
@@ -67,8 +68,9 @@ def scored_test_set(spark: SparkSession, cfg: AppConfig, settings: UdfSettings) 
         raise InputDataError("the test split of training_examples is empty: nothing to evaluate")
     df = test.select(S.EVENT_ID, S.USER_ID, S.AD_ID, S.LABEL, S.HISTORY_TEXT, S.AD_TEXT, *S.NUMERIC_FEATURES,
                      "ad_impressions")
-    df = df.withColumn(MODEL, score_udf(settings)(F.col(S.AD_TEXT), F.col(S.HISTORY_TEXT),
-                                                  numeric_struct(list(S.NUMERIC_FEATURES))).cast("double"))
+    parts = score_parts_udf(settings)(F.col(S.AD_TEXT), F.col(S.HISTORY_TEXT), numeric_struct(list(S.NUMERIC_FEATURES)))
+    df = (df.withColumn("_parts", parts).withColumn(MODEL, F.col("_parts.score").cast("double"))
+          .withColumn(MODEL + B.RANK_SUFFIX, F.col("_parts.rank_score").cast("double")).drop("_parts"))
     if "random" in ev.baselines:
         df = B.random_scores(df, seed=ev.seed)
     if "popularity" in ev.baselines:
@@ -76,7 +78,7 @@ def scored_test_set(spark: SparkSession, cfg: AppConfig, settings: UdfSettings) 
     if "item_rate" in ev.baselines:
         df = B.item_rate_scores(df)
     if "logistic_regression" in ev.baselines:
-        df = B.logistic_regression_scores(train, df)
+        df = B.logistic_regression_scores(train, df, user_features=tuple(cfg.model.user_features))
     if "als" in ev.baselines:
         df = B.als_scores(train, df, rank=ev.als_rank, max_iter=ev.als_max_iter, reg=ev.als_reg, seed=ev.seed)
     if "pretrained" in ev.baselines:
@@ -93,16 +95,27 @@ def per_user_item(df: DataFrame, score_col: str) -> DataFrame:
 
 
 def method_metrics(df: DataFrame, methods: list[str], cfg: AppConfig) -> tuple[pd.DataFrame, dict]:
-    """One row of click and ranking metrics per method, and each method's curves."""
+    """One row of click and ranking metrics per method, and each method's curves.
+
+    Ranking metrics rank a user's rows by :func:`baselines.rank_column`: for the model and the logistic
+    regression that is the logit less the terms of the user-only features. Scored for one user at one moment
+    (the scoring job) those terms are equal for every ad and cannot change the order; on point-in-time test
+    rows each row has its own user features (a user's click rate moves with every rating, and a row's own
+    label is never in its own rate), which only adds noise to the order. A ``<method> [by probability]`` row
+    keeps the ranking by the full probability for comparison.
+    """
     ev = cfg.evaluate
     rows, curves = {}, {}
     for m in methods:
         prob = B.PROBABILISTIC.get(m, False)
         t = time.perf_counter()
         click = click_metrics(df, score_col=m, threshold=ev.threshold, bins=ev.calibration_bins, probabilities=prob)
-        ranking = ranking_metrics(per_user_item(df, m), score_col=m, ks=ev.ks)
+        rank_col = B.rank_column(m, df.columns)
+        ranking = ranking_metrics(per_user_item(df, rank_col), score_col=rank_col, ks=ev.ks)
         curves[m] = score_curves(df, score_col=m, calibration_bins=ev.calibration_bins, probabilities=prob)
         rows[m] = {**click, **ranking}
+        if rank_col != m:
+            rows[f"{m} [by probability]"] = ranking_metrics(per_user_item(df, m), score_col=m, ks=ev.ks)
         log.info("%s: AUC %.4f, NDCG@%d %.4f (%.1fs)", m, click["auc"], max(ev.ks),
                  ranking.get(f"ndcg@{max(ev.ks)}", float("nan")), time.perf_counter() - t)
     return pd.DataFrame.from_dict(rows, orient="index"), curves
@@ -169,6 +182,12 @@ def _metric_rows(table: pd.DataFrame, beyond: pd.DataFrame | None) -> list[tuple
     return out
 
 
+def _mlflow_key(method: str) -> str:
+    """An MLflow metric-name prefix (letters, digits, ``_-./`` only): ``model v3 [by probability]`` ->
+    ``model_v3_by_probability``."""
+    return re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9_\-./]", "_", method)).strip("_")
+
+
 def run_evaluation(spark: SparkSession, cfg: AppConfig, score_date: dt.date | None = None) -> EvaluationResult:
     import mlflow
 
@@ -183,7 +202,8 @@ def run_evaluation(spark: SparkSession, cfg: AppConfig, score_date: dt.date | No
     methods = [MODEL, *cfg.evaluate.baselines]
     table, curves = method_metrics(df, methods, cfg)
     df.unpersist()
-    table = table.rename(index={MODEL: f"{MODEL} v{model.version}"})
+    table = table.rename(index={MODEL: f"{MODEL} v{model.version}",
+                                f"{MODEL} [by probability]": f"{MODEL} v{model.version} [by probability]"})
     curves = {(f"{MODEL} v{model.version}" if k == MODEL else k): v for k, v in curves.items()}
     score_date = score_date or _latest_score_date(spark, cfg)
     beyond = beyond_metrics(spark, cfg, score_date, settings, model.version) if score_date else None
@@ -195,7 +215,7 @@ def run_evaluation(spark: SparkSession, cfg: AppConfig, score_date: dt.date | No
                            "eval_date": eval_date.isoformat(), "ks": ",".join(map(str, cfg.evaluate.ks))})
         for method, metric, k, value in _metric_rows(table, beyond):
             if math.isfinite(value):
-                key = f"{method.replace(' ', '_')}.{metric}" + (f"_at_{k}" if k else "")
+                key = _mlflow_key(method) + f".{metric}" + (f"_at_{k}" if k else "")
                 mlflow.log_metric(key, value)
         report = write_report(
             Path(cfg.evaluate.report_dir) / f"evaluation-{eval_date.isoformat()}.html",
@@ -203,7 +223,9 @@ def run_evaluation(spark: SparkSession, cfg: AppConfig, score_date: dt.date | No
             subtitle=f"test split of training_examples v{version}; recommendations of {score_date or 'n/a'}",
             table=table, curves=curves, beyond=beyond,
             notes=[f"{int(table.iloc[0].get('n', 0))} test rows. Ranking metrics rank each user's own test "
-                   "impressions by score; users without a click in test are skipped.",
+                   "impressions by score; users without a click in test are skipped. The model and the logistic "
+                   "regression rank by their logit less the user-only terms (equal for all of a user's ads when the "
+                   "scoring job ranks them at one moment); their [by probability] rows rank by the full score.",
                    "popularity, als and pretrained scores are not probabilities: no log-loss or calibration."])
         mlflow.log_artifact(str(report), "report")
         mlflow.log_text(table.to_csv(), "eval_table.csv")

@@ -45,6 +45,20 @@ def _to_batch(table: pa.Table, extra_columns: Sequence[str] = ()) -> Batch:
     )
 
 
+def grouped_order(keys: np.ndarray, rng: np.random.Generator, chunk: int) -> np.ndarray:
+    """A random order of the rows in which each group's rows come in runs of ``chunk`` (groups in random order,
+    rows in random order within a group, then the runs shuffled): consecutive ``k * chunk`` rows then hold
+    about ``k`` groups."""
+    n = len(keys)
+    if n == 0:
+        return np.empty(0, dtype=np.int64)
+    _, codes = np.unique(np.asarray(keys, dtype=object).astype(str), return_inverse=True)
+    group_rank = rng.permutation(codes.max() + 1)[codes]
+    order = np.lexsort((rng.random(n), group_rank))
+    runs = [order[i:i + chunk] for i in range(0, n, chunk)]
+    return np.concatenate([runs[i] for i in rng.permutation(len(runs))])
+
+
 class PairDataset:
     """One split (a folder of Parquet files) of training pairs, in file order (the job writes them sorted by
     time). ``max_rows`` keeps the first rows, or with ``newest`` the last ones (the most recent examples)."""
@@ -78,18 +92,27 @@ class PairDataset:
             skip = 0
 
     def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0, epoch: int = 0, rank: int = 0,
-                world_size: int = 1, buffer_rows: int = 20000, drop_last: bool = False) -> Iterator[Batch]:
+                world_size: int = 1, buffer_rows: int = 20000, drop_last: bool = False,
+                group_col: str | None = None, groups_per_batch: int = 4) -> Iterator[Batch]:
         """Batches of this rank's shard (row ``i`` belongs to rank ``i % world_size``), in file order or
         through a seeded shuffle buffer. With ``drop_last`` every rank yields exactly
-        ``steps_per_epoch(batch_size, world_size)`` batches, so distributed ranks stay in step."""
+        ``steps_per_epoch(batch_size, world_size)`` batches, so distributed ranks stay in step. With
+        ``group_col`` (shuffling only) each batch holds about ``groups_per_batch`` groups (users), so a
+        per-user ranking loss has pairs to compare."""
+        if group_col is not None and group_col not in self.extra_columns:
+            raise ValueError(f"group_col {group_col!r} must be one of the extra columns {self.extra_columns}")
         limit = self.steps_per_epoch(batch_size, world_size) if drop_last else None
         rng = np.random.default_rng([seed, epoch, rank])
         pending: list[pa.Table] = []
         pending_rows, offset, emitted = 0, 0, 0
+        chunk = max(1, batch_size // max(1, groups_per_batch))
 
         def emit(table: pa.Table) -> Iterator[Batch]:
             nonlocal emitted
-            if shuffle:
+            if shuffle and group_col is not None:
+                table = table.take(pa.array(grouped_order(table.column(group_col).to_numpy(zero_copy_only=False),
+                                                          rng, chunk)))
+            elif shuffle:
                 table = table.take(pa.array(rng.permutation(table.num_rows)))
             full = table.num_rows // batch_size
             for b in range(full):

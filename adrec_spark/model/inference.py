@@ -21,9 +21,6 @@ from adrec_spark.model.relevance import RelevanceModel, load_model, mean_pool
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "int8")
-# Measured on this project's 2-core bf16/AMX CPUs (README, `make bench`): int8 dynamic quantization is the
-# fastest CPU precision whose scores track fp32 (rank correlation >= 0.999 on the test set).
-CPU_DEFAULT_PRECISION = "int8"
 
 
 def cpu_supports_bf16() -> bool:
@@ -50,10 +47,18 @@ def choose_device(task_gpus: Sequence[str] | None, *, cuda_available: bool | Non
     return f"cuda:{task_gpus[0]}"
 
 
+def cpu_default_precision() -> str:
+    """The fastest CPU precision that keeps quality, as measured (README, ``make bench``): bf16 where the CPU
+    has native bf16 (AMX / AVX512-BF16: 2.9x fp32 on 128-token pairs, int8 1.3-1.8x), else int8 dynamic
+    quantization; both track fp32 scores at correlation >= 0.999."""
+    return "bf16" if cpu_supports_bf16() else "int8"
+
+
 def resolve_precision(precision: str, device: str) -> str:
-    """``auto`` -> bf16 on a GPU, the measured best on CPU. int8 (dynamic quantization) is CPU-only."""
+    """``auto`` -> bf16 on a GPU, :func:`cpu_default_precision` on CPU. int8 (dynamic quantization) is
+    CPU-only."""
     if precision == "auto":
-        return "bf16" if device.startswith("cuda") else CPU_DEFAULT_PRECISION
+        return "bf16" if device.startswith("cuda") else cpu_default_precision()
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of auto, {', '.join(PRECISIONS)}; got {precision!r}")
     if precision == "int8" and device.startswith("cuda"):
@@ -134,14 +139,16 @@ class Scorer:
         return np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
 
     @torch.inference_mode()
-    def logits(self, ad_texts: Sequence[object], histories: Sequence[object],
-               numeric: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
+    def logit_parts(self, ad_texts: Sequence[object], histories: Sequence[object],
+                    numeric: np.ndarray | Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
+        """(pair, user) logits per pair; their sum is the click logit, ``pair`` ranks one user's ads
+        (see :meth:`RelevanceModel.logit_parts`)."""
         n = len(ad_texts)
         if len(histories) != n:
             raise ValueError(f"{n} ad texts but {len(histories)} histories")
-        out = np.empty(n, dtype=np.float32)
+        pair_out, user_out = np.empty(n, dtype=np.float32), np.empty(n, dtype=np.float32)
         if n == 0:
-            return out
+            return pair_out, user_out
         t0 = time.perf_counter()
         ads, hist = _as_str(ad_texts), _as_str(histories)
         num = self._numeric(numeric, n)
@@ -152,12 +159,18 @@ class Scorer:
                                  self.spec.max_length)
             enc = {k: v.to(dev) for k, v in enc.items()}
             x = torch.from_numpy(num[idx]).to(dev)
-            logit = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                               token_type_ids=enc.get("token_type_ids"), numeric=x)
-            out[idx] = logit.float().cpu().numpy()
+            pair, user = self.model.logit_parts(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                                token_type_ids=enc.get("token_type_ids"), numeric=x)
+            pair_out[idx] = pair.float().cpu().numpy()
+            user_out[idx] = user.float().cpu().numpy()
         self.pairs_scored += n
         self.seconds += time.perf_counter() - t0
-        return out
+        return pair_out, user_out
+
+    def logits(self, ad_texts: Sequence[object], histories: Sequence[object],
+               numeric: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
+        pair, user = self.logit_parts(ad_texts, histories, numeric)
+        return pair + user
 
     def score(self, ad_texts: Sequence[object], histories: Sequence[object],
               numeric: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:

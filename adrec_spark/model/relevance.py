@@ -1,9 +1,16 @@
 """The relevance model: a BERT cross-encoder over (ad text, user history) fused with numeric features.
 
-    logit = head([pool(encoder(ad [SEP] history)) ; mlp(z)]) + wide(z),   z = standardized numeric features
+    logit = pair(x) + user(z_u)
+    pair  = head([pool(encoder(ad [SEP] history)) ; mlp(z_p)]) + wide(z_p)      (ranks one user's ads)
+    user  = wide(z_u)                                                         (the user's own click bias)
 
-The numeric features enter the head while the encoder trains (not stacked afterwards), and the wide term
-lets the classical signal (user strictness, ad quality) act directly. This module never imports Spark.
+z are the standardized numeric features: z_u the ones that describe only the user (``spec.user_features``,
+e.g. how strict a rater the user is), z_p the others (ad quality, user-ad match). The numeric features enter
+the head while the encoder trains (not stacked afterwards), and the wide term lets the classical signal act
+directly. User-only features feed just the additive user bias: for one user scored at one moment it is the
+same for every ad, so ranking by the full logit equals ranking by ``pair``, which is what
+:meth:`RelevanceModel.logit_parts` exposes for ranking metrics on point-in-time test rows (where each row of
+a user has its own user features). This module never imports Spark.
 
 Saved layout (one folder, what MLflow logs as the model artifact)::
 
@@ -40,6 +47,8 @@ class ModelSpec:
     numeric_hidden: int = 32
     dropout: float = 0.1
     base_model: str = ""
+    # Numeric features that depend on the user only: they enter just the additive user bias (see above).
+    user_features: list[str] = field(default_factory=list)
     format_version: int = FORMAT_VERSION
     extra: dict[str, object] = field(default_factory=dict)
 
@@ -68,6 +77,11 @@ class RelevanceModel(nn.Module):
         hidden = int(encoder.config.hidden_size)
         self.register_buffer("num_mean", torch.tensor(spec.numeric_mean, dtype=torch.float32))
         self.register_buffer("num_std", torch.tensor(spec.numeric_std, dtype=torch.float32).clamp(min=1e-6))
+        unknown = sorted(set(spec.user_features) - set(spec.numeric_features))
+        if unknown:
+            raise ValueError(f"user_features {unknown} are not among the numeric features {spec.numeric_features}")
+        mask = [1.0 if f in spec.user_features else 0.0 for f in spec.numeric_features]
+        self.register_buffer("user_mask", torch.tensor(mask, dtype=torch.float32), persistent=False)
         self.num_mlp = nn.Sequential(nn.Linear(n, spec.numeric_hidden), nn.GELU(),
                                      nn.Linear(spec.numeric_hidden, spec.numeric_hidden), nn.GELU())
         self.dropout = nn.Dropout(spec.dropout)
@@ -82,13 +96,25 @@ class RelevanceModel(nn.Module):
             return hidden[:, 0]
         return mean_pool(hidden, attention_mask)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, numeric: torch.Tensor,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def logit_parts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, numeric: torch.Tensor,
+                    token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pair, user): the logit is their sum; ``user`` depends on the user-only features alone."""
         pooled = self.pool(input_ids, attention_mask, token_type_ids)
         z = (numeric.to(self.num_mean.dtype) - self.num_mean) / self.num_std
         z = z.to(pooled.dtype)
-        fused = torch.cat([self.dropout(pooled), self.num_mlp(z)], dim=-1)
-        return (self.head(fused) + self.wide(z)).squeeze(-1)
+        mask = self.user_mask.to(pooled.dtype)
+        z_pair, z_user = z * (1 - mask), z * mask
+        fused = torch.cat([self.dropout(pooled), self.num_mlp(z_pair)], dim=-1)
+        pair = (self.head(fused) + self.wide(z_pair)).squeeze(-1)
+        user = (z_user @ self.wide.weight.t()).squeeze(-1)
+        return pair, user
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, numeric: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None, return_parts: bool = False) -> torch.Tensor:
+        """The click logit (n,); with ``return_parts`` the (2, n) stack of pair and user logits (through the
+        module call, so DistributedDataParallel sees it)."""
+        pair, user = self.logit_parts(input_ids, attention_mask, numeric, token_type_ids)
+        return torch.stack([pair, user]) if return_parts else pair + user
 
     def head_state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.state_dict().items() if not k.startswith("encoder.")}

@@ -45,7 +45,12 @@ class TrainParams:
     pooling: str = "mean"
     dropout: float = 0.1
     numeric_hidden: int = 32
+    user_features: list[str] = field(default_factory=list)
     loss: str = "bce"
+    # Weight of a pairwise logistic loss between rows of the same user with different labels, on the pair logit
+    # (what ranks a user's ads); batches then hold about users_per_batch users each. 0: pointwise loss only.
+    ranking_loss_weight: float = 0.0
+    users_per_batch: int = 4
     learning_rate: float = 5e-5
     head_learning_rate: float = 1e-3
     weight_decay: float = 0.01
@@ -185,11 +190,22 @@ def _targets(batch: Batch, p: TrainParams) -> torch.Tensor:
     return torch.from_numpy(np.clip(batch.relevance / 2.0, 0.0, 1.0))
 
 
-def _forward(model: nn.Module, tokenizer: object, batch: Batch, device: str, max_length: int) -> torch.Tensor:
+def _forward(model: nn.Module, tokenizer: object, batch: Batch, device: str, max_length: int,
+             return_parts: bool = False) -> torch.Tensor:
     enc = tokenize_pairs(tokenizer, batch.ad_text, batch.history_text, max_length)
     return model(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device),
                  token_type_ids=enc.get("token_type_ids").to(device) if "token_type_ids" in enc else None,
-                 numeric=torch.from_numpy(batch.numeric).to(device))
+                 numeric=torch.from_numpy(batch.numeric).to(device), **({"return_parts": True} if return_parts else {}))
+
+
+def pairwise_ranking_loss(scores: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Mean of ``log(1 + exp(-(s_i - s_j)))`` over pairs (i, j) of the same group with ``label_i > label_j``
+    (RankNet's loss); zero, still attached to the graph, when the batch has no such pair."""
+    mask = (groups[:, None] == groups[None, :]) & (labels[:, None] > labels[None, :])
+    if not bool(mask.any()):
+        return scores.sum() * 0.0
+    diff = scores[:, None] - scores[None, :]
+    return torch.nn.functional.softplus(-diff[mask]).mean()
 
 
 @torch.no_grad()
@@ -355,7 +371,9 @@ def _train(p: TrainParams, rank: int, world: int, local_rank: int) -> dict[str, 
         log.warning("use_gpu is set but CUDA is not available: training on CPU")
     precision = resolve_train_precision(p.precision, device)
     data = Path(p.data_dir)
-    train = PairDataset(data / S.TRAIN, max_rows=p.max_train_rows, newest=True)  # the most recent rows
+    ranking = p.ranking_loss_weight > 0
+    train = PairDataset(data / S.TRAIN, max_rows=p.max_train_rows, newest=True,  # the most recent rows
+                        extra_columns=(S.USER_ID,) if ranking else ())
     _check_data(train, p, world)
     valid = PairDataset(data / S.VALID, max_rows=p.max_eval_rows).read_all()
     test_set = PairDataset(data / S.TEST, max_rows=p.max_eval_rows, extra_columns=(S.USER_ID, S.AD_ID))
@@ -366,7 +384,8 @@ def _train(p: TrainParams, rank: int, world: int, local_rank: int) -> dict[str, 
     else:
         mean, std = train.numeric_stats()
         spec = ModelSpec(list(S.NUMERIC_FEATURES), mean, std, max_length=p.max_length, pooling=p.pooling,
-                         numeric_hidden=p.numeric_hidden, dropout=p.dropout, base_model=p.base_model_dir)
+                         numeric_hidden=p.numeric_hidden, dropout=p.dropout, base_model=p.base_model_dir,
+                         user_features=list(p.user_features))
         model, tokenizer = build_model(p.base_model_dir, spec, seed=p.seed), load_tokenizer(p.base_model_dir)
         if p.wide_init == "linear":
             coefs = init_wide_from_linear(model, train, p.loss)
@@ -443,14 +462,20 @@ def _train(p: TrainParams, rank: int, world: int, local_rank: int) -> dict[str, 
     while not stop and state.epoch < p.epochs and state.global_step < total_steps:
         batches: Iterator[Batch] = train.batches(
             p.batch_size, shuffle=True, seed=p.seed, epoch=state.epoch, rank=rank, world_size=world,
-            buffer_rows=p.shuffle_buffer_rows, drop_last=True)
+            buffer_rows=p.shuffle_buffer_rows, drop_last=True, group_col=S.USER_ID if ranking else None,
+            groups_per_batch=p.users_per_batch)
         for i, batch in enumerate(batches):
             if i < state.step_in_epoch:
                 continue  # resuming mid-epoch: the shuffle is seeded, so these are the batches already seen
             with _autocast(device, precision):
-                logits = _forward(ddp_model, tokenizer, batch, device, p.max_length)
+                out = _forward(ddp_model, tokenizer, batch, device, p.max_length, return_parts=ranking)
+            logits = out.sum(dim=0) if ranking else out
             target = _targets(batch, p).to(device)
             loss = loss_fn(logits.float() if p.loss == "bce" else torch.sigmoid(logits.float()), target)
+            if ranking:
+                groups = torch.from_numpy(np.unique(batch.extra[S.USER_ID].astype(str), return_inverse=True)[1])
+                loss = loss + p.ranking_loss_weight * pairwise_ranking_loss(out[0].float(), target,
+                                                                            groups.to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), p.max_grad_norm)

@@ -24,7 +24,7 @@ from pyspark import SparkContext
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 from pyspark.sql.functions import pandas_udf
-from pyspark.sql.types import ArrayType, FloatType
+from pyspark.sql.types import ArrayType, FloatType, StructField, StructType
 
 from adrec_spark.config import ChaosConfig
 
@@ -125,6 +125,22 @@ def score_udf(s: UdfSettings) -> Any:
             yield pd.Series(out.astype(np.float32))
 
     return score
+
+
+def score_parts_udf(s: UdfSettings) -> Any:
+    """``score_parts(ad_text, history_text, numeric_struct) -> struct<score, rank_score>``: the click
+    probability and the pair logit that ranks one user's ads (the logit less the user-only bias)."""
+
+    @pandas_udf(StructType([StructField("score", FloatType()), StructField("rank_score", FloatType())]))  # type: ignore[call-overload]
+    def score_parts(batches: Iterator[tuple[pd.Series, pd.Series, pd.DataFrame]]) -> Iterator[pd.DataFrame]:
+        scorer = get_scorer(s)
+        for ad_text, history, numeric in batches:
+            _chaos(s.chaos)
+            pair, user = scorer.logit_parts(ad_text.tolist(), history.tolist(), numeric.to_numpy(dtype=np.float32))
+            prob = 1.0 / (1.0 + np.exp(-(pair + user)))
+            yield pd.DataFrame({"score": prob.astype(np.float32), "rank_score": pair.astype(np.float32)})
+
+    return score_parts
 
 
 def embed_udf(s: UdfSettings) -> Any:
