@@ -1,11 +1,13 @@
-"""Scoring throughput and the cascade, on one prepared world (generated logs, ETL, a fine-tuned MiniLM).
+"""Scoring throughput and the cascade, on one prepared world (generated logs for 300 users and a 1,000-ad
+catalog, ETL, a fine-tuned MiniLM).
 
 Prints one table and writes bench/results/scoring.json:
   (1) an in-process PyTorch loop over the same pairs (our Scorer: length-sorted micro-batches, 2 threads),
-  (2) the Spark scoring job end to end (all candidates for a fixed set of users: ETL tables in, Delta out),
+      in fp32, bf16 and int8; the fastest is "the fastest precision" below,
+  (2) the Spark scoring job end to end (all candidates for THROUGHPUT_USERS users: ETL tables in, Delta out),
   (3) ``mlflow.pyfunc.spark_udf`` with default settings on the same registered model and pairs,
-each in fp32 and in the fastest CPU precision; the precisions' quality against fp32 on the test split;
-and the cascade: pairs scored and recall@10 against scoring every pair.
+(2) and (3) in fp32 and in the fastest precision; the precisions' quality against fp32 on the test split;
+and the cascade for CASCADE_USERS users: pairs scored and recall@10 against scoring every pair.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from pathlib import Path
 from bench.common import ROOT, WORK, bench_config, run_python, save, table
 
 W = WORK / "scoring"
-BENCH_USERS = 40
+WORLD = {"n_users": 300, "n_ads": 1000, "n_events": 40000, "n_days": 14, "seed": 0}
+THROUGHPUT_USERS = 12  # x every eligible ad: ~10k pairs, the same pairs for every method
+CASCADE_USERS = 40
 SCORE_DATE = "2024-01-14"
 
 PREPARE = """
@@ -34,7 +38,7 @@ from adrec_spark.training.pipeline import run_training
 configure_logging("INFO")
 work = Path({work!r})
 cfg = bench_config(work, *{overrides!r})
-generate(GeneratorSpec(n_users=300, n_ads=200, n_events=30000, n_days=14, seed=0), work / "raw")
+generate(GeneratorSpec(**{world!r}), work / "raw")
 spark = build_spark(cfg)
 run_etl(spark, cfg, dt.date(2024, 1, 1), dt.date(2024, 1, 14))
 t = run_training(spark, cfg)
@@ -90,32 +94,37 @@ TRAIN_OVERRIDES = ("model.max_length=128", "train.epochs=1", "train.batch_size=1
 def prepare() -> dict[str, object]:
     marker = W / "prepared.json"
     if marker.is_file():
-        return json.loads(marker.read_text())
+        res = json.loads(marker.read_text())
+        if res.get("world") == WORLD and res.get("train") == list(TRAIN_OVERRIDES):
+            return res
     shutil.rmtree(W, ignore_errors=True)
     W.mkdir(parents=True)
-    print("preparing: generate 30k events, ETL, fine-tune MiniLM on 1,500 examples ...", flush=True)
-    res = run_python(PREPARE.format(root=str(ROOT), work=str(W), overrides=TRAIN_OVERRIDES))
+    print(f"preparing: generate {WORLD}, ETL, fine-tune MiniLM on 1,500 examples ...", flush=True)
+    res = run_python(PREPARE.format(root=str(ROOT), work=str(W), overrides=TRAIN_OVERRIDES, world=WORLD))
+    res.update(world=WORLD, train=list(TRAIN_OVERRIDES))
     marker.write_text(json.dumps(res))
     return res
 
 
-def _bench_lakehouse() -> Path:
-    """A copy of the lakehouse whose profiles for the date hold only BENCH_USERS personalized users."""
+def _bench_lakehouse(name: str, n_users: int) -> Path:
+    """A copy of the lakehouse (no scores yet) whose profiles for the date hold only the first ``n_users``
+    personalized users."""
     from pyspark.sql import functions as F
 
     from adrec_spark import schema as S
     from adrec_spark.session import build_spark
 
-    target = W / "lakehouse-bench"
+    target = W / name
     if (target / S.USER_PROFILES / "_delta_log").is_dir():
         return target
     cfg = _cfg()
     spark = build_spark(cfg)
     shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(W / "lakehouse", target, ignore=shutil.ignore_patterns("_staging"))
+    shutil.copytree(W / "lakehouse", target, ignore=shutil.ignore_patterns("_staging", S.USER_AD_SCORES,
+                                                                         S.RECOMMENDATIONS))
     profiles = spark.read.format("delta").load(str(W / "lakehouse" / S.USER_PROFILES))
     keep = (profiles.where((F.col(S.DS) == SCORE_DATE) & (F.length(S.HISTORY_TEXT) > 0))
-            .orderBy(S.USER_ID).limit(BENCH_USERS))
+            .orderBy(S.USER_ID).limit(n_users))
     keep.write.format("delta").mode("overwrite").save(str(target / S.USER_PROFILES))
     return target
 
@@ -153,32 +162,21 @@ def _model_dir() -> Path:
     return registry.ensure_local_model(cfg.mlflow, registry.resolve(cfg.mlflow, alias="champion"), W / "models")
 
 
-def in_process(pairs: Path, precision: str, *, plain: bool = False) -> dict[str, float]:
+def in_process(pairs: Path, precision: str) -> dict[str, float]:
     import numpy as np
     import pandas as pd
-    import torch
 
     from adrec_spark import schema as S
-    from adrec_spark.model.inference import Scorer, tokenize_pairs
+    from adrec_spark.model.inference import Scorer
 
     df = pd.read_parquet(pairs)
     scorer = Scorer(_model_dir(), precision=precision, batch_size=64, threads=2)
     num = df[list(S.NUMERIC_FEATURES)].to_numpy(np.float32)
     scorer.score(df[S.AD_TEXT][:64], df[S.HISTORY_TEXT][:64], num[:64])  # warm-up
     t0 = time.perf_counter()
-    if plain:  # the simplest loop: batches in table order, no length sorting
-        with torch.inference_mode():
-            for i in range(0, len(df), 64):
-                enc = tokenize_pairs(scorer.tokenizer, df[S.AD_TEXT][i:i + 64].tolist(),
-                                     df[S.HISTORY_TEXT][i:i + 64].tolist(), scorer.spec.max_length)
-                scorer.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                             token_type_ids=enc["token_type_ids"], numeric=torch.from_numpy(num[i:i + 64]))
-        scores = None
-    else:
-        scores = scorer.score(df[S.AD_TEXT], df[S.HISTORY_TEXT], num)
+    scorer.score(df[S.AD_TEXT], df[S.HISTORY_TEXT], num)
     seconds = time.perf_counter() - t0
-    return {"pairs": len(df), "seconds": seconds, "pairs_per_second": len(df) / seconds,
-            "scores": None if scores is None else scores.tolist()}
+    return {"pairs": len(df), "seconds": seconds, "pairs_per_second": len(df) / seconds}
 
 
 def precision_quality() -> list[dict[str, object]]:
@@ -224,23 +222,25 @@ def recall_at_10(cascade_lake: Path, all_lake: Path) -> dict[str, float]:
             "recall_at_10": sum(recalls) / len(recalls), "users": len(recalls)}
 
 
+def _job(lake: Path, *overrides: str) -> dict[str, object]:
+    return run_python(SPARK_JOB.format(root=str(ROOT), work=str(W), date=SCORE_DATE,
+                                       overrides=(f"storage.lakehouse={lake}", *overrides)))
+
+
 def run() -> dict[str, object]:
     prepared = prepare()
-    target = _bench_lakehouse()
+    target = _bench_lakehouse("lakehouse-bench", THROUGHPUT_USERS)
     pairs = _pairs(target)
-    fast = "int8"
     rows: list[dict[str, object]] = []
-    for precision in ("fp32", fast):
+    for precision in ("fp32", "bf16", "int8"):
         print(f"in-process {precision} ...", flush=True)
         r = in_process(pairs, precision)
-        rows.append({"method": "in-process loop (Scorer)", "precision": precision, "pairs": r["pairs"],
-                     "seconds": r["seconds"], "pairs_per_second": r["pairs_per_second"]})
-        p = in_process(pairs, precision, plain=True)
-        rows.append({"method": "plain loop (table order)", "precision": precision, "pairs": p["pairs"],
-                     "seconds": p["seconds"], "pairs_per_second": p["pairs_per_second"]})
+        rows.append({"method": "in-process loop (Scorer)", "precision": precision, **r})
+    rate = {(r["method"], r["precision"]): r["pairs_per_second"] for r in rows}
+    fast = max(("bf16", "int8"), key=lambda p: rate[("in-process loop (Scorer)", p)])
+    for precision in ("fp32", fast):
         print(f"Spark job {precision} ...", flush=True)
-        job = run_python(SPARK_JOB.format(root=str(ROOT), work=str(W), date=SCORE_DATE, overrides=(
-            f"storage.lakehouse={target}", "score.candidates=all", f"score.precision={precision}")))
+        job = _job(target, "score.candidates=all", f"score.precision={precision}")
         rows.append({"method": "Spark scoring job (end to end)", "precision": precision, "pairs": job["pairs"],
                      "seconds": job["seconds"], "pairs_per_second": job["pairs"] / job["seconds"],
                      "stages": job["stages"]})
@@ -261,16 +261,13 @@ def run() -> dict[str, object]:
         "job_fastest_vs_spark_udf_default": job_fast / rate[("mlflow.pyfunc.spark_udf (default)", "fp32")],
     }
     print("cascade vs all pairs ...", flush=True)
-    lakes = {}
+    lakes, jobs = {}, {}
     for mode in ("cascade", "all"):
-        lake = W / f"lakehouse-{mode}"
-        shutil.rmtree(lake, ignore_errors=True)
-        shutil.copytree(W / "lakehouse", lake, ignore=shutil.ignore_patterns("_staging", "user_ad_scores",
-                                                                             "recommendations"))
-        run_python(SPARK_JOB.format(root=str(ROOT), work=str(W), date=SCORE_DATE, overrides=(
-            f"storage.lakehouse={lake}", f"score.candidates={mode}", f"score.precision={fast}")))
+        lake = _bench_lakehouse(f"lakehouse-{CASCADE_USERS}-{mode}", CASCADE_USERS)
+        jobs[mode] = _job(lake, f"score.candidates={mode}", f"score.precision={fast}")
         lakes[mode] = lake
-    cascade = recall_at_10(lakes["cascade"], lakes["all"])
+    cascade = {**recall_at_10(lakes["cascade"], lakes["all"]), "eligible_ads": jobs["all"]["eligible_ads"],
+               "cascade_seconds": jobs["cascade"]["seconds"], "all_seconds": jobs["all"]["seconds"]}
     quality = precision_quality()
     print()
     print(table(rows, ["method", "precision", "pairs", "seconds", "pairs_per_second"]))
@@ -279,6 +276,7 @@ def run() -> dict[str, object]:
     print()
     print(table([{**ratios, **cascade}], [*list(ratios), "cascade_pairs", "all_pairs", "reduction", "recall_at_10"]))
     save("scoring", {"command": "make bench (bench/run.py scoring)", "prepared": prepared, "throughput": rows,
-                     "ratios": ratios, "precision_quality": quality, "cascade": cascade,
-                     "bench_users": BENCH_USERS, "score_date": SCORE_DATE})
+                     "fastest_precision": fast, "ratios": ratios, "precision_quality": quality,
+                     "cascade": cascade, "throughput_users": THROUGHPUT_USERS, "cascade_users": CASCADE_USERS,
+                     "score_date": SCORE_DATE})
     return {"throughput": rows, "ratios": ratios, "cascade": cascade, "quality": quality}

@@ -90,3 +90,29 @@ def test_rerank_group_output() -> None:
     assert out["ad_id"].tolist() == ["a1", "a2"]  # "gone" is no longer in the catalog; a0 is x's second ad
     assert out["rank"].tolist() == [1, 2]
     assert out["reason"].tolist() == ["Because you clicked \u201cBeta\u201d"] * 2
+
+
+def test_personalized_prior_follows_the_users_category_affinity() -> None:
+    emb = np.stack([_unit(1, 0, 0)] * 3)
+    # prior at affinity 0, 0.5, 1: b0 is good for anyone, b1 only for users who like 'x'
+    prior = np.array([[0.6, 0.6, 0.6], [0.1, 0.5, 0.9], [0.3, 0.3, 0.3]])
+    index = C.build_index(["b0", "b1", "b2"], emb, prior, np.zeros(3), categories=["y", "x", "z"])
+    assert C.affinity_levels(3).tolist() == [0.0, 0.5, 1.0]
+    # by hand: share 0.25 of 'x' -> b1 halfway between 0.1 and 0.5 = 0.3
+    np.testing.assert_allclose(index.personalized_prior({"x": 0.25}), [0.6, 0.3, 0.3])
+    np.testing.assert_allclose(index.personalized_prior({"x": 1.0, "y": 0.0}), [0.6, 0.9, 0.3])
+    fan = C.retrieve(index, _unit(0, 1, 0), [], C.PERSONALIZED, top_n=0, prior_n=2, popular_n=0,
+                     category_share={"x": 1.0})
+    assert fan == [("b1", "prior"), ("b0", "prior")]
+    # no affinity: the neutral prior order (b0, then b2 before b1)
+    plain = C.retrieve(index, _unit(0, 1, 0), [], C.PERSONALIZED, top_n=0, prior_n=2, popular_n=0,
+                       category_share={})
+    assert plain == [("b0", "prior"), ("b2", "prior")]
+
+
+def test_category_shares_from_arrow_maps() -> None:
+    assert C.category_shares([("x", 3), ("y", 1)], 4) == {"x": 0.75, "y": 0.25}
+    assert C.category_shares({"x": 2}, 4) == {"x": 0.5}
+    assert C.category_shares(None, 4) == {} and C.category_shares([("x", 1)], 0) == {}
+    with pytest.raises(ValueError):
+        C.affinity_levels(0)

@@ -101,16 +101,25 @@ def _neutral_user_features(ads: DataFrame, cfg: AppConfig) -> DataFrame:
 
 
 def build_ad_index(ads: DataFrame, cfg: AppConfig, settings: UdfSettings) -> tuple[C.AdIndex, AdInfo]:
-    """Embed each eligible ad once and score its prior once (on the executors); the small result is
-    collected to the driver and broadcast to the retrieval and re-rank tasks."""
-    neutral = _neutral_user_features(ads, cfg)
-    rows = (neutral.select(S.AD_ID, S.ADVERTISER_ID, S.TITLE, features.AD_CLICKS,
-                           embed_udf(settings)(F.col(S.AD_TEXT)).alias("embedding"),
-                           score_udf(settings)(F.col(S.AD_TEXT), F.lit(""),
-                                               numeric_struct(list(S.NUMERIC_FEATURES))).alias("prior"))
+    """Embed each eligible ad once and score its prior once per category-affinity level (on the executors);
+    the small result is collected to the driver and broadcast to the retrieval and re-rank tasks."""
+    spark = ads.sparkSession
+    levels = C.affinity_levels(cfg.score.prior_affinity_levels)
+    neutral = _neutral_user_features(ads, cfg).persist()
+    grid = spark.createDataFrame([(float(v),) for v in levels], "affinity double")
+    priors = (neutral.crossJoin(F.broadcast(grid)).withColumn(S.CATEGORY_MATCH, F.col("affinity").cast("float"))
+              .select(S.AD_ID, "affinity",
+                      score_udf(settings)(F.col(S.AD_TEXT), F.lit(""),
+                                          numeric_struct(list(S.NUMERIC_FEATURES))).alias("prior"))
+              .toPandas())
+    rows = (neutral.select(S.AD_ID, S.ADVERTISER_ID, S.TITLE, S.CATEGORY, features.AD_CLICKS,
+                           embed_udf(settings)(F.col(S.AD_TEXT)).alias("embedding"))
             .toPandas())
-    index = C.build_index(rows[S.AD_ID].tolist(), np.stack(rows["embedding"].to_numpy()), rows["prior"].to_numpy(),
-                          rows[features.AD_CLICKS].to_numpy())
+    neutral.unpersist()
+    prior = (priors.pivot(index=S.AD_ID, columns="affinity", values="prior").reindex(columns=levels)
+             .loc[rows[S.AD_ID]].to_numpy())
+    index = C.build_index(rows[S.AD_ID].tolist(), np.stack(rows["embedding"].to_numpy()), prior,
+                          rows[features.AD_CLICKS].to_numpy(), categories=rows[S.CATEGORY].astype(str).tolist())
     by_id = rows.set_index(S.AD_ID).loc[index.ad_ids]
     info = AdInfo(position=index.position, embeddings=index.embeddings,
                   advertiser=by_id[S.ADVERTISER_ID].astype(str).tolist(), title=by_id[S.TITLE].astype(str).tolist())
@@ -134,7 +143,10 @@ def candidate_pairs(users: DataFrame, ads: DataFrame, index: C.AdIndex, cfg: App
         return C.retrieve_partition(frames, bindex.value, top_n=sc.retrieval_top_n, prior_n=sc.prior_top_n,
                                     popular_n=sc.popular_pool)
 
-    return embedded.select(S.USER_ID, "embedding", "clicked_ad_ids", S.STRATEGY).mapInPandas(body, CANDIDATE_SCHEMA)
+    return (embedded.select(S.USER_ID, "embedding", "clicked_ad_ids", S.STRATEGY,
+                            F.col(features.CATEGORY_CLICKS).alias("category_clicks"),
+                            F.col(features.USER_CLICKS).alias("user_clicks"))
+            .mapInPandas(body, CANDIDATE_SCHEMA))
 
 
 def _user_key(cfg: AppConfig) -> F.Column:
