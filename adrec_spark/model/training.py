@@ -195,7 +195,7 @@ def _forward(model: nn.Module, tokenizer: object, batch: Batch, device: str, max
     enc = tokenize_pairs(tokenizer, batch.ad_text, batch.history_text, max_length)
     return model(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device),
                  token_type_ids=enc.get("token_type_ids").to(device) if "token_type_ids" in enc else None,
-                 numeric=torch.from_numpy(batch.numeric).to(device), **({"return_parts": True} if return_parts else {}))
+                 numeric=torch.from_numpy(batch.numeric).to(device), return_parts=return_parts)
 
 
 def pairwise_ranking_loss(scores: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:

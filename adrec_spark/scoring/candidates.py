@@ -37,7 +37,8 @@ class AdIndex:
     prior_order: np.ndarray  # indices, best prior score first
     popular_order: np.ndarray  # indices, most clicked first
     prior_levels: np.ndarray | None = None  # (A, L) prior at affinity_levels(L)
-    categories: np.ndarray | None = None  # (A,) object
+    category_names: tuple[str, ...] = ()  # the distinct categories
+    category_codes: np.ndarray | None = None  # (A,) index into category_names
 
     def __post_init__(self) -> None:
         n = len(self.ad_ids)
@@ -45,16 +46,17 @@ class AdIndex:
             raise ValueError("AdIndex arrays must all describe the same ads")
         if self.prior_levels is not None and self.prior_levels.shape[0] != n:
             raise ValueError("AdIndex arrays must all describe the same ads")
-        if self.categories is not None and len(self.categories) != n:
+        if self.category_codes is not None and len(self.category_codes) != n:
             raise ValueError("AdIndex arrays must all describe the same ads")
 
     def personalized_prior(self, category_share: Mapping[str, float]) -> np.ndarray | None:
         """Each ad's prior at this user's affinity to its category (linear between the scored levels); None
         when the index has a single level or no categories."""
-        if self.prior_levels is None or self.categories is None or self.prior_levels.shape[1] < 2:
+        if self.prior_levels is None or self.category_codes is None or self.prior_levels.shape[1] < 2:
             return None
         levels = self.prior_levels.shape[1]
-        share = np.array([float(category_share.get(c, 0.0)) for c in self.categories])
+        # one lookup per category, not per ad: this runs once per user
+        share = np.array([float(category_share.get(c, 0.0)) for c in self.category_names])[self.category_codes]
         x = np.clip(np.nan_to_num(share), 0.0, 1.0) * (levels - 1)
         lo = np.minimum(np.floor(x).astype(np.int64), levels - 2)
         t = x - lo
@@ -74,10 +76,14 @@ def build_index(ad_ids: Sequence[str], embeddings: np.ndarray, prior: np.ndarray
     prior = np.asarray(prior, dtype=np.float64)
     levels = (prior if prior.ndim == 2 else prior[:, None])[order]
     ids, emb, clicks = ids[order], np.asarray(embeddings, np.float32)[order], np.asarray(clicks)[order]
-    cats = None if categories is None else np.asarray(categories, dtype=object)[order]
+    names: tuple[str, ...] = ()
+    codes = None
+    if categories is not None:
+        uniq, codes = np.unique(np.asarray(categories, dtype=object).astype(str)[order], return_inverse=True)
+        names = tuple(str(c) for c in uniq)
     prior_order = np.lexsort((ids, -levels[:, 0]))  # ties by ad id
     popular_order = np.lexsort((ids, -clicks))
-    return AdIndex(ids, emb, prior_order, popular_order, levels, cats)
+    return AdIndex(ids, emb, prior_order, popular_order, levels, names, codes)
 
 
 def _top(scores: np.ndarray, k: int) -> np.ndarray:
@@ -123,7 +129,7 @@ def retrieve(index: AdIndex, user_vec: np.ndarray | None, clicked: Sequence[str]
     if personal is None:
         add(index.prior_order, "prior", prior_n)
     else:
-        add(np.lexsort((index.ad_ids, -personal)), "prior", prior_n)
+        add(np.argsort(-personal, kind="stable"), "prior", prior_n)  # ties by position = by ad id
     return out
 
 
