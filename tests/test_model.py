@@ -244,3 +244,33 @@ def test_without_user_features_the_user_term_is_zero(tiny, tmp_path) -> None:
 def test_unknown_user_feature_is_a_clear_error(tiny) -> None:
     with pytest.raises(ValueError, match="not among the numeric features"):
         build_model(tiny, _spec(user_features=["user_shoe_size"]))
+
+
+def test_ad_index_partition_embeds_each_ad_and_scores_its_prior_at_each_affinity_level(tiny, tmp_path) -> None:
+    """One pass per ad: the embedding and, per affinity level, the score for an empty history with the
+    category-match feature at that level, the same as scoring those inputs directly."""
+    import pandas as pd
+
+    from adrec_spark.scoring.udf import UdfSettings, ad_index_partition
+
+    model, tok = build_model(tiny, _spec(), seed=6).eval(), load_tokenizer(tiny)
+    model.save(tmp_path / "m", tok)
+    df = make_pairs(9, 4)[[S.AD_ID, S.AD_TEXT, *S.NUMERIC_FEATURES]].reset_index(drop=True)
+    settings = UdfSettings(model_file=str(tmp_path / "m"), precision="fp32")
+    frames = [df.iloc[:5], df.iloc[5:0], df.iloc[5:]]  # an empty frame in between is skipped
+    levels = [0.0, 0.5, 1.0]
+    out = pd.concat(list(ad_index_partition(iter(frames), settings=settings, numeric_features=list(S.NUMERIC_FEATURES),
+                                            match_feature=S.CATEGORY_MATCH, levels=levels)), ignore_index=True)
+    assert out["ad_id"].tolist() == df[S.AD_ID].tolist()
+    ref = Scorer(tmp_path / "m", precision="fp32")
+    np.testing.assert_allclose(np.stack(out["embedding"]), ref.embed(df[S.AD_TEXT]), atol=1e-5)
+    prior = np.stack(out["prior"])
+    assert prior.shape == (9, 3)
+    for j, level in enumerate(levels):
+        num = df[list(S.NUMERIC_FEATURES)].to_numpy(np.float32).copy()
+        num[:, list(S.NUMERIC_FEATURES).index(S.CATEGORY_MATCH)] = level
+        np.testing.assert_allclose(prior[:, j], ref.score(df[S.AD_TEXT], [""] * 9, num), atol=1e-5)
+    assert not np.allclose(prior[:, 0], prior[:, 2])  # the level reaches the model
+    no_prior = next(ad_index_partition(iter([df]), settings=settings, numeric_features=list(S.NUMERIC_FEATURES),
+                                       match_feature=S.CATEGORY_MATCH, levels=None))
+    assert no_prior["prior"].isna().all() and len(no_prior) == 9

@@ -27,7 +27,15 @@ from adrec_spark.io import tables
 from adrec_spark.registry import registry
 from adrec_spark.scoring import candidates as C
 from adrec_spark.scoring.rerank import AdInfo, rerank_group
-from adrec_spark.scoring.udf import UdfSettings, embed_udf, numeric_struct, score_udf, ship_model_dir
+from adrec_spark.scoring.udf import (
+    AD_INDEX_SCHEMA,
+    UdfSettings,
+    ad_index_partition,
+    embed_udf,
+    numeric_struct,
+    score_udf,
+    ship_model_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -100,24 +108,24 @@ def _neutral_user_features(ads: DataFrame, cfg: AppConfig) -> DataFrame:
     return ads.select("*", *feats)
 
 
-def build_ad_index(ads: DataFrame, cfg: AppConfig, settings: UdfSettings) -> tuple[C.AdIndex, AdInfo]:
-    """Embed each eligible ad once and score its prior once per category-affinity level (on the executors);
-    the small result is collected to the driver and broadcast to the retrieval and re-rank tasks."""
+def build_ad_index(ads: DataFrame, cfg: AppConfig, settings: UdfSettings, *,
+                   with_prior: bool = True) -> tuple[C.AdIndex, AdInfo]:
+    """Embed each eligible ad once and score its prior once per category-affinity level, in one pass over the
+    ads spread across the executors' cores; the small result is collected to the driver and broadcast to the
+    retrieval and re-rank tasks. Without ``with_prior`` (the ``all`` candidates mode) the prior is skipped."""
     spark = ads.sparkSession
-    levels = C.affinity_levels(cfg.score.prior_affinity_levels)
-    neutral = _neutral_user_features(ads, cfg).persist()
-    grid = spark.createDataFrame([(float(v),) for v in levels], "affinity double")
-    priors = (neutral.crossJoin(F.broadcast(grid)).withColumn(S.CATEGORY_MATCH, F.col("affinity").cast("float"))
-              .select(S.AD_ID, "affinity",
-                      score_udf(settings)(F.col(S.AD_TEXT), F.lit(""),
-                                          numeric_struct(list(S.NUMERIC_FEATURES))).alias("prior"))
-              .toPandas())
-    rows = (neutral.select(S.AD_ID, S.ADVERTISER_ID, S.TITLE, S.CATEGORY, features.AD_CLICKS,
-                           embed_udf(settings)(F.col(S.AD_TEXT)).alias("embedding"))
-            .toPandas())
-    neutral.unpersist()
-    prior = (priors.pivot(index=S.AD_ID, columns="affinity", values="prior").reindex(columns=levels)
-             .loc[rows[S.AD_ID]].to_numpy())
+    levels = [float(v) for v in C.affinity_levels(cfg.score.prior_affinity_levels)] if with_prior else None
+    numeric = list(S.NUMERIC_FEATURES)
+    body = partial(ad_index_partition, settings=settings, numeric_features=numeric,
+                   match_feature=S.CATEGORY_MATCH, levels=levels)
+    neutral = _neutral_user_features(ads, cfg)
+    meta = neutral.select(S.AD_ID, S.ADVERTISER_ID, S.TITLE, S.CATEGORY, features.AD_CLICKS)
+    inputs = neutral.select(S.AD_ID, S.AD_TEXT, *[F.col(c).cast("float").alias(c) for c in numeric])
+    rows = (inputs.repartition(spark.sparkContext.defaultParallelism, S.AD_ID)
+            .mapInPandas(body, AD_INDEX_SCHEMA).join(meta, S.AD_ID).toPandas())
+    if rows.empty:
+        raise InputDataError("no eligible ads to index")
+    prior = np.stack(rows["prior"].to_numpy()) if with_prior else np.zeros(len(rows))
     index = C.build_index(rows[S.AD_ID].tolist(), np.stack(rows["embedding"].to_numpy()), prior,
                           rows[features.AD_CLICKS].to_numpy(), categories=rows[S.CATEGORY].astype(str).tolist())
     by_id = rows.set_index(S.AD_ID).loc[index.ad_ids]
@@ -169,9 +177,10 @@ def run_scoring(spark: SparkSession, cfg: AppConfig, score_date: dt.date) -> Sco
     log.info("scoring %s with %s v%d (pinned from %s)", score_date, model.name, model.version,
              f"alias '{sc.model_alias}'" if sc.model_version is None else "an explicit version")
     ds = F.lit(score_date.isoformat()).cast("date")
-    users = tables.read_table(spark, cfg.storage, S.USER_PROFILES).where(F.col(S.DS) == ds)
+    users = with_strategy(tables.read_table(spark, cfg.storage, S.USER_PROFILES).where(F.col(S.DS) == ds))
     ads = tables.read_table(spark, cfg.storage, S.ADS).where(F.col(S.DS) == ds)
-    n_users = users.count()
+    by_strategy = {r[S.STRATEGY]: int(r["count"]) for r in users.groupBy(S.STRATEGY).count().collect()}
+    n_users = sum(by_strategy.values())
     if n_users == 0:
         raise InputDataError(f"no user profiles for {score_date}: nothing to score (run the ETL for that date)")
     ads = eligible_ads(ads, score_date + dt.timedelta(days=1))
@@ -182,10 +191,9 @@ def run_scoring(spark: SparkSession, cfg: AppConfig, score_date: dt.date) -> Sco
     model_dir = registry.ensure_local_model(cfg.mlflow, model, Path(cfg.storage.staging) / "models")
     settings = UdfSettings(model_file=ship_model_dir(spark.sparkContext, model_dir), precision=sc.precision,
                            batch_size=sc.batch_size, threads=sc.torch_threads, chaos=sc.chaos)
-    users = with_strategy(users)
-    by_strategy = {r[S.STRATEGY]: int(r["count"]) for r in users.groupBy(S.STRATEGY).count().collect()}
+    stages["setup"] = time.perf_counter() - t0
     t = time.perf_counter()
-    index, info = build_ad_index(ads, cfg, settings)
+    index, info = build_ad_index(ads, cfg, settings, with_prior=sc.candidates != "all")
     stages["ad_index"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -156,6 +156,32 @@ def embed_udf(s: UdfSettings) -> Any:
     return embed
 
 
+AD_INDEX_SCHEMA = "ad_id string, embedding array<float>, prior array<double>"
+
+
+def ad_index_partition(frames: Iterator[pd.DataFrame], *, settings: UdfSettings, numeric_features: list[str],
+                       match_feature: str, levels: list[float] | None) -> Iterator[pd.DataFrame]:
+    """mapInPandas body for the ad index, one pass per ad: (ad_id, ad_text, numeric features for an unknown
+    user) -> (ad_id, embedding, prior). ``prior`` is the click probability for an empty history at each
+    ``levels`` value of ``match_feature`` (the user-ad category affinity); None when ``levels`` is None (the
+    ``all`` candidates mode needs no prior). The model is loaded once per worker, as in the UDFs."""
+    scorer = None
+    for df in frames:
+        if df.empty:
+            continue
+        scorer = scorer or get_scorer(settings)
+        texts = df["ad_text"].tolist()
+        vecs = scorer.embed(texts)
+        prior: list[object] = [None] * len(df)
+        if levels:
+            n, lv = len(df), np.asarray(levels, dtype=np.float32)
+            numeric = np.tile(df[numeric_features].to_numpy(dtype=np.float32), (len(lv), 1))
+            numeric[:, numeric_features.index(match_feature)] = np.repeat(lv, n)
+            probs = scorer.score(texts * len(lv), [""] * (n * len(lv)), numeric).reshape(len(lv), n)
+            prior = list(probs.T.astype(np.float64))
+        yield pd.DataFrame({"ad_id": df["ad_id"], "embedding": list(vecs), "prior": prior})
+
+
 _EMBEDDERS: dict[tuple[str, int | None], Any] = {}
 
 
