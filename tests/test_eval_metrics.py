@@ -11,7 +11,13 @@ import pytest
 from sklearn import metrics as skm
 
 from adrec_spark.errors import InputDataError, MissingColumnsError
-from adrec_spark.evaluation.metrics import click_metrics, ranking_metrics, score_curves
+from adrec_spark.evaluation.metrics import (
+    click_metrics,
+    paired_difference,
+    per_user_ndcg,
+    ranking_metrics,
+    score_curves,
+)
 
 CLICK_SCHEMA = "label int, score double"
 RANK_SCHEMA = "user_id string, ad_id string, label int, score double"
@@ -198,6 +204,39 @@ def test_ranking_metrics_match_reference(spark) -> None:
     ndcg = [skm.ndcg_score([labels], [list(range(len(labels), 0, -1))], k=10) if len(labels) > 1 else 1.0
             for labels in _ranked_labels(rows).values() if any(labels)]
     assert got["ndcg@10"] == pytest.approx(np.mean(ndcg), abs=1e-12)
+
+
+def test_per_user_ndcg_matches_the_reference_and_averages_to_ranking_metrics(spark) -> None:
+    rows = _random_rankings()
+    df = spark.createDataFrame(rows, RANK_SCHEMA)
+    got = {r["user_id"]: r["ndcg"] for r in per_user_ndcg(df, k=3).collect()}
+    want = {}
+    for user, ranked in _ranked_labels(rows).items():
+        if any(ranked):
+            dcg = sum(1 / math.log2(i + 2) for i in range(min(3, len(ranked))) if ranked[i])
+            want[user] = dcg / sum(1 / math.log2(i + 2) for i in range(min(sum(ranked), 3)))
+    assert "nopos" not in got and set(got) == set(want)
+    for user, value in want.items():
+        assert got[user] == pytest.approx(value, abs=1e-12), user
+    assert np.mean(list(got.values())) == pytest.approx(ranking_metrics(df, ks=(3,))["ndcg@3"], abs=1e-12)
+    with pytest.raises(ValueError, match="positive"):
+        per_user_ndcg(df, k=0)
+
+
+def test_paired_difference_by_hand(spark) -> None:
+    schema = "user_id string, ndcg double"
+    a = spark.createDataFrame([("u1", 1.0), ("u2", 0.5), ("u3", 0.2)], schema)
+    b = spark.createDataFrame([("u1", 0.5), ("u2", 0.5), ("u3", 0.4), ("u4", 0.9)], schema)  # u4 not in a
+    got = paired_difference(a, b)
+    diffs = np.array([0.5, 0.0, -0.2])
+    half = 1.96 * diffs.std(ddof=1) / math.sqrt(3)
+    assert got["diff"] == pytest.approx(0.1)
+    assert (got["ci_low"], got["ci_high"]) == (pytest.approx(0.1 - half), pytest.approx(0.1 + half))
+    assert (got["n_users"], got["users_better"], got["users_worse"]) == (3.0, 1.0, 1.0)
+    one = paired_difference(a.where("user_id = 'u1'"), b)
+    assert one["diff"] == pytest.approx(0.5) and math.isnan(one["ci_low"]) and math.isnan(one["ci_high"])
+    none = paired_difference(a.where("user_id = 'zz'"), b)
+    assert none["n_users"] == 0.0 and math.isnan(none["diff"])
 
 
 def test_ranking_ties_break_by_item_id(spark) -> None:

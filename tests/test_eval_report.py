@@ -108,3 +108,18 @@ def test_best_rows_and_format_value() -> None:
     assert format_value(np.int64(12), "n_users") == "12"
     assert format_value(0.123456, "auc") == "0.1235"
     assert format_value("<x>") == "&lt;x&gt;"
+
+
+def test_report_shows_the_paired_comparison_without_highlights(tmp_path, report_inputs) -> None:
+    table, curves, _ = report_inputs
+    comparison = pd.DataFrame({"ndcg_diff@10": [0.012, -0.0004], "ndcg_diff_ci_low@10": [0.004, -0.006],
+                               "ndcg_diff_ci_high@10": [0.02, 0.005], "n_users": [153.0, 153.0],
+                               "users_better": [60.0, 41.0], "users_worse": [30.0, 44.0]},
+                              index=["model v2 - popularity", "model v2 - logistic_regression"])
+    text = write_report(tmp_path / "r.html", title="t", table=table, curves=curves,
+                        comparison=comparison).read_text(encoding="utf-8")
+    assert "paired over users" in text
+    assert "model v2 - logistic_regression" in text and "<td>-0.0004</td>" in text and "<td>44</td>" in text
+    assert _best_cells(text) == ["0.8100", "0.4100", "0.0200", "0.5200", "0.4000", "0.5500"]  # metrics only
+    plain = write_report(tmp_path / "p.html", title="t", table=table, curves=curves).read_text(encoding="utf-8")
+    assert "paired over users" not in plain

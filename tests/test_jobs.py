@@ -275,4 +275,16 @@ def test_real_model_through_every_job(spark, tmp_path) -> None:
             "model v1 [by probability]", "logistic_regression [by probability]"} <= set(result.table.index)
     metrics = _table(spark, cfg, S.EVAL_METRICS)
     assert metrics.where((F.col("method") == "model v1") & (F.col("metric") == "auc")).count() == 1
+    # the model against each baseline, paired over the same users: the difference of the two NDCG@3 means
+    comp = result.comparison
+    assert set(comp.index) == {f"model v1 - {m}" for m in ("random", "popularity", "item_rate",
+                                                           "logistic_regression", "als", "pretrained")}
+    for m in ("item_rate", "als"):
+        want = result.table.loc["model v1", "ndcg@3"] - result.table.loc[m, "ndcg@3"]
+        assert comp.loc[f"model v1 - {m}", "ndcg_diff@3"] == pytest.approx(want, abs=1e-9)
+        row = comp.loc[f"model v1 - {m}"]
+        assert row["n_users"] == result.table.loc["model v1", "n_users"]
+        assert row["ndcg_diff_ci_low@3"] <= row["ndcg_diff@3"] <= row["ndcg_diff_ci_high@3"]
+    assert metrics.where((F.col("method") == "model v1 - als") & (F.col("metric") == "ndcg_diff")
+                         & (F.col("k") == 3)).count() == 1
     assert Path(result.report_path).read_text().count("data:image/png;base64") >= 4

@@ -284,6 +284,46 @@ def ranking_metrics(
     return out
 
 
+def per_user_ndcg(
+    df: DataFrame,
+    *,
+    user_col: str = S.USER_ID,
+    item_col: str = S.AD_ID,
+    label_col: str = S.LABEL,
+    score_col: str = S.SCORE,
+    k: int = 10,
+) -> DataFrame:
+    """``(user_col, ndcg)``: each user's NDCG@K, for the users with a relevant item, with the ranking (ties by
+    item id) and the definition of :func:`ranking_metrics` (its ``ndcg@K`` is the mean of this column). For
+    paired comparisons of two methods over the same users; validate the input with :func:`ranking_metrics`."""
+    require_columns(df, (user_col, item_col, label_col, score_col), "per_user_ndcg")
+    (k,) = _check_ks([k])
+    per_user = _per_user_rankings(df, user_col, item_col, label_col, score_col, max_k=k)
+    gain = lambda acc, pos: acc + F.lit(1.0) / F.log2(pos + F.lit(1.0))  # noqa: E731
+    dcg = F.aggregate(F.filter("relevant", lambda pos: pos <= F.lit(float(k))), F.lit(0.0), gain)
+    ideal = F.aggregate(F.sequence(F.lit(1), F.least(F.col("_n_pos"), F.lit(k))).cast("array<double>"),
+                        F.lit(0.0), gain)
+    return per_user.where(F.col("_n_pos") > 0).select(user_col, (dcg / ideal).alias("ndcg"))
+
+
+def paired_difference(a: DataFrame, b: DataFrame, *, key: str = S.USER_ID, value: str = "ndcg",
+                      z: float = 1.96) -> dict[str, float]:
+    """How much ``a`` beats ``b`` per key (user), over the keys in both: the mean of ``a - b``, the normal
+    approximation confidence interval ``mean +- z * sd / sqrt(n)`` (sample sd; z = 1.96 for 95%), and how many
+    keys ``a`` is better and worse on. Aggregated in Spark; NaN interval with fewer than 2 keys."""
+    require_columns(a, (key, value), "paired_difference (a)")
+    require_columns(b, (key, value), "paired_difference (b)")
+    joined = a.select(key, F.col(value).alias("_a")).join(b.select(key, F.col(value).alias("_b")), key)
+    d = F.col("_a") - F.col("_b")
+    r = joined.agg(F.count(F.lit(1)).alias("n"), F.avg(d).alias("mean"), F.stddev_samp(d).alias("sd"),
+                   F.count(F.when(d > 0, 1)).alias("better"), F.count(F.when(d < 0, 1)).alias("worse")).first()
+    n = int(r["n"])
+    mean = float(r["mean"]) if n else NAN
+    half = z * float(r["sd"]) / math.sqrt(n) if n > 1 and r["sd"] is not None else NAN
+    return {"diff": mean, "ci_low": mean - half, "ci_high": mean + half, "n_users": float(n),
+            "users_better": float(r["better"]), "users_worse": float(r["worse"])}
+
+
 def _check_ks(ks: Sequence[int]) -> list[int]:
     cutoffs = sorted({int(k) for k in ks})
     if not cutoffs or cutoffs[0] < 1 or any(int(k) != k for k in ks):

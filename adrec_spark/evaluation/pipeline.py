@@ -22,7 +22,13 @@ from adrec_spark.config import AppConfig
 from adrec_spark.errors import InputDataError
 from adrec_spark.evaluation import baselines as B
 from adrec_spark.evaluation.beyond import beyond_accuracy
-from adrec_spark.evaluation.metrics import click_metrics, ranking_metrics, score_curves
+from adrec_spark.evaluation.metrics import (
+    click_metrics,
+    paired_difference,
+    per_user_ndcg,
+    ranking_metrics,
+    score_curves,
+)
 from adrec_spark.evaluation.report import write_report
 from adrec_spark.io import tables
 from adrec_spark.registry import registry
@@ -50,6 +56,7 @@ class EvaluationResult:
     beyond: pd.DataFrame | None
     report_path: Path
     seconds: float
+    comparison: pd.DataFrame | None = None  # the model minus each baseline, per user (paired_comparisons)
 
 
 def _test_rows(spark: SparkSession, cfg: AppConfig) -> tuple[DataFrame, DataFrame, int]:
@@ -121,6 +128,34 @@ def method_metrics(df: DataFrame, methods: list[str], cfg: AppConfig) -> tuple[p
     return pd.DataFrame.from_dict(rows, orient="index"), curves
 
 
+def paired_comparisons(df: DataFrame, methods: list[str], cfg: AppConfig, *, label: str = MODEL) -> pd.DataFrame:
+    """Is the model's NDCG@K better than each baseline's for the same users, beyond chance? Per user, the
+    model's NDCG@K (K: the largest cut-off) minus the baseline's, both ranked as in :func:`method_metrics`:
+    the mean difference, its 95% interval (normal approximation over users) and how many users each way.
+    One row per baseline, named ``<label> - <baseline>``."""
+    k = max(cfg.evaluate.ks)
+
+    def ndcg(method: str) -> DataFrame:
+        rank_col = B.rank_column(method, df.columns)
+        return per_user_ndcg(per_user_item(df, rank_col), score_col=rank_col, k=k).persist()
+
+    ref = ndcg(MODEL)
+    rows = {}
+    for m in methods:
+        if m == MODEL:
+            continue
+        other = ndcg(m)
+        r = paired_difference(ref, other)
+        other.unpersist()
+        rows[f"{label} - {m}"] = {f"ndcg_diff@{k}": r["diff"], f"ndcg_diff_ci_low@{k}": r["ci_low"],
+                                  f"ndcg_diff_ci_high@{k}": r["ci_high"], "n_users": r["n_users"],
+                                  "users_better": r["users_better"], "users_worse": r["users_worse"]}
+        log.info("%s - %s: NDCG@%d %+.4f (95%% CI %+.4f .. %+.4f) over %d users", label, m, k, r["diff"],
+                 r["ci_low"], r["ci_high"], int(r["n_users"]))
+    ref.unpersist()
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
 def _popular_recs(spark: SparkSession, cfg: AppConfig, users: DataFrame, ads: DataFrame, k: int) -> DataFrame:
     """The popularity baseline's lists: the k most clicked ads, the same for everyone (minus clicked)."""
     top = ads.orderBy(F.col("ad_clicks").desc(), S.AD_ID).limit(k * 3).select(S.AD_ID, "ad_clicks")
@@ -169,9 +204,9 @@ def _latest_score_date(spark: SparkSession, cfg: AppConfig) -> dt.date | None:
     return d
 
 
-def _metric_rows(table: pd.DataFrame, beyond: pd.DataFrame | None) -> list[tuple[str, str, int | None, float]]:
+def _metric_rows(*frames: pd.DataFrame | None) -> list[tuple[str, str, int | None, float]]:
     out = []
-    for frame in (table, beyond):
+    for frame in frames:
         if frame is None:
             continue
         for method, row in frame.iterrows():
@@ -201,6 +236,7 @@ def run_evaluation(spark: SparkSession, cfg: AppConfig, score_date: dt.date | No
     df, version = scored_test_set(spark, cfg, settings)
     methods = [MODEL, *cfg.evaluate.baselines]
     table, curves = method_metrics(df, methods, cfg)
+    comparison = paired_comparisons(df, methods, cfg, label=f"{MODEL} v{model.version}")
     df.unpersist()
     table = table.rename(index={MODEL: f"{MODEL} v{model.version}",
                                 f"{MODEL} [by probability]": f"{MODEL} v{model.version} [by probability]"})
@@ -213,7 +249,7 @@ def run_evaluation(spark: SparkSession, cfg: AppConfig, score_date: dt.date | No
         mlflow.set_tags({"adrec.job": "evaluate", "adrec.model_version": str(model.version)})
         mlflow.log_params({"model": model.uri, "alias": cfg.score.model_alias, "training_examples_version": version,
                            "eval_date": eval_date.isoformat(), "ks": ",".join(map(str, cfg.evaluate.ks))})
-        for method, metric, k, value in _metric_rows(table, beyond):
+        for method, metric, k, value in _metric_rows(table, beyond, comparison):
             if math.isfinite(value):
                 key = _mlflow_key(method) + f".{metric}" + (f"_at_{k}" if k else "")
                 mlflow.log_metric(key, value)
@@ -221,7 +257,7 @@ def run_evaluation(spark: SparkSession, cfg: AppConfig, score_date: dt.date | No
             Path(cfg.evaluate.report_dir) / f"evaluation-{eval_date.isoformat()}.html",
             title=f"adrec-spark evaluation: {model.name} v{model.version}",
             subtitle=f"test split of training_examples v{version}; recommendations of {score_date or 'n/a'}",
-            table=table, curves=curves, beyond=beyond,
+            table=table, curves=curves, beyond=beyond, comparison=comparison,
             notes=[f"{int(table.iloc[0].get('n', 0))} test rows. Ranking metrics rank each user's own test "
                    "impressions by score; users without a click in test are skipped. The model and the logistic "
                    "regression rank by their logit less the user-only terms (equal for all of a user's ads when the "
@@ -231,7 +267,7 @@ def run_evaluation(spark: SparkSession, cfg: AppConfig, score_date: dt.date | No
         mlflow.log_text(table.to_csv(), "eval_table.csv")
         run_id = run.info.run_id
     rows = [(eval_date, run_id, model.name, model.version, version, m, metric, k, v)
-            for m, metric, k, v in _metric_rows(table, beyond)]
+            for m, metric, k, v in _metric_rows(table, beyond, comparison)]
     out = spark.createDataFrame(rows, "eval_date date, run_id string, model_name string, model_version int, "
                                       "training_examples_version long, method string, metric string, k int, "
                                       "value double")
@@ -239,6 +275,6 @@ def run_evaluation(spark: SparkSession, cfg: AppConfig, score_date: dt.date | No
                             values=[eval_date.isoformat()])
     result = EvaluationResult(run_id=run_id, eval_date=eval_date.isoformat(), model_name=model.name,
                               model_version=model.version, table=table, beyond=beyond, report_path=report,
-                              seconds=time.perf_counter() - t0)
+                              seconds=time.perf_counter() - t0, comparison=comparison)
     log.info("evaluation written: %s (%.0fs)", report, result.seconds)
     return result

@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 MISSING = "–"  # shown for NaN / missing cells
 # Metrics where lower is better (matched on the name before any "@K"); counts are never highlighted.
 LOWER_IS_BETTER = frozenset({"log_loss", "ece", "brier", "gini", "gini_advertiser", "top_advertiser_share"})
-COUNT_METRICS = frozenset({"n", "n_users", "n_users_skipped", "n_recommendations"})
+COUNT_METRICS = frozenset({"n", "n_users", "n_users_skipped", "n_recommendations", "users_better",
+                           "users_worse"})
 NOT_RANKED = COUNT_METRICS | {"positive_rate"}
 RANKING_PLOT_METRICS = ("auc", "mrr")
 RANKING_PLOT_PREFIXES = ("ndcg@", "map@", "hit_rate@")
@@ -53,6 +54,7 @@ def write_report(
     beyond: pd.DataFrame | None = None,
     notes: Sequence[str] = (),
     subtitle: str = "",
+    comparison: pd.DataFrame | None = None,
 ) -> Path:
     """Write the report and return its path.
 
@@ -65,10 +67,18 @@ def write_report(
             ``calibration``); missing or empty frames are left out of the plots.
         beyond: optional beyond-accuracy metrics, one row per method or model (the index).
         notes: free-text lines shown under the heading.
+        comparison: optional paired differences of the model against each baseline (one row each), shown
+            as they are (no highlight).
     """
     path = Path(path)
     colors = _method_colors([*table.index, *curves, *(beyond.index if beyond is not None else [])])
     sections = [_section("Metrics", _table_html(table) + _legend())]
+    if comparison is not None and not comparison.empty:
+        sections.append(_section("The model against each baseline, paired over users",
+                                 _table_html(comparison, highlight=False)
+                                 + '<p class="legend">Per user, the model\'s NDCG minus the baseline\'s: mean, 95% '
+                                   "interval (normal approximation over users), users better and worse. An "
+                                   "interval that contains 0 is not a win or a loss.</p>"))
     plots = [_roc_plot(curves, colors), _pr_plot(curves, colors), _calibration_plot(curves, colors),
              _bar_plot(table, _ranking_columns(table), colors, "Ranking and AUC")]
     if beyond is not None:
@@ -105,8 +115,8 @@ def _legend() -> str:
             f"{MISSING} = not available.</p>")
 
 
-def _table_html(df: pd.DataFrame) -> str:
-    best = {col: best_rows(df[col], str(col)) for col in df.columns}
+def _table_html(df: pd.DataFrame, *, highlight: bool = True) -> str:
+    best = {col: best_rows(df[col], str(col)) if highlight else set() for col in df.columns}
     index_name = html.escape(str(df.index.name or "method"))
     head = f'<tr><th class="method">{index_name}</th>' + "".join(
         f"<th>{html.escape(str(c))}</th>" for c in df.columns) + "</tr>"
