@@ -52,7 +52,8 @@ elif step == "train":
 else:
     from adrec_spark.evaluation.pipeline import run_evaluation
     r = run_evaluation(spark, cfg)
-    print(json.dumps({{"table": json.loads(r.table.to_json(orient="index")), "report": str(r.report_path)}}))
+    print(json.dumps({{"table": json.loads(r.table.to_json(orient="index")), "report": str(r.report_path),
+                      "comparison": json.loads(r.comparison.to_json(orient="index"))}}))
 """
 
 
@@ -83,9 +84,14 @@ def run(*, fresh: bool = False) -> dict[str, object]:
     if not marker.is_file():
         print("MovieLens adapter + ETL ...", flush=True)
         marker.write_text(json.dumps(_step("etl")))
-    print(f"fine-tuning with {recipe} ...", flush=True)
-    trained = _step("train", recipe)
-    print(f"test AUC {trained['test_auc']:.4f} (pretrained {trained['pretrained_test_auc']})", flush=True)
+    again = os.environ.get("ADREC_QUALITY_EVAL_VERSION")  # evaluate a version already trained here, again
+    if again:
+        trained: dict[str, object] = {"model_version": int(again)}
+        print(f"evaluating model version {again} again (no training)", flush=True)
+    else:
+        print(f"fine-tuning with {recipe} ...", flush=True)
+        trained = _step("train", recipe)
+        print(f"test AUC {trained['test_auc']:.4f} (pretrained {trained['pretrained_test_auc']})", flush=True)
     print("evaluation job: the model and every baseline ...", flush=True)
     # The version just trained, whether or not it became champion (the bench measures this recipe).
     ev = _step("evaluate", (*recipe, "evaluate.ks=[5, 10]", f"score.model_version={trained['model_version']}"))
@@ -94,11 +100,18 @@ def run(*, fresh: bool = False) -> dict[str, object]:
     tbl = pd.DataFrame.from_dict(ev["table"], orient="index")
     cols = [c for c in ("auc", "log_loss", "ndcg@10", "ndcg@5", "mrr", "map@10", "n_users") if c in tbl.columns]
     print(tbl[cols].to_string(float_format=lambda v: f"{v:.4f}", na_rep="-"))
-    save("quality", {"command": "make bench-quality", "recipe": recipe, "etl": json.loads(marker.read_text()),
-                     "training": {k: v for k, v in trained.items() if k != "summary"},
-                     "history": trained["summary"].get("history") if isinstance(trained.get("summary"), dict)
-                     else None, "table": ev["table"], "report": ev["report"]})
-    return {"table": ev["table"]}
+    comparison = pd.DataFrame.from_dict(ev["comparison"], orient="index")
+    print()
+    counts = [c for c in ("n_users", "users_better", "users_worse") if c in comparison.columns]
+    print(comparison.astype({c: int for c in counts}).to_string(float_format=lambda v: f"{v:+.4f}", na_rep="-"))
+    summary = trained.get("summary")
+    save(f"quality-eval-v{again}" if again else "quality",
+         {"command": (f"ADREC_QUALITY_EVAL_VERSION={again} " if again else "") + "make bench-quality",
+          "recipe": recipe, "etl": json.loads(marker.read_text()),
+          "training": {k: v for k, v in trained.items() if k != "summary"},
+          "history": summary.get("history") if isinstance(summary, dict) else None,
+          "table": ev["table"], "comparison": ev["comparison"], "report": ev["report"]})
+    return {"table": ev["table"], "comparison": ev["comparison"]}
 
 
 if __name__ == "__main__":  # pragma: no cover
