@@ -158,19 +158,26 @@ def cmd_evaluate(args: argparse.Namespace, cfg: AppConfig) -> int:
     from adrec_spark.evaluation.pipeline import run_evaluation
 
     r = run_evaluation(_session(cfg, "evaluate"), cfg, args.date)
-    print(headline(r.table, r.beyond))
+    print(headline(r.table, r.beyond, r.comparison))
     print(f"report: {r.report_path.resolve()}")
     return 0
 
 
-def headline(table, beyond) -> str:
-    """The method-by-metric table a person reads first."""
+def headline(table, beyond, comparison=None) -> str:
+    """The method-by-metric table a person reads first (then beyond-accuracy, then the paired comparison)."""
     cols = [c for c in ("auc", "log_loss", "ndcg@5", "ndcg@10", "hit_rate@10", "mrr", "map@10") if c in table.columns]
     text = table[cols].to_string(float_format=lambda v: f"{v:.4f}", na_rep="-")
     if beyond is not None:
         bcols = [c for c in ("coverage", "ild_category", "ild_embedding", "personalization", "novelty",
                              "gini_advertiser") if c in beyond.columns]
         text += "\n\n" + beyond[bcols].to_string(float_format=lambda v: f"{v:.4f}", na_rep="-")
+    if comparison is not None and not comparison.empty:
+        diff = next(c for c in comparison.columns if c.startswith("ndcg_diff@"))
+        k = diff.partition("@")[2]
+        lines = [f"{name}: NDCG@{k} {row[diff]:+.4f} (95% interval {row[f'ndcg_diff_ci_low@{k}']:+.4f} .. "
+                 f"{row[f'ndcg_diff_ci_high@{k}']:+.4f}; users better {int(row['users_better'])}, "
+                 f"worse {int(row['users_worse'])})" for name, row in comparison.iterrows()]
+        text += "\n\npaired over users:\n" + "\n".join(lines)
     return text
 
 
@@ -212,7 +219,7 @@ def cmd_demo(args: argparse.Namespace, cfg: AppConfig) -> int:
     print(f"      {scored.pairs_scored} pairs for {scored.users} users in {scored.seconds:.0f}s", flush=True)
     print("[5/5] evaluating against the baselines ...", flush=True)
     ev = run_evaluation(spark, cfg, last)
-    print("\n" + headline(ev.table, ev.beyond))
+    print("\n" + headline(ev.table, ev.beyond, ev.comparison))
     print("\nA few users' recommendations:")
     print(sample_recommendations(spark, cfg, last))
     print(f"\nreport:    {ev.report_path.resolve()}")

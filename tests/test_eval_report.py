@@ -123,3 +123,17 @@ def test_report_shows_the_paired_comparison_without_highlights(tmp_path, report_
     assert _best_cells(text) == ["0.8100", "0.4100", "0.0200", "0.5200", "0.4000", "0.5500"]  # metrics only
     plain = write_report(tmp_path / "p.html", title="t", table=table, curves=curves).read_text(encoding="utf-8")
     assert "paired over users" not in plain
+
+
+def test_headline_prints_the_table_and_the_paired_comparison(report_inputs) -> None:
+    from adrec_spark.cli import headline
+
+    table, _, beyond = report_inputs
+    comparison = pd.DataFrame({"ndcg_diff@10": [0.0027], "ndcg_diff_ci_low@10": [-0.0069],
+                               "ndcg_diff_ci_high@10": [0.0124], "n_users": [148.0], "users_better": [70.0],
+                               "users_worse": [60.0]}, index=["model v2 - logistic_regression"])
+    text = headline(table, beyond, comparison)
+    assert "0.8100" in text and "coverage" in text
+    assert text.endswith("paired over users:\nmodel v2 - logistic_regression: NDCG@10 +0.0027 (95% interval "
+                         "-0.0069 .. +0.0124; users better 70, worse 60)")
+    assert "paired" not in headline(table, None)
