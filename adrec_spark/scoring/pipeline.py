@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import StructType
 
 from adrec_spark import schema as S
 from adrec_spark.config import AppConfig
@@ -28,7 +29,7 @@ from adrec_spark.registry import registry
 from adrec_spark.scoring import candidates as C
 from adrec_spark.scoring.rerank import AdInfo, rerank_group
 from adrec_spark.scoring.udf import (
-    AD_INDEX_SCHEMA,
+    AD_INDEX_FIELDS,
     UdfSettings,
     ad_index_partition,
     embed_udf,
@@ -118,11 +119,12 @@ def build_ad_index(ads: DataFrame, cfg: AppConfig, settings: UdfSettings, *,
     numeric = list(S.NUMERIC_FEATURES)
     body = partial(ad_index_partition, settings=settings, numeric_features=numeric,
                    match_feature=S.CATEGORY_MATCH, levels=levels)
-    neutral = _neutral_user_features(ads, cfg)
-    meta = neutral.select(S.AD_ID, S.ADVERTISER_ID, S.TITLE, S.CATEGORY, features.AD_CLICKS)
-    inputs = neutral.select(S.AD_ID, S.AD_TEXT, *[F.col(c).cast("float").alias(c) for c in numeric])
+    meta = (S.AD_ID, S.ADVERTISER_ID, S.TITLE, S.CATEGORY, features.AD_CLICKS)  # passed through as they are
+    inputs = _neutral_user_features(ads, cfg).select(*meta, S.AD_TEXT,
+                                                     *[F.col(c).cast("float").alias(c) for c in numeric])
+    schema = StructType(inputs.select(*meta).schema.fields + AD_INDEX_FIELDS)
     rows = (inputs.repartition(spark.sparkContext.defaultParallelism, S.AD_ID)
-            .mapInPandas(body, AD_INDEX_SCHEMA).join(meta, S.AD_ID).toPandas())
+            .mapInPandas(body, schema).toPandas())
     if rows.empty:
         raise InputDataError("no eligible ads to index")
     prior = np.stack(rows["prior"].to_numpy()) if with_prior else np.zeros(len(rows))

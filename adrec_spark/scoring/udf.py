@@ -24,7 +24,7 @@ from pyspark import SparkContext
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 from pyspark.sql.functions import pandas_udf
-from pyspark.sql.types import ArrayType, FloatType, StructField, StructType
+from pyspark.sql.types import ArrayType, DoubleType, FloatType, StructField, StructType
 
 from adrec_spark.config import ChaosConfig
 
@@ -156,15 +156,16 @@ def embed_udf(s: UdfSettings) -> Any:
     return embed
 
 
-AD_INDEX_SCHEMA = "ad_id string, embedding array<float>, prior array<double>"
+AD_INDEX_FIELDS = [StructField("embedding", ArrayType(FloatType())), StructField("prior", ArrayType(DoubleType()))]
 
 
 def ad_index_partition(frames: Iterator[pd.DataFrame], *, settings: UdfSettings, numeric_features: list[str],
                        match_feature: str, levels: list[float] | None) -> Iterator[pd.DataFrame]:
-    """mapInPandas body for the ad index, one pass per ad: (ad_id, ad_text, numeric features for an unknown
-    user) -> (ad_id, embedding, prior). ``prior`` is the click probability for an empty history at each
-    ``levels`` value of ``match_feature`` (the user-ad category affinity); None when ``levels`` is None (the
-    ``all`` candidates mode needs no prior). The model is loaded once per worker, as in the UDFs."""
+    """mapInPandas body for the ad index, one pass per ad: rows with ``ad_text`` and the numeric features for
+    an unknown user -> the other columns as they are, plus ``embedding`` and ``prior`` (the input schema less
+    those columns, plus :data:`AD_INDEX_FIELDS`). ``prior`` is the click probability for an empty history at
+    each ``levels`` value of ``match_feature`` (the user-ad category affinity); None when ``levels`` is None
+    (the ``all`` candidates mode needs no prior). The model is loaded once per worker, as in the UDFs."""
     scorer = None
     for df in frames:
         if df.empty:
@@ -179,7 +180,7 @@ def ad_index_partition(frames: Iterator[pd.DataFrame], *, settings: UdfSettings,
             numeric[:, numeric_features.index(match_feature)] = np.repeat(lv, n)
             probs = scorer.score(texts * len(lv), [""] * (n * len(lv)), numeric).reshape(len(lv), n)
             prior = list(probs.T.astype(np.float64))
-        yield pd.DataFrame({"ad_id": df["ad_id"], "embedding": list(vecs), "prior": prior})
+        yield df.drop(columns=["ad_text", *numeric_features]).assign(embedding=list(vecs), prior=prior)
 
 
 _EMBEDDERS: dict[tuple[str, int | None], Any] = {}
