@@ -7,8 +7,10 @@ Prints one table and writes bench/results/scoring.json:
   (2) the Spark scoring job end to end (all candidates for THROUGHPUT_USERS users: ETL tables in, Delta out),
   (3) ``mlflow.pyfunc.spark_udf`` with default settings on the same registered model and pairs,
 (2) and (3) in fp32 and in the fastest precision; (2) in the fastest precision again over STEADY_FACTOR times
-the users, for the job's marginal rate (pairs/s once running) and its fixed seconds; the precisions' quality
-against fp32 on the test split; and the cascade for CASCADE_USERS users: pairs scored and recall@10 against
+the users, for the job's marginal rate (pairs/s once running) and its fixed seconds;
+(1)-(3) in fp32 and the fastest precision are measured ROUNDS times, interleaved (this machine's speed
+drifts by 10-20% between minutes): each row gives the median seconds and every run's rate; the precisions'
+quality against fp32 on the test split; and the cascade for CASCADE_USERS users: pairs scored and recall@10 against
 scoring every pair.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 import time
 from pathlib import Path
 
@@ -24,6 +27,7 @@ from bench.common import ROOT, WORK, bench_config, run_python, save, table
 W = WORK / "scoring"
 WORLD = {"n_users": 300, "n_ads": 1000, "n_events": 40000, "n_days": 14, "seed": 0}
 THROUGHPUT_USERS = 12  # x every eligible ad: ~10k pairs, the same pairs for every method
+ROUNDS = 2  # the in-process loop, the job and spark_udf, in fp32 and the fastest precision, interleaved
 STEADY_FACTOR = 3  # the fastest job again over 3x the users: its marginal rate and fixed seconds
 CASCADE_USERS = 40
 SCORE_DATE = "2024-01-14"
@@ -230,35 +234,63 @@ def _job(lake: Path, *overrides: str) -> dict[str, object]:
                                        overrides=(f"storage.lakehouse={lake}", *overrides)))
 
 
+INPROC, JOB, UDF = "in-process loop (Scorer)", "Spark scoring job (end to end)", "mlflow.pyfunc.spark_udf"
+
+
+def _rate(r: dict[str, object]) -> dict[str, object]:
+    return {**r, "pairs_per_second": r["pairs"] / r["seconds"]}
+
+
+def _job_rate(lake: Path, precision: str) -> dict[str, object]:
+    job = _job(lake, "score.candidates=all", f"score.precision={precision}")
+    return _rate({"pairs": job["pairs"], "seconds": job["seconds"], "stages": job["stages"]})
+
+
+def _summary(method: str, precision: str, runs: list[dict[str, object]]) -> dict[str, object]:
+    """One table row from a method's runs: the median seconds (the pairs are the same in every run) and each
+    run's rate; the stages of the median run."""
+    mid = sorted(runs, key=lambda r: r["seconds"])[(len(runs) - 1) // 2]
+    seconds = statistics.median(r["seconds"] for r in runs)
+    row = {"method": method, "precision": precision, "pairs": mid["pairs"], "seconds": seconds,
+           "pairs_per_second": mid["pairs"] / seconds,
+           "runs": " / ".join(f"{r['pairs_per_second']:.1f}" for r in runs),
+           "runs_pairs_per_second": [r["pairs_per_second"] for r in runs]}
+    if "stages" in mid:
+        row["stages"] = mid["stages"]
+    return row
+
+
 def run() -> dict[str, object]:
     prepared = prepare()
     target = _bench_lakehouse("lakehouse-bench", THROUGHPUT_USERS)
     pairs = _pairs(target)
-    rows: list[dict[str, object]] = []
-    for precision in ("fp32", "bf16", "int8"):
-        print(f"in-process {precision} ...", flush=True)
-        r = in_process(pairs, precision)
-        rows.append({"method": "in-process loop (Scorer)", "precision": precision, **r})
-    rate = {(r["method"], r["precision"]): r["pairs_per_second"] for r in rows}
-    fast = max(("bf16", "int8"), key=lambda p: rate[("in-process loop (Scorer)", p)])
-    for precision in ("fp32", fast):
-        print(f"Spark job {precision} ...", flush=True)
-        job = _job(target, "score.candidates=all", f"score.precision={precision}")
-        rows.append({"method": "Spark scoring job (end to end)", "precision": precision, "pairs": job["pairs"],
-                     "seconds": job["seconds"], "pairs_per_second": job["pairs"] / job["seconds"],
-                     "stages": job["stages"]})
-        print(f"mlflow spark_udf {precision} ...", flush=True)
-        env = {} if precision == "fp32" else {"ADREC_PYFUNC_PRECISION": precision}
-        udf = run_python(SPARK_UDF.format(root=str(ROOT), work=str(W), pairs=str(pairs)), env=env)
-        rows.append({"method": "mlflow.pyfunc.spark_udf" + (" (default)" if precision == "fp32" else ""),
-                     "precision": precision, "pairs": udf["pairs"], "seconds": udf["seconds"],
-                     "pairs_per_second": udf["pairs"] / udf["seconds"]})
+    runs: dict[tuple[str, str], list[dict[str, object]]] = {}
+
+    def measure(method: str, precision: str, fn) -> None:
+        print(f"{method} {precision} (run {len(runs.get((method, precision), [])) + 1}) ...", flush=True)
+        runs.setdefault((method, precision), []).append(fn())
+
+    fast = "bf16"  # until round 1 has measured bf16 and int8
+    for rnd in range(ROUNDS):
+        # Round 1 picks the fastest precision; every round interleaves the methods, so a slow spell of the
+        # machine does not land on one method only.
+        for precision in ("fp32", "bf16", "int8") if rnd == 0 else ("fp32", fast):
+            measure(INPROC, precision, lambda p=precision: in_process(pairs, p))
+        if rnd == 0:
+            fast = max(("bf16", "int8"), key=lambda p: runs[(INPROC, p)][0]["pairs_per_second"])
+        for precision in ("fp32", fast):
+            measure(JOB, precision, lambda p=precision: _job_rate(target, p))
+            env = {} if precision == "fp32" else {"ADREC_PYFUNC_PRECISION": precision}
+            measure(UDF + (" (default)" if precision == "fp32" else ""), precision,
+                    lambda e=env: _rate(run_python(SPARK_UDF.format(root=str(ROOT), work=str(W), pairs=str(pairs)),
+                                                   env=e)))
+    rows = [_summary(method, precision, r) for (method, precision), r in runs.items()]
     # The job's fixed costs (first Delta reads in a fresh JVM, model load per worker, commits) weigh on ~10k
     # pairs; the same job over STEADY_FACTOR times the users gives its marginal rate and the fixed seconds.
     print(f"Spark job {fast}, {STEADY_FACTOR}x the users ...", flush=True)
     big = _job(_bench_lakehouse("lakehouse-bench-big", STEADY_FACTOR * THROUGHPUT_USERS), "score.candidates=all",
                f"score.precision={fast}")
-    small = next(r for r in rows if r["method"] == "Spark scoring job (end to end)" and r["precision"] == fast)
+    small = next(r for r in rows if r["method"] == JOB and r["precision"] == fast)
     marginal = (big["pairs"] - small["pairs"]) / (big["seconds"] - small["seconds"])
     steady = {"precision": fast, "pairs": [small["pairs"], big["pairs"]], "seconds": [small["seconds"], big["seconds"]],
               "big_stages": big["stages"], "marginal_pairs_per_second": marginal,
@@ -290,13 +322,13 @@ def run() -> dict[str, object]:
                "cascade_seconds": jobs["cascade"]["seconds"], "all_seconds": jobs["all"]["seconds"]}
     quality = precision_quality()
     print()
-    print(table(rows, ["method", "precision", "pairs", "seconds", "pairs_per_second"]))
+    print(table(rows, ["method", "precision", "pairs", "seconds", "pairs_per_second", "runs"]))
     print()
     print(table(quality, ["precision", "test_rows", "test_auc", "corr_vs_fp32"]))
     print()
     print(table([{**ratios, **cascade}], [*list(ratios), "cascade_pairs", "all_pairs", "reduction", "recall_at_10"]))
     save("scoring", {"command": "make bench (bench/run.py scoring)", "prepared": prepared, "throughput": rows,
                      "fastest_precision": fast, "ratios": ratios, "steady_state": steady, "precision_quality": quality,
-                     "cascade": cascade, "throughput_users": THROUGHPUT_USERS, "cascade_users": CASCADE_USERS,
-                     "score_date": SCORE_DATE})
+                     "cascade": cascade, "throughput_users": THROUGHPUT_USERS, "rounds": ROUNDS,
+                     "cascade_users": CASCADE_USERS, "score_date": SCORE_DATE})
     return {"throughput": rows, "ratios": ratios, "steady_state": steady, "cascade": cascade, "quality": quality}
