@@ -16,6 +16,7 @@ from adrec_spark.evaluation.metrics import (
     paired_difference,
     per_user_ndcg,
     ranking_metrics,
+    ranking_metrics_with_per_user_ndcg,
     score_curves,
 )
 
@@ -221,6 +222,12 @@ def test_per_user_ndcg_matches_the_reference_and_averages_to_ranking_metrics(spa
     assert np.mean(list(got.values())) == pytest.approx(ranking_metrics(df, ks=(3,))["ndcg@3"], abs=1e-12)
     with pytest.raises(ValueError, match="positive"):
         per_user_ndcg(df, k=0)
+    # From one ranking: the same table as ranking_metrics and the per-user NDCG at the largest K.
+    metrics, frame = ranking_metrics_with_per_user_ndcg(df, ks=(1, 3))
+    assert metrics == ranking_metrics(df, ks=(1, 3))
+    shared = {r["user_id"]: r["ndcg"] for r in frame.collect()}
+    assert set(shared) == set(want) and all(shared[u] == pytest.approx(v, abs=1e-12) for u, v in want.items())
+    frame.unpersist()
 
 
 def test_paired_difference_by_hand(spark) -> None:

@@ -261,17 +261,43 @@ def ranking_metrics(
         MissingColumnsError: a column is missing.
         InputDataError: no rows, null/NaN values, labels other than 0/1, or an item twice for one user.
     """
+    metrics, _ = _ranking(df, user_col, item_col, label_col, score_col, ks, keep_ndcg=False)
+    return metrics
+
+
+def ranking_metrics_with_per_user_ndcg(
+    df: DataFrame,
+    *,
+    user_col: str = S.USER_ID,
+    item_col: str = S.AD_ID,
+    label_col: str = S.LABEL,
+    score_col: str = S.SCORE,
+    ks: Sequence[int] = (5, 10),
+) -> tuple[dict[str, float], DataFrame]:
+    """:func:`ranking_metrics` and, from the same ranking (one sort of each user's rows, not two), the
+    :func:`per_user_ndcg` frame at the largest K: ``(user_col, ndcg)``, persisted (unpersist it when done)."""
+    metrics, ndcg = _ranking(df, user_col, item_col, label_col, score_col, ks, keep_ndcg=True)
+    assert ndcg is not None
+    return metrics, ndcg
+
+
+def _ranking(df: DataFrame, user_col: str, item_col: str, label_col: str, score_col: str, ks: Sequence[int], *,
+             keep_ndcg: bool) -> tuple[dict[str, float], DataFrame | None]:
     require_columns(df, (user_col, item_col, label_col, score_col), "ranking_metrics")
     cutoffs = _check_ks(ks)
     per_user = _per_user_rankings(df, user_col, item_col, label_col, score_col, max_k=max(cutoffs)).persist()
+    ndcg = None
     try:
         summary = _ranking_summary(per_user, cutoffs)
         _check_ranking_summary(summary, user_col, item_col, label_col, score_col)
+        if keep_ndcg:  # materialized while the ranking is cached; small (one row per user)
+            ndcg = _ndcg_per_user(per_user, user_col, max(cutoffs)).persist()
+            ndcg.count()
         n_users = int(summary["_users"])
         out: dict[str, float] = {"n_users": float(n_users), "n_users_skipped": float(summary["_skipped"])}
         if n_users == 0:
             log.warning("ranking_metrics: no user has a relevant item; ranking metrics are NaN")
-            return out | _nan_ranking_metrics(cutoffs)
+            return out | _nan_ranking_metrics(cutoffs), ndcg
         evaluated = per_user.where(F.col("_n_pos") > 0).select("prediction", "relevant")
         for k in cutoffs:
             out |= _evaluator_metrics(evaluated, k)
@@ -281,7 +307,7 @@ def ranking_metrics(
         per_user.unpersist()
     log.info("ranking_metrics over %d users (%d skipped without a relevant item)", n_users,
              int(out["n_users_skipped"]))
-    return out
+    return out, ndcg
 
 
 def per_user_ndcg(
@@ -298,7 +324,10 @@ def per_user_ndcg(
     paired comparisons of two methods over the same users; validate the input with :func:`ranking_metrics`."""
     require_columns(df, (user_col, item_col, label_col, score_col), "per_user_ndcg")
     (k,) = _check_ks([k])
-    per_user = _per_user_rankings(df, user_col, item_col, label_col, score_col, max_k=k)
+    return _ndcg_per_user(_per_user_rankings(df, user_col, item_col, label_col, score_col, max_k=k), user_col, k)
+
+
+def _ndcg_per_user(per_user: DataFrame, user_col: str, k: int) -> DataFrame:
     gain = lambda acc, pos: acc + F.lit(1.0) / F.log2(pos + F.lit(1.0))  # noqa: E731
     dcg = F.aggregate(F.filter("relevant", lambda pos: pos <= F.lit(float(k))), F.lit(0.0), gain)
     ideal = F.aggregate(F.sequence(F.lit(1), F.least(F.col("_n_pos"), F.lit(k))).cast("array<double>"),

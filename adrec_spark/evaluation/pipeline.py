@@ -25,8 +25,8 @@ from adrec_spark.evaluation.beyond import beyond_accuracy
 from adrec_spark.evaluation.metrics import (
     click_metrics,
     paired_difference,
-    per_user_ndcg,
     ranking_metrics,
+    ranking_metrics_with_per_user_ndcg,
     score_curves,
 )
 from adrec_spark.evaluation.report import write_report
@@ -101,8 +101,11 @@ def per_user_item(df: DataFrame, score_col: str) -> DataFrame:
     return df.groupBy(S.USER_ID, S.AD_ID).agg(F.max(S.LABEL).alias(S.LABEL), F.avg(score_col).alias(score_col))
 
 
-def method_metrics(df: DataFrame, methods: list[str], cfg: AppConfig) -> tuple[pd.DataFrame, dict]:
-    """One row of click and ranking metrics per method, and each method's curves.
+def method_metrics(df: DataFrame, methods: list[str],
+                   cfg: AppConfig) -> tuple[pd.DataFrame, dict, dict[str, DataFrame]]:
+    """One row of click and ranking metrics per method, each method's curves, and each method's per-user
+    NDCG@K (K: the largest cut-off; persisted frames, from the same ranking as the table, for
+    :func:`paired_comparisons`, which unpersists them).
 
     Ranking metrics rank a user's rows by :func:`baselines.rank_column`: for the model and the logistic
     regression that is the logit less the terms of the user-only features. Scored for one user at one moment
@@ -112,39 +115,34 @@ def method_metrics(df: DataFrame, methods: list[str], cfg: AppConfig) -> tuple[p
     keeps the ranking by the full probability for comparison.
     """
     ev = cfg.evaluate
-    rows, curves = {}, {}
+    rows, curves, per_user = {}, {}, {}
     for m in methods:
         prob = B.PROBABILISTIC.get(m, False)
         t = time.perf_counter()
         click = click_metrics(df, score_col=m, threshold=ev.threshold, bins=ev.calibration_bins, probabilities=prob)
         rank_col = B.rank_column(m, df.columns)
-        ranking = ranking_metrics(per_user_item(df, rank_col), score_col=rank_col, ks=ev.ks)
+        ranking, per_user[m] = ranking_metrics_with_per_user_ndcg(per_user_item(df, rank_col), score_col=rank_col,
+                                                                  ks=ev.ks)
         curves[m] = score_curves(df, score_col=m, calibration_bins=ev.calibration_bins, probabilities=prob)
         rows[m] = {**click, **ranking}
         if rank_col != m:
             rows[f"{m} [by probability]"] = ranking_metrics(per_user_item(df, m), score_col=m, ks=ev.ks)
         log.info("%s: AUC %.4f, NDCG@%d %.4f (%.1fs)", m, click["auc"], max(ev.ks),
                  ranking.get(f"ndcg@{max(ev.ks)}", float("nan")), time.perf_counter() - t)
-    return pd.DataFrame.from_dict(rows, orient="index"), curves
+    return pd.DataFrame.from_dict(rows, orient="index"), curves, per_user
 
 
-def paired_comparisons(df: DataFrame, methods: list[str], cfg: AppConfig, *, label: str = MODEL) -> pd.DataFrame:
-    """Is the model's NDCG@K better than each baseline's for the same users, beyond chance? Per user, the
-    model's NDCG@K (K: the largest cut-off) minus the baseline's, both ranked as in :func:`method_metrics`:
-    the mean difference, its 95% interval (normal approximation over users) and how many users each way.
-    One row per baseline, named ``<label> - <baseline>``."""
-    k = max(cfg.evaluate.ks)
-
-    def ndcg(method: str) -> DataFrame:
-        rank_col = B.rank_column(method, df.columns)
-        return per_user_ndcg(per_user_item(df, rank_col), score_col=rank_col, k=k).persist()
-
-    ref = ndcg(MODEL)
+def paired_comparisons(per_user: dict[str, DataFrame], *, k: int, label: str = MODEL) -> pd.DataFrame:
+    """Is the model's NDCG@K better than each baseline's for the same users, beyond chance? ``per_user``: each
+    method's per-user NDCG@K as :func:`method_metrics` returns it (ranked as in its table; unpersisted here).
+    Per user, the model's NDCG@K minus the baseline's: the mean difference, its 95% interval (normal
+    approximation over users) and how many users each way. One row per baseline, named
+    ``<label> - <baseline>``."""
+    ref = per_user[MODEL]
     rows = {}
-    for m in methods:
+    for m, other in per_user.items():
         if m == MODEL:
             continue
-        other = ndcg(m)
         r = paired_difference(ref, other)
         other.unpersist()
         rows[f"{label} - {m}"] = {f"ndcg_diff@{k}": r["diff"], f"ndcg_diff_ci_low@{k}": r["ci_low"],
@@ -235,8 +233,8 @@ def run_evaluation(spark: SparkSession, cfg: AppConfig, score_date: dt.date | No
                            batch_size=cfg.score.batch_size, threads=cfg.score.torch_threads)
     df, version = scored_test_set(spark, cfg, settings)
     methods = [MODEL, *cfg.evaluate.baselines]
-    table, curves = method_metrics(df, methods, cfg)
-    comparison = paired_comparisons(df, methods, cfg, label=f"{MODEL} v{model.version}")
+    table, curves, per_user = method_metrics(df, methods, cfg)
+    comparison = paired_comparisons(per_user, k=max(cfg.evaluate.ks), label=f"{MODEL} v{model.version}")
     df.unpersist()
     table = table.rename(index={MODEL: f"{MODEL} v{model.version}",
                                 f"{MODEL} [by probability]": f"{MODEL} v{model.version} [by probability]"})
