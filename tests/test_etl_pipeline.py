@@ -127,6 +127,56 @@ def test_nightly_rerun_leaves_the_same_tables(spark, tmp_path) -> None:
     assert runs.count() == 2
 
 
+def test_a_failed_rerun_puts_back_every_table_it_already_wrote(spark, tmp_path, monkeypatch) -> None:
+    """The ETL writes six tables, one commit each. A rerun that fails at the fifth (the ad snapshot) puts the
+    four it already replaced back as they were; the next rerun completes the date."""
+    from delta.tables import DeltaTable
+
+    from adrec_spark.etl import features
+
+    cfg = make_config(tmp_path)
+    generate(GeneratorSpec(n_users=30, n_ads=20, n_events=800, n_days=2, start=START, seed=1), tmp_path / "raw")
+    day2 = START + dt.timedelta(days=1)
+    run_etl(spark, cfg, START)
+    run_etl(spark, cfg, day2)
+    keys = {S.EVENTS_CLEAN: [S.EVENT_ID], S.EVENTS_REJECTED: [S.DS, S.PAYLOAD],
+            S.TRAINING_EXAMPLES: [S.EVENT_ID], S.USER_PROFILES: [S.DS, S.USER_ID], S.ADS: [S.DS, S.AD_ID],
+            S.ETL_RUNS: [S.DS]}
+    before = {t: _rows(spark, cfg.storage.table_path(t), k) for t, k in keys.items()}
+    # a late event lands for day 2, so the rerun has new rows to write
+    landing = tmp_path / "raw" / "events" / f"date={day2.isoformat()}" / "events-0.jsonl"
+    late = json.loads(next(line for line in landing.read_text().splitlines() if '"impression"' in line))
+    late["event_id"] = "late-impression-1"
+    landing.write_text(landing.read_text() + json.dumps(late) + "\n")
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("injected: ad snapshot failed")
+
+    monkeypatch.setattr(features, "ad_snapshot", boom)
+    with pytest.raises(RuntimeError, match="injected: ad snapshot failed"):
+        run_etl(spark, cfg, day2)
+    after = {t: _rows(spark, cfg.storage.table_path(t), k) for t, k in keys.items()}
+    for table in keys:
+        assert after[table] == before[table], table
+    # not vacuous: the failed run had replaced the first four tables (events_clean with the late event), and
+    # each was put back by a commit of its own; the last two were never written
+    for table in (S.EVENTS_CLEAN, S.EVENTS_REJECTED, S.TRAINING_EXAMPLES, S.USER_PROFILES):
+        last = DeltaTable.forPath(spark, cfg.storage.table_path(table)).history(2).orderBy("version").collect()
+        assert (last[1]["userMetadata"] or "").startswith("restore "), table
+    failed_version = DeltaTable.forPath(spark, cfg.storage.table_path(S.EVENTS_CLEAN)).history(2).collect()[-1]
+    failed = spark.read.format("delta").option("versionAsOf", failed_version["version"]).load(
+        cfg.storage.table_path(S.EVENTS_CLEAN))
+    assert failed.where(F.col(S.EVENT_ID) == "late-impression-1").count() == 1
+    for table in (S.ADS, S.ETL_RUNS):
+        last = DeltaTable.forPath(spark, cfg.storage.table_path(table)).history(1).collect()[0]
+        assert not (last["userMetadata"] or "").startswith("restore "), table
+
+    monkeypatch.undo()
+    run_etl(spark, cfg, day2)
+    clean = spark.read.format("delta").load(cfg.storage.table_path(S.EVENTS_CLEAN))
+    assert clean.where(F.col(S.EVENT_ID) == "late-impression-1").count() == 1
+
+
 def test_duplicate_of_an_earlier_day_is_counted_not_kept(spark, tmp_path) -> None:
     cfg = make_config(tmp_path)
     generate(GeneratorSpec(n_users=20, n_ads=15, n_events=500, n_days=2, start=START, seed=2,

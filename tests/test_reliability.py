@@ -1,6 +1,8 @@
 """What the nightly scoring job guarantees when things go wrong (issue "Reliability at scale").
 
 * a task that fails is retried by Spark and the output still has every row exactly once;
+* an error after the scores are committed (the re-rank failing) puts them back: both tables keep the
+  previous run's rows;
 * a job killed (SIGKILL, the whole process tree) while it writes leaves the previous table version intact,
   and a rerun completes it;
 * two jobs at once, for different dates (also while the tables do not exist yet) or for the same date, end
@@ -265,6 +267,41 @@ def test_without_task_retries_the_fault_fails_the_job_and_the_tables_stay(spark,
     assert {t: _commits(lakehouse, t) for t in before} == before
     for day in (D1, D2):
         _assert_matches_reference(spark, lake, lakehouse, day)
+
+
+def test_an_error_after_the_scores_are_written_puts_them_back(spark, lake, monkeypatch) -> None:
+    """Scores and recommendations are two Delta commits. When the re-rank fails after the scores are in,
+    the job puts that date's scores back, so both tables hold the previous run's rows; where the scores table
+    did not exist before, the date is left empty."""
+    from delta.tables import DeltaTable
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("injected: re-rank failed")
+
+    monkeypatch.setattr("adrec_spark.scoring.pipeline.rerank", boom)
+    lakehouse = lake.copy(lake.scored, "rerank-fails")
+    before = _commits(lakehouse, S.USER_AD_SCORES)
+    # `all` candidates: the failed run writes other rows than the stored (cascade) ones for D2
+    cfg = replace(lake.cfg_for(lakehouse), "score.candidates=all")
+    with pytest.raises(RuntimeError, match="injected: re-rank failed"):
+        run_scoring(spark, cfg, D2)
+    # not vacuous: the failed run committed its scores, then the restore
+    assert _commits(lakehouse, S.USER_AD_SCORES) == [*before, before[-1] + 1, before[-1] + 2]
+    history = (DeltaTable.forPath(spark, str(lakehouse / S.USER_AD_SCORES)).history(2)
+               .orderBy("version").collect())
+    assert history[0]["userMetadata"].endswith(f"scores {D2}")
+    assert history[1]["userMetadata"].startswith(f"restore score_date IN ('{D2}')")
+    assert spark.read.format("delta").option("versionAsOf", before[-1] + 1).load(
+        str(lakehouse / S.USER_AD_SCORES)).where(F.col(S.SCORE_DATE) == F.lit(D2.isoformat()).cast("date")
+                                                 ).count() > len(lake.reference[S.USER_AD_SCORES, D2])
+    for day in (D1, D2):
+        _assert_matches_reference(spark, lake, lakehouse, day)
+
+    fresh = lake.copy(lake.prepared, "rerank-fails-first-run")
+    with pytest.raises(RuntimeError, match="injected: re-rank failed"):
+        run_scoring(spark, lake.cfg_for(fresh), D2)
+    assert _commits(fresh, S.USER_AD_SCORES) == [0, 1] and not (fresh / S.RECOMMENDATIONS).exists()
+    assert spark.read.format("delta").load(str(fresh / S.USER_AD_SCORES)).count() == 0
 
 
 # --- 2. killed mid-write ---------------------------------------------------------------------------------------

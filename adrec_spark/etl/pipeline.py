@@ -146,48 +146,51 @@ def run_etl(spark: SparkSession, cfg: AppConfig, start: dt.date, end: dt.date | 
     log.info("ad catalog %s: %d rows = %d clean + %d rejected %s", as_of, ads_total, ads_ok,
              sum(ads_reasons.values()), ads_reasons)
 
-    tables.write_partitions(clean.clean_event_rows(marked), storage, S.EVENTS_CLEAN,
-                            partition_col=S.DS, values=processed)
-    rejected = clean.rejected_rows(marked, "events").unionByName(clean.rejected_rows(ads_parsed, "ads"))
-    tables.write_partitions(rejected, storage, S.EVENTS_REJECTED, partition_col=S.DS,
-                            values=sorted({*processed, as_of.isoformat()}))
-    marked.unpersist()
+    # Six tables, one commit each: an error before the last one (etl_runs, the day's record) puts back
+    # the partitions already replaced.
+    with tables.partition_unit(spark, storage) as unit:
+        unit.write(clean.clean_event_rows(marked), S.EVENTS_CLEAN,
+                   partition_col=S.DS, values=processed)
+        rejected = clean.rejected_rows(marked, "events").unionByName(clean.rejected_rows(ads_parsed, "ads"))
+        unit.write(rejected, S.EVENTS_REJECTED, partition_col=S.DS,
+                   values=sorted({*processed, as_of.isoformat()}))
+        marked.unpersist()
 
-    # Features read the clean events back, with the look-back window before the first date.
-    lo = (start - dt.timedelta(days=etl.lookback_days)).isoformat()
-    window = (tables.read_table(spark, storage, S.EVENTS_CLEAN)
-              .where((F.col(S.DS) >= F.lit(lo).cast("date"))
-                     & (F.col(S.DS) <= F.lit(as_of.isoformat()).cast("date"))))
-    examples = features.training_examples(
-        window, ads_clean, target_ds=processed, max_items=etl.history_max_items,
-        max_chars=etl.history_max_chars, attribution_hours=etl.attribution_hours,
-        rate_prior=etl.rate_prior, rate_prior_strength=etl.rate_prior_strength,
-    ).persist(StorageLevel.MEMORY_AND_DISK)
-    if etl.split.method == "dates":
-        cutoffs = split.date_cutoffs(str(etl.split.valid_start), str(etl.split.test_start))
-    else:
-        cutoffs = split.fraction_cutoffs(examples, valid_fraction=etl.split.valid_fraction,
-                                         test_fraction=etl.split.test_fraction)
-    log.info("split cut-offs: %s", cutoffs)
-    tables.write_partitions(split.assign_split(examples, cutoffs), storage, S.TRAINING_EXAMPLES,
-                            partition_col=S.DS, values=processed)
-    for r in examples.groupBy(S.DS).count().collect():
-        days[str(r[S.DS])].training_examples = int(r["count"])
-    examples.unpersist()
+        # Features read the clean events back, with the look-back window before the first date.
+        lo = (start - dt.timedelta(days=etl.lookback_days)).isoformat()
+        window = (tables.read_table(spark, storage, S.EVENTS_CLEAN)
+                  .where((F.col(S.DS) >= F.lit(lo).cast("date"))
+                         & (F.col(S.DS) <= F.lit(as_of.isoformat()).cast("date"))))
+        examples = features.training_examples(
+            window, ads_clean, target_ds=processed, max_items=etl.history_max_items,
+            max_chars=etl.history_max_chars, attribution_hours=etl.attribution_hours,
+            rate_prior=etl.rate_prior, rate_prior_strength=etl.rate_prior_strength,
+        ).persist(StorageLevel.MEMORY_AND_DISK)
+        if etl.split.method == "dates":
+            cutoffs = split.date_cutoffs(str(etl.split.valid_start), str(etl.split.test_start))
+        else:
+            cutoffs = split.fraction_cutoffs(examples, valid_fraction=etl.split.valid_fraction,
+                                             test_fraction=etl.split.test_fraction)
+        log.info("split cut-offs: %s", cutoffs)
+        unit.write(split.assign_split(examples, cutoffs), S.TRAINING_EXAMPLES,
+                   partition_col=S.DS, values=processed)
+        for r in examples.groupBy(S.DS).count().collect():
+            days[str(r[S.DS])].training_examples = int(r["count"])
+        examples.unpersist()
 
-    profiles = features.user_profiles(window, ads_clean, as_of=as_of.isoformat(),
-                                      max_items=etl.history_max_items, max_chars=etl.history_max_chars)
-    tables.write_partitions(profiles, storage, S.USER_PROFILES, partition_col=S.DS, values=[as_of.isoformat()])
-    tables.write_partitions(features.ad_snapshot(ads_clean, window, as_of=as_of.isoformat()), storage, S.ADS,
-                            partition_col=S.DS, values=[as_of.isoformat()])
-    users = tables.read_table(spark, storage, S.USER_PROFILES).where(
-        F.col(S.DS) == F.lit(as_of.isoformat()).cast("date")).count()
-    ads_parsed.unpersist()
+        profiles = features.user_profiles(window, ads_clean, as_of=as_of.isoformat(),
+                                          max_items=etl.history_max_items, max_chars=etl.history_max_chars)
+        unit.write(profiles, S.USER_PROFILES, partition_col=S.DS, values=[as_of.isoformat()])
+        unit.write(features.ad_snapshot(ads_clean, window, as_of=as_of.isoformat()), S.ADS,
+                   partition_col=S.DS, values=[as_of.isoformat()])
+        users = tables.read_table(spark, storage, S.USER_PROFILES).where(
+            F.col(S.DS) == F.lit(as_of.isoformat()).cast("date")).count()
+        ads_parsed.unpersist()
 
-    result = EtlResult(dates=processed, days=days, ads_input=ads_total, ads_clean=ads_ok,
-                       ads_rejected_by_reason=ads_reasons, users_profiled=users,
-                       seconds=time.perf_counter() - t0)
-    _write_run_log(spark, cfg, result)
+        result = EtlResult(dates=processed, days=days, ads_input=ads_total, ads_clean=ads_ok,
+                           ads_rejected_by_reason=ads_reasons, users_profiled=users,
+                           seconds=time.perf_counter() - t0)
+        _write_run_log(spark, unit, result)
     log.info("ETL %s..%s: %d input rows, %d clean, %d rejected, %d duplicates, %d training examples, "
              "%d users, %.1fs (%.0f events/s)", processed[0], processed[-1], result.input_rows,
              result.clean_rows, result.rejected_rows, result.duplicate_rows, result.training_examples,
@@ -195,7 +198,7 @@ def run_etl(spark: SparkSession, cfg: AppConfig, start: dt.date, end: dt.date | 
     return result
 
 
-def _write_run_log(spark: SparkSession, cfg: AppConfig, result: EtlResult) -> None:
+def _write_run_log(spark: SparkSession, unit: tables.PartitionUnit, result: EtlResult) -> None:
     """One row per processed date in ``etl_runs`` (replaced on rerun): the job's accounting metrics."""
     rows = [(dt.date.fromisoformat(m.ds), m.input_rows, m.clean_rows, m.rejected_rows, m.duplicate_rows,
              {k: int(v) for k, v in m.rejected_by_reason.items()}, m.training_examples, result.seconds)
@@ -203,4 +206,4 @@ def _write_run_log(spark: SparkSession, cfg: AppConfig, result: EtlResult) -> No
     df = spark.createDataFrame(rows, "ds date, input_rows long, clean_rows long, rejected_rows long, "
                                      "duplicate_rows long, rejected_by_reason map<string,long>, "
                                      "training_examples long, run_seconds double")
-    tables.write_partitions(df, cfg.storage, S.ETL_RUNS, partition_col=S.DS, values=result.dates)
+    unit.write(df, S.ETL_RUNS, partition_col=S.DS, values=result.dates)

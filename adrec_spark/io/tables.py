@@ -2,16 +2,19 @@
 
 Nightly tables are replaced one date partition at a time with ``replaceWhere``: one atomic Delta commit,
 so a rerun leaves the same rows, a failed run leaves the previous ones, and runs for other dates are
-untouched. Commit conflicts with concurrent writers are retried a bounded number of times.
+untouched. A job that writes several tables does so in a :func:`partition_unit`, which puts back the
+partitions it already replaced when it fails with an error. Commit conflicts with concurrent writers are
+retried a bounded number of times.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from delta.exceptions import (
     ConcurrentAppendException,
@@ -119,6 +122,65 @@ def write_partitions(df: DataFrame, storage: StorageConfig, table: str, *, parti
             log.warning("%s: concurrent commit conflict (%s); retry %d/%d in %.1fs", table,
                         type(e).__name__, attempt, storage.write_retries, wait)
             time.sleep(wait)
+
+
+def restore_partitions(spark: SparkSession, storage: StorageConfig, table: str, *, partition_col: str,
+                       values: Sequence[object], version: int | None) -> None:
+    """Put the partitions ``partition_col IN values`` of ``table`` back as they were at ``version`` (``None``:
+    the table did not exist then, so they become empty), in one ``replaceWhere`` commit. Time travel reads the
+    files the later commits only marked as removed, so this works until they are vacuumed."""
+    path = storage.table_path(table)
+    current = spark.read.format("delta").load(path)
+    if version is None:
+        previous = current.limit(0)
+    else:
+        previous = (spark.read.format("delta").option("versionAsOf", version).load(path)
+                    .where(F.expr(partition_predicate(partition_col, values))).select(*current.columns))
+    write_partitions(previous, storage, table, partition_col=partition_col, values=values,
+                     description=f"restore {partition_predicate(partition_col, values)} as of version {version}")
+
+
+class PartitionUnit:
+    """Several tables' date partitions replaced as one unit of work, as far as Delta allows.
+
+    Each :meth:`write` is its own atomic commit (Delta has no transaction across tables). When the unit fails
+    with an error before it is done (:func:`partition_unit`), the partitions it already replaced are put back
+    as they were before the unit, last written first, so a failed run leaves the previous rows in every table.
+    A process killed between two commits cannot undo anything: the rerun of the same dates completes it.
+    """
+
+    def __init__(self, spark: SparkSession, storage: StorageConfig) -> None:
+        self.spark, self.storage = spark, storage
+        self.written: list[tuple[str, str, list[object], int | None]] = []
+
+    def write(self, df: DataFrame, table: str, *, partition_col: str, values: Sequence[object],
+              description: str = "") -> None:
+        before = table_version(self.spark, self.storage, table)
+        write_partitions(df, self.storage, table, partition_col=partition_col, values=values,
+                         description=description)
+        self.written.append((table, partition_col, list(values), before))
+
+    def rollback(self) -> None:
+        for table, col, values, version in reversed(self.written):
+            log.warning("rolling back %s (%s) to version %s", table, partition_predicate(col, values), version)
+            restore_partitions(self.spark, self.storage, table, partition_col=col, values=values, version=version)
+        self.written.clear()
+
+
+@contextlib.contextmanager
+def partition_unit(spark: SparkSession, storage: StorageConfig) -> Iterator[PartitionUnit]:
+    """``with partition_unit(spark, storage) as unit: unit.write(...)``: see :class:`PartitionUnit`. An error
+    inside the block rolls back what the unit wrote, then propagates (a failing rollback is logged and the
+    original error still propagates)."""
+    unit = PartitionUnit(spark, storage)
+    try:
+        yield unit
+    except Exception:
+        try:
+            unit.rollback()
+        except Exception:
+            log.exception("rollback failed: rerun the job for the same dates to complete its tables")
+        raise
 
 
 def append_rows(df: DataFrame, storage: StorageConfig, table: str) -> None:

@@ -2,7 +2,8 @@
 -> ``user_ad_scores`` -> diversity re-rank with reasons -> ``recommendations``.
 
 The model alias is resolved once on the driver and pinned for the whole run; each output row carries the
-model name and version. Each table's date partition is replaced in one atomic Delta commit.
+model name and version. Each table's date partition is replaced in one atomic Delta commit; an error after
+the scores are written puts them back (:func:`tables.partition_unit`).
 """
 
 from __future__ import annotations
@@ -209,20 +210,22 @@ def run_scoring(spark: SparkSession, cfg: AppConfig, score_date: dt.date) -> Sco
     out = scored.select(ds.alias(S.SCORE_DATE), _user_key(cfg).alias(S.USER_ID), S.AD_ID, S.SCORE,
                         F.col("source").alias("candidate_source"), F.lit(model.name).alias(S.MODEL_NAME),
                         F.lit(model.version).alias(S.MODEL_VERSION))
-    tables.write_partitions(out, cfg.storage, S.USER_AD_SCORES, partition_col=S.SCORE_DATE,
-                            values=[score_date.isoformat()], description=f"{model.uri} scores {score_date}")
-    stages["score_pairs"] = time.perf_counter() - t
-    written = tables.read_table(spark, cfg.storage, S.USER_AD_SCORES).where(F.col(S.SCORE_DATE) == ds)
-    n_pairs = written.count()
+    # Scores and recommendations are two commits: an error before both are in puts the scores back.
+    with tables.partition_unit(spark, cfg.storage) as unit:
+        unit.write(out, S.USER_AD_SCORES, partition_col=S.SCORE_DATE, values=[score_date.isoformat()],
+                   description=f"{model.uri} scores {score_date}")
+        stages["score_pairs"] = time.perf_counter() - t
+        written = tables.read_table(spark, cfg.storage, S.USER_AD_SCORES).where(F.col(S.SCORE_DATE) == ds)
+        n_pairs = written.count()
 
-    t = time.perf_counter()
-    recs = rerank(written, users.withColumn("_key", _user_key(cfg)), info, cfg)
-    recs_out = recs.select(ds.alias(S.SCORE_DATE), S.USER_ID, S.RANK, S.AD_ID, S.SCORE, S.REASON, S.STRATEGY,
-                           F.lit(model.name).alias(S.MODEL_NAME), F.lit(model.version).alias(S.MODEL_VERSION))
-    tables.write_partitions(recs_out, cfg.storage, S.RECOMMENDATIONS, partition_col=S.SCORE_DATE,
-                            values=[score_date.isoformat()], description=f"{model.uri} top-{sc.top_k} {score_date}")
-    n_recs = tables.read_table(spark, cfg.storage, S.RECOMMENDATIONS).where(F.col(S.SCORE_DATE) == ds).count()
-    stages["rerank"] = time.perf_counter() - t
+        t = time.perf_counter()
+        recs = rerank(written, users.withColumn("_key", _user_key(cfg)), info, cfg)
+        recs_out = recs.select(ds.alias(S.SCORE_DATE), S.USER_ID, S.RANK, S.AD_ID, S.SCORE, S.REASON, S.STRATEGY,
+                               F.lit(model.name).alias(S.MODEL_NAME), F.lit(model.version).alias(S.MODEL_VERSION))
+        unit.write(recs_out, S.RECOMMENDATIONS, partition_col=S.SCORE_DATE, values=[score_date.isoformat()],
+                   description=f"{model.uri} top-{sc.top_k} {score_date}")
+        n_recs = tables.read_table(spark, cfg.storage, S.RECOMMENDATIONS).where(F.col(S.SCORE_DATE) == ds).count()
+        stages["rerank"] = time.perf_counter() - t
     result = ScoringResult(score_date=score_date.isoformat(), model_name=model.name, model_version=model.version,
                            users=n_users, users_by_strategy=by_strategy, eligible_ads=n_ads, pairs_scored=n_pairs,
                            all_pairs=n_users * n_ads, recommendations=n_recs,
