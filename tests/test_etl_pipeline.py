@@ -110,6 +110,18 @@ def test_tables_read_without_spark(spark, backfilled) -> None:
     assert examples.num_rows == result.training_examples
 
 
+def test_table_version_matches_the_delta_history(spark, backfilled) -> None:
+    from delta.tables import DeltaTable
+
+    from adrec_spark.io import tables
+
+    _, cfg, _ = backfilled
+    for table in (S.EVENTS_CLEAN, S.TRAINING_EXAMPLES, S.ETL_RUNS):
+        history = DeltaTable.forPath(spark, cfg.storage.table_path(table)).history(1).collect()[0]
+        assert tables.table_version(spark, cfg.storage, table) == history["version"], table
+    assert tables.table_version(spark, cfg.storage, "no_such_table") is None
+
+
 def test_nightly_rerun_leaves_the_same_tables(spark, tmp_path) -> None:
     cfg = make_config(tmp_path)
     generate(GeneratorSpec(n_users=30, n_ads=20, n_events=800, n_days=2, start=START, seed=1), tmp_path / "raw")
@@ -175,6 +187,12 @@ def test_a_failed_rerun_puts_back_every_table_it_already_wrote(spark, tmp_path, 
     run_etl(spark, cfg, day2)
     clean = spark.read.format("delta").load(cfg.storage.table_path(S.EVENTS_CLEAN))
     assert clean.where(F.col(S.EVENT_ID) == "late-impression-1").count() == 1
+    # the version the unit notes (from the log's file names) is the history's: 2 runs, the failed write, the
+    # restore, the rerun
+    from adrec_spark.io import tables
+
+    latest = DeltaTable.forPath(spark, cfg.storage.table_path(S.EVENTS_CLEAN)).history(1).collect()[0]["version"]
+    assert tables.table_version(spark, cfg.storage, S.EVENTS_CLEAN) == latest == 4
 
 
 def test_duplicate_of_an_earlier_day_is_counted_not_kept(spark, tmp_path) -> None:
