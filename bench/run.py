@@ -1,4 +1,4 @@
-"""`make bench` entry point: python bench/run.py {etl|training|scoring|quality|ceiling|all}.
+"""`make bench` entry point: python bench/run.py {etl|training|scoring|quality|ceiling|profile|all}.
 
 Each benchmark prints its table and writes bench/results/<name>.json. They run on this machine's CPUs
 (2 cores here); numbers in the README come from these commands.
@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def main(argv: list[str]) -> int:
     what = argv[0] if argv else "all"
-    if what not in ("etl", "training", "scoring", "quality", "ceiling", "all"):
+    if what not in ("etl", "training", "scoring", "quality", "ceiling", "profile", "all"):
         print(__doc__)
         return 2
     if what in ("etl", "all"):
@@ -37,6 +37,10 @@ def main(argv: list[str]) -> int:
         from bench import ndcg_ceiling
 
         ndcg_ceiling.run()
+    if what == "profile":  # after `scoring`: it reads that bench's pairs and model
+        from bench import inference_profile
+
+        inference_profile.run()
     return 0
 
 

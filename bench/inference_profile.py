@@ -1,0 +1,92 @@
+"""Where the cross-encoder's CPU time goes, by precision (`python bench/run.py profile`, after the scoring
+bench has prepared its world).
+
+On the scoring bench's pairs and model: the torch profiler's self CPU time per operator family (matrix
+products, attention, GELU, layer norm, copies, the rest) for fp32 and bf16 over the same micro-batches, each
+precision's rate without the profiler, and bf16 again through ``torch.compile`` (inductor; dynamic shapes for
+dynamic padding) with its compile seconds. Why bf16 on AMX is not 4x fp32 on these ~107-token pairs, and what
+operator fusion would buy. Writes bench/results/inference-profile.json.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+from bench.common import save, table
+
+SAMPLE = 1024  # pairs: 16 micro-batches of 64
+FAMILIES = (  # operator name fragment -> family, first match wins
+    ("scaled_dot_product", "attention"), ("softmax", "attention"), ("bmm", "matmul"), ("addmm", "matmul"),
+    ("aten::mm", "matmul"), ("matmul", "matmul"), ("linear", "matmul"), ("gelu", "gelu"),
+    ("layer_norm", "layer norm"), ("copy_", "copies"), ("contiguous", "copies"), ("to_copy", "copies"),
+)
+
+
+def _family(name: str) -> str:
+    return next((fam for frag, fam in FAMILIES if frag in name), "other")
+
+
+def _inputs(n: int):
+    import numpy as np
+    import pandas as pd
+
+    from adrec_spark import schema as S
+    from bench.scoring_bench import W
+
+    df = pd.read_parquet(W / "pairs.parquet").sample(n, random_state=0)
+    return list(df[S.AD_TEXT]), list(df[S.HISTORY_TEXT]), df[list(S.NUMERIC_FEATURES)].to_numpy(np.float32)
+
+
+def _rate(scorer, ads, hist, num) -> float:
+    scorer.score(ads[:64], hist[:64], num[:64])  # warm-up
+    t0 = time.perf_counter()
+    scorer.score(ads, hist, num)
+    return len(ads) / (time.perf_counter() - t0)
+
+
+def _shares(scorer, ads, hist, num) -> dict[str, float]:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        scorer.score(ads, hist, num)
+    by_family: dict[str, float] = defaultdict(float)
+    for e in prof.key_averages():
+        if e.key.startswith("aten::"):
+            by_family[_family(e.key)] += e.self_cpu_time_total
+    total = sum(by_family.values())
+    return {fam: by_family[fam] / total for fam in ("matmul", "attention", "gelu", "layer norm", "copies", "other")}
+
+
+def run() -> dict[str, object]:
+    import torch
+
+    from adrec_spark.model.inference import Scorer
+    from bench.scoring_bench import _model_dir
+
+    ads, hist, num = _inputs(SAMPLE)
+    model_dir = _model_dir()
+    rows = []
+    for precision in ("fp32", "bf16"):
+        scorer = Scorer(model_dir, precision=precision, batch_size=64, threads=2)
+        rate = _rate(scorer, ads, hist, num)
+        rows.append({"precision": precision, "pairs_per_second": rate, **_shares(scorer, ads, hist, num)})
+        print(f"{precision}: {rate:.1f} pairs/s", flush=True)
+    scorer = Scorer(model_dir, precision="bf16", batch_size=64, threads=2)
+    eager = _rate(scorer, ads, hist, num)
+    t0 = time.perf_counter()
+    scorer.model.encoder = torch.compile(scorer.model.encoder, dynamic=True)
+    scorer.score(ads[:256], hist[:256], num[:256])  # compiles (and warms up) the padded lengths seen first
+    compile_seconds = time.perf_counter() - t0
+    compiled = _rate(scorer, ads, hist, num)
+    rows.append({"precision": "bf16 torch.compile", "pairs_per_second": compiled})
+    print()
+    print(table(rows, ["precision", "pairs_per_second", "matmul", "attention", "gelu", "layer norm", "copies",
+                       "other"]))
+    out = {"rows": rows, "bf16_vs_fp32": rows[1]["pairs_per_second"] / rows[0]["pairs_per_second"],
+           "compiled_vs_eager_bf16": compiled / eager, "eager_bf16_same_process": eager,
+           "compile_seconds": compile_seconds, "sample_pairs": SAMPLE}
+    print(f"\nbf16 / fp32 {out['bf16_vs_fp32']:.2f}x; torch.compile bf16 / eager bf16 {compiled / eager:.2f}x "
+          f"(compile and first batches {compile_seconds:.0f} s)")
+    save("inference-profile", {"command": "python bench/run.py profile", **out})
+    return out
