@@ -49,7 +49,7 @@ def choose_device(task_gpus: Sequence[str] | None, *, cuda_available: bool | Non
 
 def cpu_default_precision() -> str:
     """The fastest CPU precision that keeps quality, as measured (README, ``make bench``): bf16 where the CPU
-    has native bf16 (AMX / AVX512-BF16: 2.5-2.8x fp32 on ~107-token pairs, int8 1.3-1.5x), else int8 dynamic
+    has native bf16 (AMX / AVX512-BF16: 2.3-2.8x fp32 on ~107-token pairs, int8 1.3-1.9x), else int8 dynamic
     quantization; both track fp32 scores at correlation >= 0.999."""
     return "bf16" if cpu_supports_bf16() else "int8"
 
