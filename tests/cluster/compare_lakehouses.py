@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -197,4 +198,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The deltalake/pyarrow readers leave native threads behind that can abort the interpreter's teardown
+    # (SIGABRT, "terminate called without an active exception"; delta-io/delta-rs#2184, apache/arrow#34314),
+    # here in 2 of 3 runs after every check had passed: exit with the verdict, without the teardown.
+    os._exit(code)
