@@ -157,7 +157,7 @@ class PromotionDecision:
     def reason(self) -> str:
         if self.champion_version is None:
             return "no champion yet"
-        verdict = "beats" if self.promote else "does not beat"
+        verdict = "reaches" if self.promote else "does not reach"  # promotion is at least champion + margin
         return (f"challenger test AUC {self.challenger_auc:.4f} {verdict} champion v{self.champion_version} "
                 f"{self.champion_auc:.4f} + margin {self.margin}")
 
