@@ -9,7 +9,7 @@ Prints one table and writes bench/results/scoring.json:
 (2) and (3) in fp32 and in the fastest precision; (2) in the fastest precision again over STEADY_FACTOR times
 the users, for the job's marginal rate (pairs/s once running) and its fixed seconds;
 (1)-(3) in fp32 and the fastest precision are measured ROUNDS times, interleaved (this machine's speed
-drifts by 10-20% between minutes): each row gives the median seconds and every run's rate; the precisions'
+drifts by 10-30% between minutes): each row gives the median seconds and every run's rate; the precisions'
 quality against fp32 on the test split; and the cascade for CASCADE_USERS users: pairs scored and recall@10 against
 scoring every pair.
 """
@@ -248,7 +248,7 @@ def _job_rate(lake: Path, precision: str) -> dict[str, object]:
 
 def _summary(method: str, precision: str, runs: list[dict[str, object]]) -> dict[str, object]:
     """One table row from a method's runs: the median seconds (the pairs are the same in every run) and each
-    run's rate; the stages of the median run."""
+    run's rate; the stages of the middle run by seconds (of two runs, the faster)."""
     mid = sorted(runs, key=lambda r: r["seconds"])[(len(runs) - 1) // 2]
     seconds = statistics.median(r["seconds"] for r in runs)
     row = {"method": method, "precision": precision, "pairs": mid["pairs"], "seconds": seconds,

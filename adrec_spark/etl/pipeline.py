@@ -190,7 +190,7 @@ def run_etl(spark: SparkSession, cfg: AppConfig, start: dt.date, end: dt.date | 
         result = EtlResult(dates=processed, days=days, ads_input=ads_total, ads_clean=ads_ok,
                            ads_rejected_by_reason=ads_reasons, users_profiled=users,
                            seconds=time.perf_counter() - t0)
-        _write_run_log(spark, unit, result)
+        _write_run_log(unit, result)
     log.info("ETL %s..%s: %d input rows, %d clean, %d rejected, %d duplicates, %d training examples, "
              "%d users, %.1fs (%.0f events/s)", processed[0], processed[-1], result.input_rows,
              result.clean_rows, result.rejected_rows, result.duplicate_rows, result.training_examples,
@@ -198,12 +198,12 @@ def run_etl(spark: SparkSession, cfg: AppConfig, start: dt.date, end: dt.date | 
     return result
 
 
-def _write_run_log(spark: SparkSession, unit: tables.PartitionUnit, result: EtlResult) -> None:
+def _write_run_log(unit: tables.PartitionUnit, result: EtlResult) -> None:
     """One row per processed date in ``etl_runs`` (replaced on rerun): the job's accounting metrics."""
     rows = [(dt.date.fromisoformat(m.ds), m.input_rows, m.clean_rows, m.rejected_rows, m.duplicate_rows,
              {k: int(v) for k, v in m.rejected_by_reason.items()}, m.training_examples, result.seconds)
             for m in result.days.values()]
-    df = spark.createDataFrame(rows, "ds date, input_rows long, clean_rows long, rejected_rows long, "
+    df = unit.spark.createDataFrame(rows, "ds date, input_rows long, clean_rows long, rejected_rows long, "
                                      "duplicate_rows long, rejected_by_reason map<string,long>, "
                                      "training_examples long, run_seconds double")
     unit.write(df, S.ETL_RUNS, partition_col=S.DS, values=result.dates)

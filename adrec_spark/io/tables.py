@@ -145,12 +145,11 @@ def restore_partitions(spark: SparkSession, storage: StorageConfig, table: str, 
     """Put the partitions ``partition_col IN values`` of ``table`` back as they were at ``version`` (``None``:
     the table did not exist then, so they become empty), in one ``replaceWhere`` commit. Time travel reads the
     files the later commits only marked as removed, so this works until they are vacuumed."""
-    path = storage.table_path(table)
-    current = spark.read.format("delta").load(path)
+    current = read_table(spark, storage, table)
     if version is None:
         previous = current.limit(0)
     else:
-        previous = (spark.read.format("delta").option("versionAsOf", version).load(path)
+        previous = (read_table(spark, storage, table, version=version)
                     .where(F.expr(partition_predicate(partition_col, values))).select(*current.columns))
     write_partitions(previous, storage, table, partition_col=partition_col, values=values,
                      description=f"restore {partition_predicate(partition_col, values)} as of version {version}")
