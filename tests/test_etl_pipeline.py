@@ -191,7 +191,7 @@ def test_a_failed_rerun_puts_back_every_table_it_already_wrote(spark, tmp_path, 
     run_etl(spark, cfg, day2)
     clean = spark.read.format("delta").load(cfg.storage.table_path(S.EVENTS_CLEAN))
     assert clean.where(F.col(S.EVENT_ID) == "late-impression-1").count() == 1
-    # the version the unit notes (from the log's file names) is the history's: 2 runs, the failed write, the
+    # the latest version read from the log's file names is the history's: 2 runs, the failed write, the
     # restore, the rerun
     from adrec_spark.io import tables
 

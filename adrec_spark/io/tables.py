@@ -3,18 +3,20 @@
 Nightly tables are replaced one date partition at a time with ``replaceWhere``: one atomic Delta commit,
 so a rerun leaves the same rows, a failed run leaves the previous ones, and runs for other dates are
 untouched. A job that writes several tables does so in a :func:`partition_unit`, which puts back the
-partitions it already replaced when it fails with an error. Commit conflicts with concurrent writers are
-retried a bounded number of times.
+partitions it already replaced when it fails with an error (unless another writer changed them since).
+Commit conflicts with concurrent writers are retried a bounded number of times.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import logging
 import random
 import re
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 
 from delta.exceptions import (
@@ -61,6 +63,9 @@ def read_table(spark: SparkSession, storage: StorageConfig, table: str, *,
         reader = reader.option("versionAsOf", version)
     return reader.load(path)
 
+
+# How far back a failed unit looks for its own commit (more commits since then are other writers').
+HISTORY_LIMIT = 50
 
 _COMMIT_FILE = re.compile(r"\d{20}\.json")
 
@@ -155,28 +160,92 @@ def restore_partitions(spark: SparkSession, storage: StorageConfig, table: str, 
                      description=f"restore {partition_predicate(partition_col, values)} as of version {version}")
 
 
+def _partition_value(value: object) -> str:
+    """A partition value as the Delta log writes it (``partitionValues`` are strings)."""
+    return value.isoformat() if isinstance(value, (dt.date, dt.datetime)) else str(value)
+
+
+def committed_partitions(spark: SparkSession, storage: StorageConfig, table: str, version: int,
+                         partition_col: str) -> set[str]:
+    """The values of ``partition_col`` whose files the commit ``version`` of ``table`` added or removed (read
+    from that commit's file in ``_delta_log``)."""
+    path = f"{storage.table_path(table).rstrip('/')}/_delta_log/{version:020d}.json"
+    actions = spark.read.json(path)
+    found: set[str] = set()
+    for action in ("add", "remove"):
+        if action not in actions.columns:
+            continue
+        for row in (actions.where(F.col(action).isNotNull())
+                    .select(F.to_json(F.col(f"{action}.partitionValues")).alias("p")).distinct().collect()):
+            value = json.loads(row["p"] or "{}").get(partition_col)
+            if value is not None:
+                found.add(str(value))
+    return found
+
+
 class PartitionUnit:
     """Several tables' date partitions replaced as one unit of work, as far as Delta allows.
 
-    Each :meth:`write` is its own atomic commit (Delta has no transaction across tables). When the unit fails
-    with an error before it is done (:func:`partition_unit`), the partitions it already replaced are put back
-    as they were before the unit, last written first, so a failed run leaves the previous rows in every table.
-    A process killed between two commits cannot undo anything: the rerun of the same dates completes it.
+    Each :meth:`write` is its own atomic commit (Delta has no transaction across tables), marked with the
+    unit's token in its ``userMetadata``. When the unit fails with an error before it is done
+    (:func:`partition_unit`), the partitions it already replaced are put back as they were just before its
+    own commit, last written first, so a failed run leaves the previous rows in every table. A table that
+    another writer committed to *after* the unit's commit (an overlapping run, a repair) is left as it is, with
+    an error in the log: restoring it would drop that writer's rows. A process killed between two commits
+    cannot undo anything: the rerun of the same dates completes it.
     """
 
     def __init__(self, spark: SparkSession, storage: StorageConfig) -> None:
         self.spark, self.storage = spark, storage
-        self.written: list[tuple[str, str, list[object], int | None]] = []
+        self.token = uuid.uuid4().hex[:16]
+        self.written: list[tuple[str, str, list[object]]] = []
+        self.not_restored: list[str] = []
 
     def write(self, df: DataFrame, table: str, *, partition_col: str, values: Sequence[object],
               description: str = "") -> None:
-        before = table_version(self.spark, self.storage, table)
+        predicate = partition_predicate(partition_col, values)
         write_partitions(df, self.storage, table, partition_col=partition_col, values=values,
-                         description=description)
-        self.written.append((table, partition_col, list(values), before))
+                         description=f"{description or 'replace ' + predicate} [unit {self.token}]")
+        self.written.append((table, partition_col, list(values)))
+
+    def _restore_base(self, table: str, col: str, values: Sequence[object]) -> tuple[bool, int | None]:
+        """(restorable, version to restore from): the version just before this unit's first commit to
+        ``table`` (None: the table did not exist then). Not restorable when a later commit of another writer
+        added or removed files in the same partitions, or this unit's commit is no longer among the table's
+        last ``HISTORY_LIMIT`` versions; commits of other writers to other dates do not matter."""
+        mark = f"[unit {self.token}]"
+        history = (DeltaTable.forPath(self.spark, self.storage.table_path(table)).history(HISTORY_LIMIT)
+                   .select("version", "userMetadata").orderBy("version").collect())
+        ours = [int(r["version"]) for r in history if mark in (r["userMetadata"] or "")]
+        if not ours:
+            log.error("not restoring %s: this job's commit is not among its last %d versions", table, HISTORY_LIMIT)
+            return False, None
+        mine = {_partition_value(v) for v in values}
+        clashing = []
+        for r in history:
+            version = int(r["version"])
+            if version <= ours[0] or mark in (r["userMetadata"] or ""):
+                continue
+            try:
+                touched = committed_partitions(self.spark, self.storage, table, version, col)
+            except Exception as e:  # an unreadable commit counts as one that may have touched them
+                log.warning("%s: cannot read which partitions version %d changed (%s)", table, version, e)
+                touched = mine
+            if mine & touched:
+                clashing.append(version)
+        if clashing:
+            log.error("not restoring %s (%s): versions %s, committed by another writer after this job's version "
+                      "%d, changed the same partitions; their rows are kept (rerun the job for those dates)",
+                      table, partition_predicate(col, values), clashing, ours[0])
+            return False, None
+        return True, (ours[0] - 1 if ours[0] > 0 else None)
 
     def rollback(self) -> None:
-        for table, col, values, version in reversed(self.written):
+        for table, col, values in reversed(self.written):
+            restorable, version = self._restore_base(table, col, values)
+            if not restorable:
+                self.not_restored.append(table)
+                continue
             log.warning("rolling back %s (%s) to version %s", table, partition_predicate(col, values), version)
             restore_partitions(self.spark, self.storage, table, partition_col=col, values=values, version=version)
         self.written.clear()
@@ -186,15 +255,19 @@ class PartitionUnit:
 def partition_unit(spark: SparkSession, storage: StorageConfig) -> Iterator[PartitionUnit]:
     """``with partition_unit(spark, storage) as unit: unit.write(...)``: see :class:`PartitionUnit`. An error
     inside the block rolls back what the unit wrote, then propagates (a failing rollback is logged and the
-    original error still propagates)."""
+    original error still propagates, with a note; so do the tables left as they were)."""
     unit = PartitionUnit(spark, storage)
     try:
         yield unit
-    except Exception:
+    except Exception as e:
         try:
             unit.rollback()
         except Exception:
             log.exception("rollback failed: rerun the job for the same dates to complete its tables")
+            e.add_note("adrec: the rollback of the tables already written failed (see the log); rerun the job")
+        if unit.not_restored:
+            e.add_note(f"adrec: not restored, another writer changed the same partitions after this job: "
+                       f"{', '.join(unit.not_restored)}")
         raise
 
 
