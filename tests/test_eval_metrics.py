@@ -363,3 +363,29 @@ def test_logistic_regression_rank_column_drops_only_the_user_terms(spark) -> Non
     plain = logistic_regression_scores(train, spark.createDataFrame(test_pd)).toPandas()
     assert "logistic_regression" + RANK_SUFFIX not in plain.columns
     assert rank_column("logistic_regression", list(plain.columns)) == "logistic_regression"
+
+
+def test_method_metrics_releases_its_cached_frames_when_it_fails(spark, cfg, monkeypatch) -> None:
+    """The per-user NDCG frames are cached for the paired comparison; an error on the way uncaches them."""
+    from adrec_spark.evaluation import pipeline
+
+    df = spark.createDataFrame([("u1", "a1", 1, 0.9, 0.1), ("u1", "a2", 0, 0.2, 0.8), ("u2", "a1", 1, 0.5, 0.4)],
+                               "user_id string, ad_id string, label int, m1 double, m2 double")
+    made = []
+    real = pipeline.ranking_metrics_with_per_user_ndcg
+
+    def recording(*args, **kwargs):
+        metrics, frame = real(*args, **kwargs)
+        made.append(frame)
+        return metrics, frame
+
+    def curves(df, *, score_col, **kwargs):
+        if score_col == "m2":
+            raise RuntimeError("injected: curves failed")
+        return {}
+
+    monkeypatch.setattr(pipeline, "ranking_metrics_with_per_user_ndcg", recording)
+    monkeypatch.setattr(pipeline, "score_curves", curves)
+    with pytest.raises(RuntimeError, match="injected"):
+        pipeline.method_metrics(df, ["m1", "m2"], cfg)
+    assert len(made) == 2 and not any(frame.is_cached for frame in made)

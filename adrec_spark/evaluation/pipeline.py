@@ -105,7 +105,7 @@ def method_metrics(df: DataFrame, methods: list[str],
                    cfg: AppConfig) -> tuple[pd.DataFrame, dict, dict[str, DataFrame]]:
     """One row of click and ranking metrics per method, each method's curves, and each method's per-user
     NDCG@K (K: the largest cut-off; persisted frames, from the same ranking as the table, for
-    :func:`paired_comparisons`, which unpersists them).
+    :func:`paired_comparisons`, which unpersists them; on an error here they are unpersisted before it propagates).
 
     Ranking metrics rank a user's rows by :func:`baselines.rank_column`: for the model and the logistic
     regression that is the logit less the terms of the user-only features. Scored for one user at one moment
@@ -116,20 +116,31 @@ def method_metrics(df: DataFrame, methods: list[str],
     """
     ev = cfg.evaluate
     rows, curves, per_user = {}, {}, {}
-    for m in methods:
-        prob = B.PROBABILISTIC.get(m, False)
-        t = time.perf_counter()
-        click = click_metrics(df, score_col=m, threshold=ev.threshold, bins=ev.calibration_bins, probabilities=prob)
-        rank_col = B.rank_column(m, df.columns)
-        ranking, per_user[m] = ranking_metrics_with_per_user_ndcg(per_user_item(df, rank_col), score_col=rank_col,
-                                                                  ks=ev.ks)
-        curves[m] = score_curves(df, score_col=m, calibration_bins=ev.calibration_bins, probabilities=prob)
-        rows[m] = {**click, **ranking}
-        if rank_col != m:
-            rows[f"{m} [by probability]"] = ranking_metrics(per_user_item(df, m), score_col=m, ks=ev.ks)
-        log.info("%s: AUC %.4f, NDCG@%d %.4f (%.1fs)", m, click["auc"], max(ev.ks),
-                 ranking.get(f"ndcg@{max(ev.ks)}", float("nan")), time.perf_counter() - t)
+    try:
+        for m in methods:
+            prob = B.PROBABILISTIC.get(m, False)
+            t = time.perf_counter()
+            click = click_metrics(df, score_col=m, threshold=ev.threshold, bins=ev.calibration_bins,
+                                  probabilities=prob)
+            rank_col = B.rank_column(m, df.columns)
+            ranking, per_user[m] = ranking_metrics_with_per_user_ndcg(per_user_item(df, rank_col),
+                                                                      score_col=rank_col, ks=ev.ks)
+            curves[m] = score_curves(df, score_col=m, calibration_bins=ev.calibration_bins, probabilities=prob)
+            rows[m] = {**click, **ranking}
+            if rank_col != m:
+                rows[f"{m} [by probability]"] = ranking_metrics(per_user_item(df, m), score_col=m, ks=ev.ks)
+            log.info("%s: AUC %.4f, NDCG@%d %.4f (%.1fs)", m, click["auc"], max(ev.ks),
+                     ranking.get(f"ndcg@{max(ev.ks)}", float("nan")), time.perf_counter() - t)
+    except BaseException:
+        release(per_user)
+        raise
     return pd.DataFrame.from_dict(rows, orient="index"), curves, per_user
+
+
+def release(frames: dict[str, DataFrame]) -> None:
+    """Unpersist every frame (a frame not cached is left as it is)."""
+    for frame in frames.values():
+        frame.unpersist()
 
 
 def paired_comparisons(per_user: dict[str, DataFrame], *, k: int, label: str = MODEL) -> pd.DataFrame:
@@ -140,17 +151,19 @@ def paired_comparisons(per_user: dict[str, DataFrame], *, k: int, label: str = M
     ``<label> - <baseline>``."""
     ref = per_user[MODEL]
     rows = {}
-    for m, other in per_user.items():
-        if m == MODEL:
-            continue
-        r = paired_difference(ref, other)
-        other.unpersist()
-        rows[f"{label} - {m}"] = {f"ndcg_diff@{k}": r["diff"], f"ndcg_diff_ci_low@{k}": r["ci_low"],
-                                  f"ndcg_diff_ci_high@{k}": r["ci_high"], "n_users": r["n_users"],
-                                  "users_better": r["users_better"], "users_worse": r["users_worse"]}
-        log.info("%s - %s: NDCG@%d %+.4f (95%% CI %+.4f .. %+.4f) over %d users", label, m, k, r["diff"],
-                 r["ci_low"], r["ci_high"], int(r["n_users"]))
-    ref.unpersist()
+    try:
+        for m, other in per_user.items():
+            if m == MODEL:
+                continue
+            r = paired_difference(ref, other)
+            other.unpersist()
+            rows[f"{label} - {m}"] = {f"ndcg_diff@{k}": r["diff"], f"ndcg_diff_ci_low@{k}": r["ci_low"],
+                                      f"ndcg_diff_ci_high@{k}": r["ci_high"], "n_users": r["n_users"],
+                                      "users_better": r["users_better"], "users_worse": r["users_worse"]}
+            log.info("%s - %s: NDCG@%d %+.4f (95%% CI %+.4f .. %+.4f) over %d users", label, m, k, r["diff"],
+                     r["ci_low"], r["ci_high"], int(r["n_users"]))
+    finally:
+        release(per_user)
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
@@ -233,9 +246,11 @@ def run_evaluation(spark: SparkSession, cfg: AppConfig, score_date: dt.date | No
                            batch_size=cfg.score.batch_size, threads=cfg.score.torch_threads)
     df, version = scored_test_set(spark, cfg, settings)
     methods = [MODEL, *cfg.evaluate.baselines]
-    table, curves, per_user = method_metrics(df, methods, cfg)
-    comparison = paired_comparisons(per_user, k=max(cfg.evaluate.ks), label=f"{MODEL} v{model.version}")
-    df.unpersist()
+    try:
+        table, curves, per_user = method_metrics(df, methods, cfg)
+        comparison = paired_comparisons(per_user, k=max(cfg.evaluate.ks), label=f"{MODEL} v{model.version}")
+    finally:
+        df.unpersist()
     table = table.rename(index={MODEL: f"{MODEL} v{model.version}",
                                 f"{MODEL} [by probability]": f"{MODEL} v{model.version} [by probability]"})
     curves = {(f"{MODEL} v{model.version}" if k == MODEL else k): v for k, v in curves.items()}
