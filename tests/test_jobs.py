@@ -231,6 +231,21 @@ def test_empty_user_set_is_a_clear_error(spark, world) -> None:
         run_scoring(spark, world["cfg"], dt.date(2023, 6, 1))
 
 
+def test_no_eligible_ads_is_a_clear_error_and_writes_nothing(spark, world, monkeypatch) -> None:
+    from adrec_spark.io import tables
+    from adrec_spark.scoring import pipeline
+
+    cfg = world["cfg"]
+    written = (S.USER_AD_SCORES, S.RECOMMENDATIONS)
+    before = {t: tables.table_version(spark, cfg.storage, t) for t in written}
+    assert all(v is not None for v in before.values())  # the fixture's run wrote both
+    monkeypatch.setattr(pipeline, "eligible_ads", lambda ads, day: ads.where(F.lit(False)))
+    serve = LAST + dt.timedelta(days=1)
+    with pytest.raises(InputDataError, match=f"no ads eligible on {serve} in the {LAST} catalog"):
+        run_scoring(spark, cfg, LAST)
+    assert {t: tables.table_version(spark, cfg.storage, t) for t in written} == before
+
+
 def test_gpu_task_resource_falls_back_to_cpu_with_a_warning(world) -> None:
     """A Spark task given a GPU scores on it; without CUDA here it warns and scores on CPU."""
     import torch

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -110,11 +111,12 @@ def _neutral_user_features(ads: DataFrame, cfg: AppConfig) -> DataFrame:
     return ads.select("*", *feats)
 
 
-def build_ad_index(ads: DataFrame, cfg: AppConfig, settings: UdfSettings, *,
-                   with_prior: bool = True) -> tuple[C.AdIndex, AdInfo]:
+def build_ad_index(ads: DataFrame, cfg: AppConfig, settings: UdfSettings, *, with_prior: bool = True,
+                   empty_message: str = "no eligible ads to index") -> tuple[C.AdIndex, AdInfo]:
     """Embed each eligible ad once and score its prior once per category-affinity level, in one pass over the
     ads spread across the executors' cores; the small result is collected to the driver and broadcast to the
-    retrieval and re-rank tasks. Without ``with_prior`` (the ``all`` candidates mode) the prior is skipped."""
+    retrieval and re-rank tasks. Without ``with_prior`` (the ``all`` candidates mode) the prior is skipped.
+    No ads at all is an :class:`InputDataError` with ``empty_message``."""
     spark = ads.sparkSession
     levels = [float(v) for v in C.affinity_levels(cfg.score.prior_affinity_levels)] if with_prior else None
     numeric = list(S.NUMERIC_FEATURES)
@@ -127,7 +129,7 @@ def build_ad_index(ads: DataFrame, cfg: AppConfig, settings: UdfSettings, *,
     rows = (inputs.repartition(spark.sparkContext.defaultParallelism, S.AD_ID)
             .mapInPandas(body, schema).toPandas())
     if rows.empty:
-        raise InputDataError("no eligible ads to index")
+        raise InputDataError(empty_message)
     prior = np.stack(rows["prior"].to_numpy()) if with_prior else np.zeros(len(rows))
     index = C.build_index(rows[S.AD_ID].tolist(), np.stack(rows["embedding"].to_numpy()), prior,
                           rows[features.AD_CLICKS].to_numpy(), categories=rows[S.CATEGORY].astype(str).tolist())
@@ -175,28 +177,40 @@ def run_scoring(spark: SparkSession, cfg: AppConfig, score_date: dt.date) -> Sco
     t0 = time.perf_counter()
     stages: dict[str, float] = {}
     sc = cfg.score
-    model = registry.resolve(cfg.mlflow, alias=None if sc.model_version else sc.model_alias,
-                             version=sc.model_version)
-    log.info("scoring %s with %s v%d (pinned from %s)", score_date, model.name, model.version,
-             f"alias '{sc.model_alias}'" if sc.model_version is None else "an explicit version")
     ds = F.lit(score_date.isoformat()).cast("date")
-    users = with_strategy(tables.read_table(spark, cfg.storage, S.USER_PROFILES).where(F.col(S.DS) == ds))
+
+    def count_users() -> tuple[DataFrame, dict[str, int]]:
+        users = with_strategy(tables.read_table(spark, cfg.storage, S.USER_PROFILES).where(F.col(S.DS) == ds))
+        return users, {r[S.STRATEGY]: int(r["count"]) for r in users.groupBy(S.STRATEGY).count().collect()}
+
+    # The first Delta read of a fresh JVM takes seconds; it runs while the registry resolves the model (a read,
+    # nothing written: an unknown alias is still the first error and comes before any write).
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adrec-read-users")
+    try:
+        counting = pool.submit(count_users)
+        model = registry.resolve(cfg.mlflow, alias=None if sc.model_version else sc.model_alias,
+                                 version=sc.model_version)
+        log.info("scoring %s with %s v%d (pinned from %s)", score_date, model.name, model.version,
+                 f"alias '{sc.model_alias}'" if sc.model_version is None else "an explicit version")
+        users, by_strategy = counting.result()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
     ads = tables.read_table(spark, cfg.storage, S.ADS).where(F.col(S.DS) == ds)
-    by_strategy = {r[S.STRATEGY]: int(r["count"]) for r in users.groupBy(S.STRATEGY).count().collect()}
     n_users = sum(by_strategy.values())
     if n_users == 0:
         raise InputDataError(f"no user profiles for {score_date}: nothing to score (run the ETL for that date)")
     ads = eligible_ads(ads, score_date + dt.timedelta(days=1))
-    n_ads = ads.count()
-    if n_ads == 0:
-        raise InputDataError(f"no ads eligible on {score_date + dt.timedelta(days=1)} in the {score_date} catalog")
 
     model_dir = registry.ensure_local_model(cfg.mlflow, model, Path(cfg.storage.staging) / "models")
     settings = UdfSettings(model_file=ship_model_dir(spark.sparkContext, model_dir), precision=sc.precision,
                            batch_size=sc.batch_size, threads=sc.torch_threads, chaos=sc.chaos)
     stages["setup"] = time.perf_counter() - t0
     t = time.perf_counter()
-    index, info = build_ad_index(ads, cfg, settings, with_prior=sc.candidates != "all")
+    # The index holds every eligible ad (collected to the driver): its size is their count, and no ads is an
+    # error before anything is written.
+    index, info = build_ad_index(ads, cfg, settings, with_prior=sc.candidates != "all", empty_message=(
+        f"no ads eligible on {score_date + dt.timedelta(days=1)} in the {score_date} catalog"))
+    n_ads = len(index.ad_ids)
     stages["ad_index"] = time.perf_counter() - t
 
     t = time.perf_counter()
