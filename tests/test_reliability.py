@@ -289,7 +289,7 @@ def test_an_error_after_the_scores_are_written_puts_them_back(spark, lake, monke
     assert _commits(lakehouse, S.USER_AD_SCORES) == [*before, before[-1] + 1, before[-1] + 2]
     history = (DeltaTable.forPath(spark, str(lakehouse / S.USER_AD_SCORES)).history(2)
                .orderBy("version").collect())
-    assert history[0]["userMetadata"].endswith(f"scores {D2}")
+    assert f" scores {D2} [unit " in history[0]["userMetadata"]  # the job's commit, with its unit's token
     assert history[1]["userMetadata"].startswith(f"restore score_date IN ('{D2}')")
     assert spark.read.format("delta").option("versionAsOf", before[-1] + 1).load(
         str(lakehouse / S.USER_AD_SCORES)).where(F.col(S.SCORE_DATE) == F.lit(D2.isoformat()).cast("date")

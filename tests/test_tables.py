@@ -79,3 +79,16 @@ def test_committed_partitions_reads_the_dates_a_commit_replaced(spark, cfg) -> N
     empty = _frame(spark, D2).where(F.lit(False))
     tables.write_partitions(empty, st, "t", partition_col="ds", values=[D2])  # version 3: removes D2 only
     assert tables.committed_partitions(spark, st, "t", 3, "ds") == {"2024-01-02"}
+
+
+def test_a_unit_that_wrote_a_date_twice_puts_back_what_was_there_before_both(spark, cfg) -> None:
+    st = cfg.storage
+    _write(spark, st, "a", D1, "a-old")
+
+    def body(unit):
+        unit.write(_frame(spark, D1, "a-first"), "a", partition_col="ds", values=[D1])
+        unit.write(_frame(spark, D1, "a-second"), "a", partition_col="ds", values=[D1])
+
+    info = _fail_unit(spark, st, body)
+    assert _rows(spark, st, "a") == {("a-old", "2024-01-01")}
+    assert not getattr(info.value, "__notes__", None)  # its own restore commit is not another writer's

@@ -146,10 +146,11 @@ def write_partitions(df: DataFrame, storage: StorageConfig, table: str, *, parti
 
 
 def restore_partitions(spark: SparkSession, storage: StorageConfig, table: str, *, partition_col: str,
-                       values: Sequence[object], version: int | None) -> None:
+                       values: Sequence[object], version: int | None, note: str = "") -> None:
     """Put the partitions ``partition_col IN values`` of ``table`` back as they were at ``version`` (``None``:
-    the table did not exist then, so they become empty), in one ``replaceWhere`` commit. Time travel reads the
-    files the later commits only marked as removed, so this works until they are vacuumed."""
+    the table did not exist then, so they become empty), in one ``replaceWhere`` commit (``note`` ends its
+    description). Time travel reads the files the later commits only marked as removed, so this works until
+    they are vacuumed."""
     current = read_table(spark, storage, table)
     if version is None:
         previous = current.limit(0)
@@ -157,7 +158,7 @@ def restore_partitions(spark: SparkSession, storage: StorageConfig, table: str, 
         previous = (read_table(spark, storage, table, version=version)
                     .where(F.expr(partition_predicate(partition_col, values))).select(*current.columns))
     write_partitions(previous, storage, table, partition_col=partition_col, values=values,
-                     description=f"restore {partition_predicate(partition_col, values)} as of version {version}")
+                     description=f"restore {partition_predicate(partition_col, values)} as of version {version}{note}")
 
 
 def _partition_value(value: object) -> str:
@@ -247,7 +248,8 @@ class PartitionUnit:
                 self.not_restored.append(table)
                 continue
             log.warning("rolling back %s (%s) to version %s", table, partition_predicate(col, values), version)
-            restore_partitions(self.spark, self.storage, table, partition_col=col, values=values, version=version)
+            restore_partitions(self.spark, self.storage, table, partition_col=col, values=values, version=version,
+                               note=f" [unit {self.token}]")
         self.written.clear()
 
 
