@@ -3,19 +3,23 @@ bench has prepared its world).
 
 On the scoring bench's pairs and model: the torch profiler's self CPU time per operator family (matrix
 products, attention, GELU, layer norm, copies, the rest) for fp32 and bf16 over the same micro-batches, each
-precision's rate without the profiler, and bf16 again through ``torch.compile`` (inductor; dynamic shapes for
-dynamic padding) with its compile seconds. Why bf16 on AMX is not 4x fp32 on these ~107-token pairs, and what
-operator fusion would buy. Writes bench/results/inference-profile.json.
+precision's rate without the profiler, the spread of one micro-batch's time scored again and again (how far
+this machine's speed moves with nothing changed), and bf16 again through ``torch.compile`` (inductor; dynamic
+shapes for dynamic padding), without and with freezing (weights as constants, prepacked for oneDNN), with
+the compile seconds. Why bf16 on AMX is not 4x fp32 on these ~107-token pairs, and what operator fusion
+would buy. Writes bench/results/inference-profile.json.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections import defaultdict
 
 from bench.common import save, table
 
 SAMPLE = 1024  # pairs: 16 micro-batches of 64
+REPEATS = 30  # the same micro-batch again and again: the spread of this machine's speed
 FAMILIES = (  # operator name fragment -> family, first match wins
     ("scaled_dot_product", "attention"), ("softmax", "attention"), ("bmm", "matmul"), ("addmm", "matmul"),
     ("aten::mm", "matmul"), ("matmul", "matmul"), ("linear", "matmul"), ("gelu", "gelu"),
@@ -58,6 +62,18 @@ def _shares(scorer, ads, hist, num) -> dict[str, float]:
     return {fam: by_family[fam] / total for fam in ("matmul", "attention", "gelu", "layer norm", "copies", "other")}
 
 
+def _spread(scorer, ads, hist, num) -> dict[str, float]:
+    """The same 32 pairs scored REPEATS times in a row: how far this machine's speed moves with nothing
+    changed (milliseconds per micro-batch)."""
+    a, h, x = ads[:32], hist[:32], num[:32]
+    ms = []
+    for _ in range(REPEATS):
+        t0 = time.perf_counter()
+        scorer.score(a, h, x)
+        ms.append(1000 * (time.perf_counter() - t0))
+    return {"batch_ms_min": min(ms), "batch_ms_median": statistics.median(ms), "batch_ms_max": max(ms)}
+
+
 def run() -> dict[str, object]:
     import torch
 
@@ -70,23 +86,40 @@ def run() -> dict[str, object]:
     for precision in ("fp32", "bf16"):
         scorer = Scorer(model_dir, precision=precision, batch_size=64, threads=2)
         rate = _rate(scorer, ads, hist, num)
-        rows.append({"precision": precision, "pairs_per_second": rate, **_shares(scorer, ads, hist, num)})
+        rows.append({"precision": precision, "pairs_per_second": rate, **_shares(scorer, ads, hist, num),
+                     **_spread(scorer, ads, hist, num)})
         print(f"{precision}: {rate:.1f} pairs/s", flush=True)
-    scorer = Scorer(model_dir, precision="bf16", batch_size=64, threads=2)
-    eager = _rate(scorer, ads, hist, num)
-    t0 = time.perf_counter()
-    scorer.model.encoder = torch.compile(scorer.model.encoder, dynamic=True)
-    scorer.score(ads[:256], hist[:256], num[:256])  # compiles (and warms up) the padded lengths seen first
-    compile_seconds = time.perf_counter() - t0
-    compiled = _rate(scorer, ads, hist, num)
-    rows.append({"precision": "bf16 torch.compile", "pairs_per_second": compiled})
+    eager = _rate(Scorer(model_dir, precision="bf16", batch_size=64, threads=2), ads, hist, num)
+    compiled, compile_seconds = {}, {}
+    for freezing in (False, True):
+        # freezing: weights become constants, prepacked for oneDNN, and the graph folds around them
+        import torch._inductor.config as inductor_config
+
+        torch._dynamo.reset()
+        inductor_config.freezing = freezing
+        scorer = Scorer(model_dir, precision="bf16", batch_size=64, threads=2)
+        t0 = time.perf_counter()
+        scorer.model.encoder = torch.compile(scorer.model.encoder, dynamic=True)
+        scorer.score(ads[:256], hist[:256], num[:256])  # compiles (and warms up) the padded lengths seen first
+        name = "bf16 torch.compile" + (" (freezing)" if freezing else "")
+        compile_seconds[name] = time.perf_counter() - t0
+        compiled[name] = _rate(scorer, ads, hist, num)
+        rows.append({"precision": name, "pairs_per_second": compiled[name]})
+        print(f"{name}: {compiled[name]:.1f} pairs/s", flush=True)
+    inductor_config.freezing = False
     print()
     print(table(rows, ["precision", "pairs_per_second", "matmul", "attention", "gelu", "layer norm", "copies",
                        "other"]))
+    print(table(rows[:2], ["precision", "batch_ms_min", "batch_ms_median", "batch_ms_max"]))
     out = {"rows": rows, "bf16_vs_fp32": rows[1]["pairs_per_second"] / rows[0]["pairs_per_second"],
-           "compiled_vs_eager_bf16": compiled / eager, "eager_bf16_same_process": eager,
+           "bf16_vs_fp32_same_batch_fastest": rows[0]["batch_ms_min"] / rows[1]["batch_ms_min"],
+           "bf16_vs_fp32_same_batch_median": rows[0]["batch_ms_median"] / rows[1]["batch_ms_median"],
+           "compiled_vs_eager_bf16": {k: v / eager for k, v in compiled.items()}, "eager_bf16_same_process": eager,
            "compile_seconds": compile_seconds, "sample_pairs": SAMPLE}
-    print(f"\nbf16 / fp32 {out['bf16_vs_fp32']:.2f}x; torch.compile bf16 / eager bf16 {compiled / eager:.2f}x "
-          f"(compile and first batches {compile_seconds:.0f} s)")
+    print(f"\nsame 32 pairs {REPEATS} times: bf16 / fp32 {out['bf16_vs_fp32_same_batch_fastest']:.2f}x at each one's "
+          f"fastest, {out['bf16_vs_fp32_same_batch_median']:.2f}x at the median")
+    print(f"bf16 / fp32 {out['bf16_vs_fp32']:.2f}x; over eager bf16: "
+          + "; ".join(f"{k} {v / eager:.2f}x (compile and first batches {compile_seconds[k]:.0f} s)"
+                      for k, v in compiled.items()))
     save("inference-profile", {"command": "python bench/run.py profile", **out})
     return out
