@@ -91,10 +91,10 @@ def run() -> dict[str, object]:
         print(f"{precision}: {rate:.1f} pairs/s", flush=True)
     eager = _rate(Scorer(model_dir, precision="bf16", batch_size=64, threads=2), ads, hist, num)
     compiled, compile_seconds = {}, {}
+    import torch._inductor.config as inductor_config
+
     for freezing in (False, True):
         # freezing: weights become constants, prepacked for oneDNN, and the graph folds around them
-        import torch._inductor.config as inductor_config
-
         torch._dynamo.reset()
         inductor_config.freezing = freezing
         scorer = Scorer(model_dir, precision="bf16", batch_size=64, threads=2)

@@ -156,7 +156,6 @@ def paired_comparisons(per_user: dict[str, DataFrame], *, k: int, label: str = M
             if m == MODEL:
                 continue
             r = paired_difference(ref, other)
-            other.unpersist()
             rows[f"{label} - {m}"] = {f"ndcg_diff@{k}": r["diff"], f"ndcg_diff_ci_low@{k}": r["ci_low"],
                                       f"ndcg_diff_ci_high@{k}": r["ci_high"], "n_users": r["n_users"],
                                       "users_better": r["users_better"], "users_worse": r["users_worse"]}

@@ -198,7 +198,7 @@ class PartitionUnit:
 
     def __init__(self, spark: SparkSession, storage: StorageConfig) -> None:
         self.spark, self.storage = spark, storage
-        self.token = uuid.uuid4().hex[:16]
+        self.mark = f"[unit {uuid.uuid4().hex[:16]}]"  # ends the userMetadata of every commit of this unit
         self.written: list[tuple[str, str, list[object]]] = []
         self.not_restored: list[str] = []
 
@@ -206,7 +206,7 @@ class PartitionUnit:
               description: str = "") -> None:
         predicate = partition_predicate(partition_col, values)
         write_partitions(df, self.storage, table, partition_col=partition_col, values=values,
-                         description=f"{description or 'replace ' + predicate} [unit {self.token}]")
+                         description=f"{description or 'replace ' + predicate} {self.mark}")
         self.written.append((table, partition_col, list(values)))
 
     def _restore_base(self, table: str, col: str, values: Sequence[object]) -> tuple[bool, int | None]:
@@ -214,10 +214,9 @@ class PartitionUnit:
         ``table`` (None: the table did not exist then). Not restorable when a later commit of another writer
         added or removed files in the same partitions, or this unit's commit is no longer among the table's
         last ``HISTORY_LIMIT`` versions; commits of other writers to other dates do not matter."""
-        mark = f"[unit {self.token}]"
         history = (DeltaTable.forPath(self.spark, self.storage.table_path(table)).history(HISTORY_LIMIT)
                    .select("version", "userMetadata").orderBy("version").collect())
-        ours = [int(r["version"]) for r in history if mark in (r["userMetadata"] or "")]
+        ours = [int(r["version"]) for r in history if self.mark in (r["userMetadata"] or "")]
         if not ours:
             log.error("not restoring %s: this job's commit is not among its last %d versions", table, HISTORY_LIMIT)
             return False, None
@@ -225,7 +224,7 @@ class PartitionUnit:
         clashing = []
         for r in history:
             version = int(r["version"])
-            if version <= ours[0] or mark in (r["userMetadata"] or ""):
+            if version <= ours[0] or self.mark in (r["userMetadata"] or ""):
                 continue
             try:
                 touched = committed_partitions(self.spark, self.storage, table, version, col)
@@ -249,7 +248,7 @@ class PartitionUnit:
                 continue
             log.warning("rolling back %s (%s) to version %s", table, partition_predicate(col, values), version)
             restore_partitions(self.spark, self.storage, table, partition_col=col, values=values, version=version,
-                               note=f" [unit {self.token}]")
+                               note=f" {self.mark}")
         self.written.clear()
 
 
