@@ -1,7 +1,8 @@
 """The ``adrec`` console command; ``jobs/*.py`` call :func:`main` with their job name.
 
 Every command takes ``--conf FILE`` (repeatable; later wins) and ``--set key=value`` (repeatable). The
-config is loaded and checked before any Spark work starts. User-facing errors print one line and exit 2.
+config is loaded and checked before any Spark work starts. User-facing errors print one line and exit 2; a
+job stopped by SIGTERM or Ctrl-C puts back what it wrote and exits 128 + the signal's number.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ import argparse
 import datetime as dt
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
 from adrec_spark.config import AppConfig, load_config
-from adrec_spark.errors import AdrecError
+from adrec_spark.errors import AdrecError, JobTerminated
 from adrec_spark.logs import configure_logging
+from adrec_spark.termination import terminate_as_error
 
 log = logging.getLogger("adrec_spark.cli")
 
@@ -291,11 +294,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level)
     try:
         cfg = load(args)
-        return commands[args.command](args, cfg)
+        with terminate_as_error():
+            return commands[args.command](args, cfg)
     except AdrecError as e:
         log.debug("error details", exc_info=True)
         print(f"adrec {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except (JobTerminated, KeyboardInterrupt) as e:
+        signum = e.signum if isinstance(e, JobTerminated) else signal.SIGINT
+        print(f"adrec {args.command}: stopped by {signal.Signals(signum).name}; the tables it had replaced were "
+              "put back unless the log says otherwise (rerun it)", file=sys.stderr)
+        return 128 + signum
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 
 class AdrecError(Exception):
     """Base class: every error a job reports to its user without a stack trace."""
@@ -37,3 +39,15 @@ class TrainingDataError(InputDataError):
 
 class WriteConflictError(AdrecError):
     """A Delta write kept conflicting with concurrent writers after the allowed retries."""
+
+
+class JobTerminated(BaseException):
+    """The process was told to stop (SIGTERM: a scheduler's timeout, a preempted node) while a job ran.
+
+    A ``BaseException`` like ``KeyboardInterrupt``, so that no ``except Exception`` on the way (a retry loop,
+    Py4J's own error handling) swallows it; :func:`adrec_spark.io.tables.partition_unit` rolls back on it.
+    """
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"terminated by {signal.Signals(signum).name}")

@@ -336,6 +336,40 @@ def test_job_killed_mid_write_leaves_the_previous_version_and_a_rerun_completes(
     assert {t: _commits(lakehouse, t) for t in tables} == {t: [*commits[t], commits[t][-1] + 1] for t in tables}
 
 
+def test_job_stopped_by_sigterm_mid_write_exits_143_at_once_and_keeps_the_previous_version(spark, lake) -> None:
+    """SIGTERM to the driver alone (a scheduler's timeout, a node being drained) while the scoring tasks write:
+    the job cancels them, keeps the previous version, exits 143 with one line, and leaves no JVM or worker."""
+    lakehouse = lake.copy(lake.scored, "sigterm")
+    tables = (S.USER_AD_SCORES, S.RECOMMENDATIONS)
+    commits = {t: _commits(lakehouse, t) for t in tables}
+    files = _data_files(lakehouse, S.USER_AD_SCORES)
+    job = start_scoring(lake, lakehouse, D2, *SLOW_WRITES, name="sigterm")
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while not _data_files(lakehouse, S.USER_AD_SCORES) - files:
+        assert job.proc.poll() is None, f"the job ended before it wrote anything:\n{job.output[-3000:]}"
+        assert time.monotonic() < deadline, "the job wrote no scores in time"
+        time.sleep(0.1)
+    assert job.proc.poll() is None
+    job.proc.send_signal(signal.SIGTERM)  # the driver's Python process only, not its group
+    try:
+        job.proc.wait(timeout=60)  # without the stop, the slowed tasks (1 s per 16 rows) run for minutes
+    except subprocess.TimeoutExpired:
+        kill_tree(job)
+        pytest.fail(f"the job did not stop within 60 s of SIGTERM:\n{job.output[-3000:]}")
+    out = job.output
+    assert job.proc.returncode == 128 + signal.SIGTERM, out[-3000:]
+    assert "SIGTERM: stopping the job" in out and "adrec score: stopped by SIGTERM" in out
+    assert "Traceback" not in out, out[-3000:]
+    assert "wrote user_ad_scores" not in out  # it was stopped mid-write, before its commit
+    left_deadline = time.monotonic() + 30
+    while [p for p in psutil.process_iter() if _pgid(p) == job.proc.pid]:  # the JVM and Python workers too
+        assert time.monotonic() < left_deadline, "processes of the stopped job still running"
+        time.sleep(0.2)
+    assert {t: _commits(lakehouse, t) for t in tables} == commits
+    for day in (D1, D2):
+        _assert_matches_reference(spark, lake, lakehouse, day)
+
+
 # --- 3. concurrent runs ----------------------------------------------------------------------------------------
 
 

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import signal
+import threading
+import time
 
 import pytest
 from pyspark.sql import functions as F
 
+from adrec_spark.errors import JobTerminated
 from adrec_spark.io import tables
+from adrec_spark.termination import terminate_as_error
 
 D1, D2 = dt.date(2024, 1, 1), dt.date(2024, 1, 2)
 
@@ -92,3 +98,27 @@ def test_a_unit_that_wrote_a_date_twice_puts_back_what_was_there_before_both(spa
     info = _fail_unit(spark, st, body)
     assert _rows(spark, st, "a") == {("a-old", "2024-01-01")}
     assert not getattr(info.value, "__notes__", None)  # its own restore commit is not another writer's
+
+
+def test_sigterm_while_a_spark_job_runs_puts_back_the_unit_and_leaves_the_driver_usable(spark, cfg) -> None:
+    st = cfg.storage
+    _write(spark, st, "a", D1, "a-old")
+
+    def slow(batches):
+        import time
+
+        for b in batches:
+            time.sleep(30)
+            yield b
+
+    timer = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGTERM))
+    t0 = time.monotonic()
+    with pytest.raises(JobTerminated), terminate_as_error(), tables.partition_unit(spark, st) as unit:
+        unit.write(_frame(spark, D1, "a-new"), "a", partition_col="ds", values=[D1])
+        timer.start()
+        spark.range(0, 2, 1, 2).mapInPandas(slow, "id long").collect()  # the main thread waits in Py4J
+    # The stop interrupted the wait (it did not come after the 30-s tasks), cancelled them and rolled back.
+    assert time.monotonic() - t0 < 25
+    assert _rows(spark, st, "a") == {("a-old", "2024-01-01")}
+    assert spark.range(3).count() == 3  # a new Py4J connection, not the interrupted call's stale answer
+    assert spark.sparkContext.statusTracker().getActiveJobsIds() == []

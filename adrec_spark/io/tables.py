@@ -33,8 +33,9 @@ from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from adrec_spark import termination
 from adrec_spark.config import StorageConfig
-from adrec_spark.errors import InputDataError, WriteConflictError
+from adrec_spark.errors import InputDataError, JobTerminated, WriteConflictError
 
 log = logging.getLogger(__name__)
 
@@ -256,11 +257,15 @@ class PartitionUnit:
 def partition_unit(spark: SparkSession, storage: StorageConfig) -> Iterator[PartitionUnit]:
     """``with partition_unit(spark, storage) as unit: unit.write(...)``: see :class:`PartitionUnit`. An error
     inside the block rolls back what the unit wrote, then propagates (a failing rollback is logged and the
-    original error still propagates, with a note; so do the tables left as they were)."""
+    original error still propagates, with a note; so do the tables left as they were). So does a stop:
+    ``KeyboardInterrupt`` or :class:`JobTerminated` (SIGTERM, see :mod:`adrec_spark.termination`), after the
+    Spark jobs still running are cancelled."""
     unit = PartitionUnit(spark, storage)
     try:
         yield unit
-    except Exception as e:
+    except (Exception, KeyboardInterrupt, JobTerminated) as e:
+        if not isinstance(e, Exception):  # told to stop: no job of this run may commit after the rollback
+            termination.stop_spark_work(settle_s=termination.SETTLE_S)
         try:
             unit.rollback()
         except Exception:
