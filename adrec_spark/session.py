@@ -11,6 +11,7 @@ from pyspark.sql import SparkSession
 
 from adrec_spark.config import AppConfig, SparkConfig
 from adrec_spark.errors import ConfigError
+from adrec_spark.termination import children_ignore_sigterm
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,13 @@ def build_spark(cfg: AppConfig | SparkConfig, *, app_name: str | None = None) ->
         builder = builder.master(scfg.master)
     for key, value in spark_conf(scfg).items():
         builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    from pyspark import SparkContext
+
+    if under_submit or SparkContext._gateway is not None:
+        spark = builder.getOrCreate()
+    else:  # this process starts the JVM: a SIGTERM to the process group must reach the driver's handler only
+        with children_ignore_sigterm():
+            spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(scfg.log_level)
     log.info("spark session: master=%s app=%s version=%s", spark.sparkContext.master,
              spark.sparkContext.appName, spark.version)

@@ -55,6 +55,25 @@ def terminate_as_error(signals: tuple[signal.Signals, ...] = (signal.SIGTERM,)) 
             signal.signal(s, h)
 
 
+@contextlib.contextmanager
+def children_ignore_sigterm() -> Iterator[None]:
+    """Processes started inside the block (PySpark's JVM) inherit SIGTERM ignored, and HotSpot installs no
+    SIGTERM handler of its own where SIGTERM is ignored at its start: a SIGTERM to the whole process group
+    (Airflow's timeout, systemd) then stops the job through the driver's handler instead of shutting the JVM
+    down under it, and the JVM still exits with the driver (whose end closes the JVM's standard input). The
+    JVM's Python workers set their own handlers. This process ignores SIGTERM meanwhile too: one that
+    arrives while the JVM starts (seconds, before anything is read or written) is lost, and the scheduler's
+    SIGKILL ends such a job. Outside the main thread, a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def stop_spark_work(*, settle_s: float = 0.0) -> None:
     """Cancel the running Spark jobs of this driver and drop the main thread's Py4J connection (no-op without
     an active SparkContext).

@@ -336,21 +336,26 @@ def test_job_killed_mid_write_leaves_the_previous_version_and_a_rerun_completes(
     assert {t: _commits(lakehouse, t) for t in tables} == {t: [*commits[t], commits[t][-1] + 1] for t in tables}
 
 
-def test_job_stopped_by_sigterm_mid_write_exits_143_at_once_and_keeps_the_previous_version(spark, lake) -> None:
-    """SIGTERM to the driver alone (a scheduler's timeout, a node being drained) while the scoring tasks write:
-    the job cancels them, keeps the previous version, exits 143 with one line, and leaves no JVM or worker."""
-    lakehouse = lake.copy(lake.scored, "sigterm")
+@pytest.mark.parametrize("to", ["driver", "group"])
+def test_job_stopped_by_sigterm_mid_write_exits_143_at_once_and_keeps_the_previous_version(spark, lake, to) -> None:
+    """SIGTERM while the scoring tasks write, to the driver alone (``timeout``, Kubernetes' PID 1) or to its whole
+    process group (Airflow's timeout, systemd: the JVM and the Python workers get it too): the job cancels the
+    tasks, keeps the previous version, exits 143 with one line, and leaves no JVM or worker."""
+    lakehouse = lake.copy(lake.scored, f"sigterm-{to}")
     tables = (S.USER_AD_SCORES, S.RECOMMENDATIONS)
     commits = {t: _commits(lakehouse, t) for t in tables}
     files = _data_files(lakehouse, S.USER_AD_SCORES)
-    job = start_scoring(lake, lakehouse, D2, *SLOW_WRITES, name="sigterm")
+    job = start_scoring(lake, lakehouse, D2, *SLOW_WRITES, name=f"sigterm-{to}")
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while not _data_files(lakehouse, S.USER_AD_SCORES) - files:
         assert job.proc.poll() is None, f"the job ended before it wrote anything:\n{job.output[-3000:]}"
         assert time.monotonic() < deadline, "the job wrote no scores in time"
         time.sleep(0.1)
     assert job.proc.poll() is None
-    job.proc.send_signal(signal.SIGTERM)  # the driver's Python process only, not its group
+    if to == "driver":
+        job.proc.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(job.proc.pid, signal.SIGTERM)
     try:
         job.proc.wait(timeout=60)  # without the stop, the slowed tasks (1 s per 16 rows) run for minutes
     except subprocess.TimeoutExpired:

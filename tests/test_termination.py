@@ -1,16 +1,18 @@
-"""A job told to stop (SIGTERM) raises JobTerminated in the main thread, once, and exits 128 + 15 with one line."""
+"""A job told to stop (SIGTERM) raises JobTerminated in the main thread, once, and exits 128 + 15 with one line;
+the JVM the driver starts ignores SIGTERM, so a signal to the whole process group reaches the driver's handler."""
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 
 import pytest
 
 from adrec_spark import cli
 from adrec_spark.errors import JobTerminated
-from adrec_spark.termination import terminate_as_error
+from adrec_spark.termination import children_ignore_sigterm, terminate_as_error
 
 
 def _sigterm_self() -> None:
@@ -46,3 +48,20 @@ def test_a_job_stopped_by_sigterm_exits_143_with_one_line(monkeypatch, capsys) -
     assert cli.main(["score", "--date", "2024-01-14"]) == 128 + signal.SIGTERM
     err = capsys.readouterr().err.strip().splitlines()  # the log's warning, then the one line for the user
     assert err[-1].startswith("adrec score: stopped by SIGTERM") and "Traceback" not in "".join(err)
+
+
+def test_a_process_started_inside_children_ignore_sigterm_survives_sigterm() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    with children_ignore_sigterm():
+        inside = subprocess.Popen(["sleep", "30"])
+    outside = subprocess.Popen(["sleep", "30"])
+    try:
+        assert signal.getsignal(signal.SIGTERM) is before
+        inside.send_signal(signal.SIGTERM)
+        outside.send_signal(signal.SIGTERM)
+        assert outside.wait(timeout=10) == -signal.SIGTERM  # the control: SIGTERM ends a plain child
+        with pytest.raises(subprocess.TimeoutExpired):
+            inside.wait(timeout=0.5)
+    finally:
+        inside.kill()
+        inside.wait()
