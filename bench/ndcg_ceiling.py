@@ -10,7 +10,9 @@ Added signals, all point in time (only ratings strictly earlier than the row's o
 - content: the movie's release year and its genre flags;
 - taste: the user's smoothed positive rate on the movie's genres, less their overall rate;
 - co-liking: the movie's mean cosine (co-liked by the same users in the train split) with the user's
-  earlier liked movies, and with their earlier disliked ones.
+  earlier liked movies, and with their earlier disliked ones;
+- demographic lift: the movie's smoothed positive rate among its earlier raters of the user's gender, age
+  band and occupation (users.parquet), less its rate among all its earlier raters.
 Writes bench/results/ndcg-ceiling.json.
 """
 
@@ -80,6 +82,34 @@ def personal_signals(ratings: pd.DataFrame, items: pd.DataFrame) -> tuple[pd.Dat
     return out.merge(content, on="movie_id", how="left"), genres
 
 
+def _strictly_earlier(df: pd.DataFrame, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(ratings, positives) of the same ``keys`` strictly earlier than each row (``df`` sorted by time)."""
+    grp = df.groupby(keys, sort=False)
+    n = grp.cumcount().to_numpy()
+    pos = (grp.label.cumsum() - df.label).to_numpy()
+    tie = df.groupby([*keys, "timestamp"], sort=False)  # rows at the same second do not see each other
+    return n - tie.cumcount().to_numpy(), pos - (tie.label.cumsum() - df.label).to_numpy()
+
+
+def group_signals(ratings: pd.DataFrame, users: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """How much more (or less) the movie is liked by earlier raters who share the user's gender, age band or
+    occupation than by all its earlier raters: static attributes, so they do not move with the user's own
+    ratings over the test period (unlike the taste signals)."""
+    r = ratings.sort_values(["timestamp", "user_id", "movie_id"]).reset_index(drop=True)
+    r["label"] = (r.rating >= 4).astype(int)
+    u = users.assign(age_band=pd.cut(users.age, [0, 24, 34, 44, 200], labels=False))
+    r = r.merge(u[["user_id", "gender", "age_band", "occupation"]], on="user_id", how="left")
+    n, pos = _strictly_earlier(r, ["movie_id"])
+    item = (pos + 0.55 * 5) / (n + 5)
+    out = pd.DataFrame({"user_id": r.user_id, "movie_id": r.movie_id, "timestamp": r.timestamp})
+    names = []
+    for key in ("gender", "age_band", "occupation"):
+        n_g, pos_g = _strictly_earlier(r, ["movie_id", key])
+        out[f"lift_{key}"] = (pos_g + item * 10) / (n_g + 10) - item
+        names.append(f"lift_{key}")
+    return out, names
+
+
 def run() -> dict[str, object]:
     import deltalake
     from sklearn.ensemble import HistGradientBoostingClassifier
@@ -98,6 +128,9 @@ def run() -> dict[str, object]:
     ex["_u"], ex["_m"] = ex.user_id.str[1:].astype(int), ex.ad_id.str[1:].astype(int)
     ex["_t"] = ex.event_ts.round().astype("int64")
     ex = ex.merge(signals.rename(columns={"user_id": "_u", "movie_id": "_m", "timestamp": "_t"}),
+                  on=["_u", "_m", "_t"], how="left", validate="one_to_one")
+    groups, lifts = group_signals(pd.read_parquet(src / "ratings.parquet"), pd.read_parquet(src / "users.parquet"))
+    ex = ex.merge(groups.rename(columns={"user_id": "_u", "movie_id": "_m", "timestamp": "_t"}),
                   on=["_u", "_m", "_t"], how="left", validate="one_to_one")
     train, test = ex[ex.split == "train"].reset_index(drop=True), ex[ex.split == "test"].reset_index(drop=True)
     rows: list[dict[str, object]] = []
@@ -125,7 +158,8 @@ def run() -> dict[str, object]:
     logistic(("year", *genres), "  + content (release year, genres)")
     logistic(("taste",), "  + genre taste")
     logistic(("co_like", "co_dislike"), "  + co-liking with earlier liked / disliked movies")
-    logistic(("taste", "co_like", "co_dislike", "year", *genres), "  + all of the above")
+    logistic(tuple(lifts), "  + demographic lift (the movie among earlier raters of the user's gender, age, job)")
+    logistic(("taste", "co_like", "co_dislike", "year", *genres), "  + all of the above but the lift")
     item = ["ad_rate", "ad_log_impressions", "log_price", "category_match"]
     gb = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05, random_state=0).fit(train[item], train.label)
     p = gb.predict_proba(test[item])[:, 1]
