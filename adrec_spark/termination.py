@@ -5,7 +5,8 @@ back, someone's ``kill``. Those send SIGTERM first (SIGKILL follows after a grac
 Kubernetes). While :func:`terminate_as_error` is active, the first SIGTERM raises :class:`JobTerminated` in
 the main thread, so the tables a run already replaced are put back (:func:`adrec_spark.io.tables.partition_unit`)
 just as after an error; later ones are logged and ignored so that the rollback can finish. Ctrl-C (SIGINT)
-is PySpark's own: it cancels the running Spark jobs and raises ``KeyboardInterrupt``, which rolls back too.
+is PySpark's own handler: it raises ``KeyboardInterrupt`` at once (its own attempt to cancel the Spark jobs
+fails when it lands in the middle of a Py4J call), and the unit cancels them and rolls back on it too.
 """
 
 from __future__ import annotations
