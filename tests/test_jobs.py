@@ -226,6 +226,45 @@ def test_unknown_alias_fails_before_any_work(spark, world) -> None:
     assert _table(spark, cfg, S.USER_AD_SCORES).count() == before
 
 
+def test_unknown_alias_cancels_the_users_read_it_started(spark, world, monkeypatch, tmp_path) -> None:
+    """The users' count runs in a thread while the registry resolves the alias; an unknown alias cancels it
+    instead of leaving the process to wait for it (here a read slowed to 60 s)."""
+    import time
+
+    from adrec_spark.scoring import pipeline
+
+    real = pipeline.with_strategy
+    started = tmp_path / "read-started"
+
+    def slow_rows(batches, marker=str(started)):
+        import pathlib
+        import time
+
+        pathlib.Path(marker).touch()  # the Python worker tells the test that the slow read runs
+        time.sleep(60)
+        yield from batches
+
+    def slow_with_strategy(df):
+        out = real(df)
+        return out.mapInPandas(slow_rows, out.schema)
+
+    def resolve_after_the_read_started(*args, **kwargs):
+        deadline = time.monotonic() + 60
+        while not started.exists():
+            assert time.monotonic() < deadline, "the users' read never started"
+            time.sleep(0.05)
+        raise ModelResolutionError("alias 'no-such-alias' not found")
+
+    monkeypatch.setattr(pipeline, "with_strategy", slow_with_strategy)
+    monkeypatch.setattr(pipeline.registry, "resolve", resolve_after_the_read_started)
+    with pytest.raises(ModelResolutionError):
+        run_scoring(spark, world["cfg"], LAST)
+    deadline = time.monotonic() + 20  # well before the 60-s read would end by itself
+    while spark.sparkContext.statusTracker().getActiveJobsIds():
+        assert time.monotonic() < deadline, "the users' read still runs after the error"
+        time.sleep(0.1)
+
+
 def test_empty_user_set_is_a_clear_error(spark, world) -> None:
     with pytest.raises(InputDataError, match="no user profiles for 2023-06-01"):
         run_scoring(spark, world["cfg"], dt.date(2023, 6, 1))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -179,17 +180,29 @@ def run_scoring(spark: SparkSession, cfg: AppConfig, score_date: dt.date) -> Sco
     sc = cfg.score
     ds = F.lit(score_date.isoformat()).cast("date")
 
+    tag = f"adrec-read-users-{uuid.uuid4().hex[:12]}"
+
     def count_users() -> tuple[DataFrame, dict[str, int]]:
-        users = with_strategy(tables.read_table(spark, cfg.storage, S.USER_PROFILES).where(F.col(S.DS) == ds))
-        return users, {r[S.STRATEGY]: int(r["count"]) for r in users.groupBy(S.STRATEGY).count().collect()}
+        spark.sparkContext.addJobTag(tag)  # this thread's Spark jobs, so that an error can cancel them
+        try:
+            users = with_strategy(tables.read_table(spark, cfg.storage, S.USER_PROFILES).where(F.col(S.DS) == ds))
+            return users, {r[S.STRATEGY]: int(r["count"]) for r in users.groupBy(S.STRATEGY).count().collect()}
+        finally:
+            spark.sparkContext.removeJobTag(tag)
 
     # The first Delta read of a fresh JVM takes seconds; it runs while the registry resolves the model (a read,
-    # nothing written: an unknown alias is still the first error and comes before any write).
+    # nothing written: an unknown alias is still the first error and comes before any write, and it cancels
+    # that read instead of waiting for it).
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adrec-read-users")
     try:
         counting = pool.submit(count_users)
-        model = registry.resolve(cfg.mlflow, alias=None if sc.model_version else sc.model_alias,
-                                 version=sc.model_version)
+        try:
+            model = registry.resolve(cfg.mlflow, alias=None if sc.model_version else sc.model_alias,
+                                     version=sc.model_version)
+        except BaseException:
+            counting.cancel()
+            spark.sparkContext.cancelJobsWithTag(tag)
+            raise
         log.info("scoring %s with %s v%d (pinned from %s)", score_date, model.name, model.version,
                  f"alias '{sc.model_alias}'" if sc.model_version is None else "an explicit version")
         users, by_strategy = counting.result()
