@@ -4,10 +4,11 @@ bench has prepared its world).
 On the scoring bench's pairs and model: the torch profiler's self CPU time per operator family (matrix
 products, attention, GELU, layer norm, copies, the rest) for fp32 and bf16 over the same micro-batches, each
 precision's rate without the profiler, the spread of one micro-batch's time scored again and again (how far
-this machine's speed moves with nothing changed), and bf16 again through ``torch.compile`` (inductor; dynamic
-shapes for dynamic padding), without and with freezing (weights as constants, prepacked for oneDNN), with
-the compile seconds. Why bf16 on AMX is not 4x fp32 on these ~107-token pairs, and what operator fusion
-would buy. Writes bench/results/inference-profile.json.
+this machine's speed moves with nothing changed), int8 dynamic quantization under each quantized engine,
+and bf16 again through ``torch.compile`` (inductor; dynamic shapes for dynamic padding), without and with
+freezing (weights as constants, prepacked for oneDNN), with the compile seconds. Why bf16 on AMX is not 4x
+fp32 on these ~107-token pairs, and what operator fusion would buy. Writes
+bench/results/inference-profile.json.
 """
 
 from __future__ import annotations
@@ -89,6 +90,17 @@ def run() -> dict[str, object]:
         rows.append({"precision": precision, "pairs_per_second": rate, **_shares(scorer, ads, hist, num),
                      **_spread(scorer, ads, hist, num)})
         print(f"{precision}: {rate:.1f} pairs/s", flush=True)
+    # int8 dynamic quantization by quantized engine (x86 is torch's default; onednn can use AMX/VNNI int8)
+    default_engine = torch.backends.quantized.engine
+    int8 = {}
+    for engine in ("x86", "fbgemm", "onednn"):
+        if engine not in torch.backends.quantized.supported_engines:
+            continue
+        torch.backends.quantized.engine = engine
+        int8[engine] = _rate(Scorer(model_dir, precision="int8", batch_size=64, threads=2), ads, hist, num)
+        rows.append({"precision": f"int8 ({engine} engine)", "pairs_per_second": int8[engine]})
+        print(f"int8 ({engine} engine): {int8[engine]:.1f} pairs/s", flush=True)
+    torch.backends.quantized.engine = default_engine
     eager = _rate(Scorer(model_dir, precision="bf16", batch_size=64, threads=2), ads, hist, num)
     compiled, compile_seconds = {}, {}
     import torch._inductor.config as inductor_config
@@ -115,6 +127,7 @@ def run() -> dict[str, object]:
            "bf16_vs_fp32_same_batch_fastest": rows[0]["batch_ms_min"] / rows[1]["batch_ms_min"],
            "bf16_vs_fp32_same_batch_median": rows[0]["batch_ms_median"] / rows[1]["batch_ms_median"],
            "compiled_vs_eager_bf16": {k: v / eager for k, v in compiled.items()}, "eager_bf16_same_process": eager,
+           "int8_by_engine_vs_fp32": {k: v / rows[0]["pairs_per_second"] for k, v in int8.items()},
            "compile_seconds": compile_seconds, "sample_pairs": SAMPLE}
     print(f"\nsame 32 pairs {REPEATS} times: bf16 / fp32 {out['bf16_vs_fp32_same_batch_fastest']:.2f}x at each one's "
           f"fastest, {out['bf16_vs_fp32_same_batch_median']:.2f}x at the median")
