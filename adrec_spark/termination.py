@@ -33,9 +33,6 @@ def terminate_as_error(signals: tuple[signal.Signals, ...] = (signal.SIGTERM,)) 
     """While the block runs, the first of ``signals`` cancels the running Spark jobs (:func:`stop_spark_work`)
     and raises :class:`JobTerminated` in the main thread (where Python runs signal handlers, even while it
     waits on a Spark job); the handlers before are put back after. Outside the main thread this does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     received: list[int] = []
 
     def handler(signum: int, frame: FrameType | None) -> None:
@@ -48,12 +45,8 @@ def terminate_as_error(signals: tuple[signal.Signals, ...] = (signal.SIGTERM,)) 
         stop_spark_work()
         raise JobTerminated(signum)
 
-    previous = {s: signal.signal(s, handler) for s in signals}
-    try:
+    with _handlers(dict.fromkeys(signals, handler)):
         yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 @contextlib.contextmanager
@@ -65,14 +58,23 @@ def children_ignore_sigterm() -> Iterator[None]:
     JVM's Python workers set their own handlers. This process ignores SIGTERM meanwhile too: one that
     arrives while the JVM starts (seconds, before anything is read or written) is lost, and the scheduler's
     SIGKILL ends such a job. Outside the main thread, a no-op."""
+    with _handlers({signal.SIGTERM: signal.SIG_IGN}):
+        yield
+
+
+@contextlib.contextmanager
+def _handlers(handlers: dict[signal.Signals, object]) -> Iterator[None]:
+    """``handlers`` installed while the block runs, the ones before put back after; only the main thread can
+    set signal handlers, so elsewhere this does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    previous = {s: signal.signal(s, h) for s, h in handlers.items()}  # type: ignore[arg-type]
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def stop_spark_work(*, settle_s: float = 0.0) -> None:

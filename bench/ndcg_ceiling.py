@@ -43,13 +43,19 @@ def ndcg10(test: pd.DataFrame, scores: np.ndarray) -> float:
     return float(np.mean(out))
 
 
+def _time_ordered(ratings: pd.DataFrame) -> pd.DataFrame:
+    """The ratings in the protocol's order (timestamp, user, movie) with their label (rating >= 4)."""
+    r = ratings.sort_values(["timestamp", "user_id", "movie_id"]).reset_index(drop=True)
+    r["label"] = (r.rating >= 4).astype(int)
+    return r
+
+
 def personal_signals(ratings: pd.DataFrame, items: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """taste, co-like and co-dislike per rating, from the same user's strictly earlier ratings."""
     genres = list(items.columns[5:])
     flags = np.zeros((int(items.movie_id.max()) + 1, len(genres)), np.float32)
     flags[items.movie_id.to_numpy()] = items[genres].to_numpy()
-    r = ratings.sort_values(["timestamp", "user_id", "movie_id"]).reset_index(drop=True)
-    r["label"] = (r.rating >= 4).astype(int)
+    r = _time_ordered(ratings)
     train = r.iloc[: int(0.8 * len(r))]
     liked = train[train.label == 1]
     x = np.zeros((int(r.user_id.max()) + 1, flags.shape[0]), np.float32)
@@ -95,8 +101,7 @@ def group_signals(ratings: pd.DataFrame, users: pd.DataFrame) -> tuple[pd.DataFr
     """How much more (or less) the movie is liked by earlier raters who share the user's gender, age band or
     occupation than by all its earlier raters: static attributes, so they do not move with the user's own
     ratings over the test period (unlike the taste signals)."""
-    r = ratings.sort_values(["timestamp", "user_id", "movie_id"]).reset_index(drop=True)
-    r["label"] = (r.rating >= 4).astype(int)
+    r = _time_ordered(ratings)
     u = users.assign(age_band=pd.cut(users.age, [0, 24, 34, 44, 200], labels=False))
     r = r.merge(u[["user_id", "gender", "age_band", "occupation"]], on="user_id", how="left")
     n, pos = _strictly_earlier(r, ["movie_id"])

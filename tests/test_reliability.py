@@ -164,13 +164,18 @@ def kill_tree(job: Job) -> None:
     with contextlib.suppress(ProcessLookupError):  # already gone
         os.killpg(job.proc.pid, signal.SIGKILL)
     job.proc.wait(timeout=30)
-    deadline = time.monotonic() + 30
+    wait_until_group_gone(job, "killed")
+
+
+def wait_until_group_gone(job: Job, what: str, timeout_s: float = 30) -> None:
+    """Wait until no process of the job's process group (its JVM, its Python workers) is left."""
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         left = [p for p in psutil.process_iter() if _pgid(p) == job.proc.pid]
         if not left:
             return
         time.sleep(0.2)
-    raise AssertionError(f"processes of the killed job still running: {left}")
+    raise AssertionError(f"processes of the {what} job still running: {left}")
 
 
 def _pgid(p: psutil.Process) -> int | None:
@@ -366,10 +371,7 @@ def test_job_stopped_by_sigterm_mid_write_exits_143_at_once_and_keeps_the_previo
     assert "SIGTERM: stopping the job" in out and "adrec score: stopped by SIGTERM" in out
     assert "Traceback" not in out, out[-3000:]
     assert "wrote user_ad_scores" not in out  # it was stopped mid-write, before its commit
-    left_deadline = time.monotonic() + 30
-    while [p for p in psutil.process_iter() if _pgid(p) == job.proc.pid]:  # the JVM and Python workers too
-        assert time.monotonic() < left_deadline, "processes of the stopped job still running"
-        time.sleep(0.2)
+    wait_until_group_gone(job, "stopped")  # the JVM and Python workers too
     assert {t: _commits(lakehouse, t) for t in tables} == commits
     for day in (D1, D2):
         _assert_matches_reference(spark, lake, lakehouse, day)

@@ -200,7 +200,7 @@ def run_scoring(spark: SparkSession, cfg: AppConfig, score_date: dt.date) -> Sco
             model = registry.resolve(cfg.mlflow, alias=None if sc.model_version else sc.model_alias,
                                      version=sc.model_version)
         except BaseException:
-            counting.cancel()
+            # The read has started: cancel its Spark jobs (the pool's shutdown drops only unstarted futures).
             spark.sparkContext.cancelJobsWithTag(tag)
             raise
         log.info("scoring %s with %s v%d (pinned from %s)", score_date, model.name, model.version,
