@@ -1,5 +1,5 @@
-"""Where the cross-encoder's CPU time goes, by precision (`python bench/run.py profile`, after the scoring
-bench has prepared its world).
+"""Where the cross-encoder's CPU time goes, by precision (`python bench/run.py profile`; prepares the scoring
+bench's world first when it is missing, ~10 minutes).
 
 On the scoring bench's pairs and model: the torch profiler's self CPU time per operator family (matrix
 products, attention, GELU, layer norm, copies, the rest) for fp32 and bf16 over the same micro-batches, each
@@ -8,7 +8,8 @@ this machine's speed moves with nothing changed), int8 dynamic quantization unde
 and bf16 again through ``torch.compile`` (inductor; dynamic shapes for dynamic padding), without and with
 freezing (weights as constants, prepacked for oneDNN), with the compile seconds. Why bf16 on AMX is not 4x
 fp32 on these ~107-token pairs, and what operator fusion would buy. Writes
-bench/results/inference-profile.json.
+bench/results/inference-profile-<cpu>.json, ``<cpu>`` naming the CPU's bf16 support (``amx``: AMX tiles,
+``avx512bf16``: AVX512-BF16 only, ``nobf16``), since that decides the precisions' ratios.
 """
 
 from __future__ import annotations
@@ -32,14 +33,31 @@ def _family(name: str) -> str:
     return next((fam for frag, fam in FAMILIES if frag in name), "other")
 
 
+def cpu_kind(flags: str | None = None) -> str:
+    """``amx``, ``avx512bf16`` or ``nobf16``: what the CPU (``/proc/cpuinfo`` flags) offers bf16 matmuls."""
+    if flags is None:
+        from pathlib import Path
+
+        try:
+            flags = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            flags = ""
+    return "amx" if "amx_bf16" in flags else "avx512bf16" if "avx512_bf16" in flags else "nobf16"
+
+
 def _inputs(n: int):
     import numpy as np
     import pandas as pd
+    from pyspark.sql import SparkSession
 
     from adrec_spark import schema as S
-    from bench.scoring_bench import W
+    from bench.scoring_bench import THROUGHPUT_USERS, _bench_lakehouse, _pairs, prepare
 
-    df = pd.read_parquet(W / "pairs.parquet").sample(n, random_state=0)
+    prepare()  # cached: the scoring bench's world, when that bench has not run here yet
+    pairs = _pairs(_bench_lakehouse("lakehouse-bench", THROUGHPUT_USERS))
+    if (spark := SparkSession.getActiveSession()) is not None:
+        spark.stop()  # an idle JVM beside the measurements
+    df = pd.read_parquet(pairs).sample(n, random_state=0)
     return list(df[S.AD_TEXT]), list(df[S.HISTORY_TEXT]), df[list(S.NUMERIC_FEATURES)].to_numpy(np.float32)
 
 
@@ -134,5 +152,5 @@ def run() -> dict[str, object]:
     print(f"bf16 / fp32 {out['bf16_vs_fp32']:.2f}x; over eager bf16: "
           + "; ".join(f"{k} {v / eager:.2f}x (compile and first batches {compile_seconds[k]:.0f} s)"
                       for k, v in compiled.items()))
-    save("inference-profile", {"command": "python bench/run.py profile", **out})
+    save(f"inference-profile-{cpu_kind()}", {"command": "python bench/run.py profile", "cpu_kind": cpu_kind(), **out})
     return out
