@@ -37,7 +37,7 @@ def main(argv: list[str]) -> int:
         from bench import ndcg_ceiling
 
         ndcg_ceiling.run()
-    if what == "profile":  # after `scoring`: it reads that bench's pairs and model
+    if what == "profile":  # on the scoring bench's pairs and model (prepared when missing)
         from bench import inference_profile
 
         inference_profile.run()
