@@ -8,8 +8,8 @@ this machine's speed moves with nothing changed), int8 dynamic quantization unde
 and bf16 again through ``torch.compile`` (inductor; dynamic shapes for dynamic padding), without and with
 freezing (weights as constants, prepacked for oneDNN), with the compile seconds. Why bf16 on AMX is not 4x
 fp32 on these ~107-token pairs, and what operator fusion would buy. Writes
-bench/results/inference-profile-<cpu>.json, ``<cpu>`` naming the CPU's bf16 support (``amx``: AMX tiles,
-``avx512bf16``: AVX512-BF16 only, ``nobf16``), since that decides the precisions' ratios.
+bench/results/inference-profile-<cpu>.json, ``<cpu>`` naming the CPU's bf16 support
+(``adrec_spark.model.inference.cpu_bf16_kind``), since that decides the precisions' ratios.
 """
 
 from __future__ import annotations
@@ -31,18 +31,6 @@ FAMILIES = (  # operator name fragment -> family, first match wins
 
 def _family(name: str) -> str:
     return next((fam for frag, fam in FAMILIES if frag in name), "other")
-
-
-def cpu_kind(flags: str | None = None) -> str:
-    """``amx``, ``avx512bf16`` or ``nobf16``: what the CPU (``/proc/cpuinfo`` flags) offers bf16 matmuls."""
-    if flags is None:
-        from pathlib import Path
-
-        try:
-            flags = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            flags = ""
-    return "amx" if "amx_bf16" in flags else "avx512bf16" if "avx512_bf16" in flags else "nobf16"
 
 
 def _inputs(n: int):
@@ -96,7 +84,7 @@ def _spread(scorer, ads, hist, num) -> dict[str, float]:
 def run() -> dict[str, object]:
     import torch
 
-    from adrec_spark.model.inference import Scorer
+    from adrec_spark.model.inference import Scorer, cpu_bf16_kind
     from bench.scoring_bench import _model_dir
 
     ads, hist, num = _inputs(SAMPLE)
@@ -152,5 +140,6 @@ def run() -> dict[str, object]:
     print(f"bf16 / fp32 {out['bf16_vs_fp32']:.2f}x; over eager bf16: "
           + "; ".join(f"{k} {v / eager:.2f}x (compile and first batches {compile_seconds[k]:.0f} s)"
                       for k, v in compiled.items()))
-    save(f"inference-profile-{cpu_kind()}", {"command": "python bench/run.py profile", "cpu_kind": cpu_kind(), **out})
+    kind = cpu_bf16_kind()
+    save(f"inference-profile-{kind}", {"command": "python bench/run.py profile", "cpu_kind": kind, **out})
     return out

@@ -114,6 +114,29 @@ def test_length_sorted_batches_cover_every_index_once() -> None:
     assert [list(b) for b in batches] == [[1, 6, 3], [4, 0, 5], [2]]
 
 
+@pytest.mark.parametrize(("flags", "kind"), [
+    ("fpu avx512f avx512_bf16 amx_bf16 amx_tile", "amx"),
+    ("fpu avx512f avx512_bf16 avx512_vnni", "avx512bf16"),
+    ("fpu avx2 fma", "nobf16"),
+    (None, "nobf16"),  # /proc/cpuinfo unreadable
+])
+def test_cpu_bf16_kind_from_the_cpu_flags(monkeypatch, flags, kind) -> None:
+    from adrec_spark.model import inference
+
+    class FakePath:
+        def __init__(self, _path: str) -> None:
+            pass
+
+        def read_text(self) -> str:
+            if flags is None:
+                raise OSError("no /proc here")
+            return f"processor : 0\nflags : {flags}\n"
+
+    monkeypatch.setattr(inference, "Path", FakePath)
+    assert inference.cpu_bf16_kind() == kind
+    assert inference.cpu_supports_bf16() == (kind != "nobf16")
+
+
 def test_device_and_precision_choice(monkeypatch) -> None:
     from adrec_spark.model import inference
 

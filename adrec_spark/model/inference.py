@@ -23,13 +23,19 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "bf16", "int8")
 
 
-def cpu_supports_bf16() -> bool:
-    """True when the CPU has native bf16 (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
+def cpu_bf16_kind() -> str:
+    """The CPU's native bf16 matrix support: ``amx`` (AMX tiles), ``avx512bf16`` (AVX512-BF16 alone) or
+    ``nobf16`` (bf16 emulated and slow). It decides how far bf16 and int8 outrun fp32."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        return "nobf16"
+    return "amx" if "amx_bf16" in flags else "avx512bf16" if "avx512_bf16" in flags else "nobf16"
+
+
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has native bf16 (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
+    return cpu_bf16_kind() != "nobf16"
 
 
 def choose_device(task_gpus: Sequence[str] | None, *, cuda_available: bool | None = None) -> str:
