@@ -30,19 +30,48 @@ def _date(value: str) -> dt.date:
         raise argparse.ArgumentTypeError(f"{value!r} is not a date (YYYY-MM-DD)") from e
 
 
-def _common() -> argparse.ArgumentParser:
+def _common(*, top_level: bool = False) -> argparse.ArgumentParser:
+    """``--conf``/``--set``/``--log-level``, accepted before and after the subcommand.
+
+    argparse lets a subparser's defaults overwrite the values given before the subcommand, so the top-level
+    copies keep their own destinations (``*_top``) and :func:`parse_args` joins the two, top level first.
+    """
+    suffix = "_top" if top_level else ""
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--conf", action="append", default=[], metavar="FILE",
-                   help="YAML config file(s) over the embedded defaults (conf/local.yaml); repeatable")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                   help="override one setting, e.g. --set train.epochs=3; repeatable")
-    p.add_argument("--log-level", default=os.environ.get("ADREC_LOG_LEVEL", "INFO"))
+    p.add_argument("--conf", action="append", default=[], metavar="FILE", dest="conf" + suffix,
+                   help="YAML config file(s) over the embedded defaults (conf/local.yaml), or the name of a "
+                        "packaged one (demo, cluster, cluster-gpu, movielens); repeatable, later wins")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides" + suffix,
+                   help="override one setting, e.g. --set train.epochs=3; repeatable, later wins")
+    p.add_argument("--log-level", default=None, dest="log_level" + suffix,
+                   help="logging level (default: $ADREC_LOG_LEVEL or INFO)")
     return p
 
 
-def load(args: argparse.Namespace) -> AppConfig:
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """Parse ``argv``; options given before and after the subcommand are joined (top level first)."""
+    args = parser.parse_args(argv)
+    args.conf = [*args.conf_top, *args.conf]
+    args.overrides = [*args.overrides_top, *args.overrides]
+    args.log_level = args.log_level or args.log_level_top or os.environ.get("ADREC_LOG_LEVEL", "INFO")
+    del args.conf_top, args.overrides_top, args.log_level_top
+    return args
+
+
+def config_files(args: argparse.Namespace) -> list[str]:
+    """Config files in merge order: ``$ADREC_CONF`` (comma-separated), then ``--conf``.
+
+    ``adrec demo`` with no file given uses the packaged ``demo`` config (the embedded default sized for a
+    laptop), found inside the installed package, not relative to the working directory.
+    """
     files = [f for f in os.environ.get("ADREC_CONF", "").split(",") if f] + list(args.conf)
-    return load_config(files, args.overrides)
+    if args.command == "demo" and not files:
+        files = ["demo"]
+    return files
+
+
+def load(args: argparse.Namespace) -> AppConfig:
+    return load_config(config_files(args), args.overrides)
 
 
 def _session(cfg: AppConfig, job: str):
@@ -103,7 +132,7 @@ Command = Callable[[argparse.Namespace, AppConfig], int]
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     common = _common()
-    parser = argparse.ArgumentParser(prog="adrec", description=__doc__, parents=[common])
+    parser = argparse.ArgumentParser(prog="adrec", description=__doc__, parents=[_common(top_level=True)])
     sub = parser.add_subparsers(dest="command", required=True)
     commands: dict[str, Command] = {}
 
@@ -200,9 +229,6 @@ def cmd_demo(args: argparse.Namespace, cfg: AppConfig) -> int:
     from adrec_spark.scoring.pipeline import run_scoring
     from adrec_spark.training.pipeline import run_training
 
-    demo_conf = Path(__file__).resolve().parents[1] / "conf" / "demo.yaml"
-    if not args.conf and demo_conf.is_file():
-        cfg = load_config([demo_conf], args.overrides)
     spec = GeneratorSpec(n_users=args.users, n_ads=args.ads, n_events=args.events, n_days=args.days, seed=args.seed)
     landing = Path(cfg.storage.raw_events).parent
     first, last = spec.start, spec.start + dt.timedelta(days=spec.n_days - 1)
@@ -290,7 +316,7 @@ def _register_later_commands(sub: argparse._SubParsersAction, common: argparse.A
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser, commands = build_parser()
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    args = parse_args(parser, list(sys.argv[1:] if argv is None else argv))
     configure_logging(args.log_level)
     try:
         cfg = load(args)
