@@ -54,9 +54,11 @@ class SparkConfig:
     master: str | None = "local[2]"
     app_name: str = "adrec-spark"
     shuffle_partitions: int = 4
-    # Delta jars resolved once by `make setup` (offline afterwards). On a cluster either ship jars from
-    # here (spark.jars) or set use_packages: true to let Spark resolve `delta_package` from Maven.
-    jars_dir: str | None = ".jars"
+    # Delta jars resolved once (offline afterwards). null: found from any working directory, in
+    # $ADREC_JARS_DIR, else the source checkout's .jars (`make setup`), else ~/.cache/adrec-spark/jars
+    # (`python -m adrec_spark.jars`); see adrec_spark/jars.py. On a cluster either ship the jars
+    # (spark.conf['spark.jars']) or set use_packages: true to let Spark resolve `delta_package` from Maven.
+    jars_dir: str | None = None
     use_packages: bool = False
     delta_package: str = "io.delta:delta-spark_4.2_2.13:4.4.0"
     # Rows per Arrow batch sent to Python workers: bounds the scoring workers' memory. A byte cap as well
@@ -72,8 +74,6 @@ class SparkConfig:
         _check(self.arrow_max_records_per_batch >= 1, "spark.arrow_max_records_per_batch", "must be >= 1")
         _check(self.arrow_max_bytes_per_batch is None or 0 < self.arrow_max_bytes_per_batch < 2**31 - 1,
                "spark.arrow_max_bytes_per_batch", "must be between 1 and 2147483646 bytes (or null)")
-        _check(self.jars_dir is not None or self.use_packages or "spark.jars" in self.conf,
-               "spark.jars_dir", "set a jars folder, use_packages: true, or spark.conf['spark.jars']")
 
 
 @dataclass(frozen=True)
@@ -441,17 +441,50 @@ def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any
     return out
 
 
-def _read_yaml(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
+# The configs shipped inside the package (the wheel carries them as package data). In a source checkout
+# ``adrec_spark/conf`` is a link to the top-level ``conf/`` folder, so each file has one copy.
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+
+
+def packaged_configs() -> list[str]:
+    """Names of the packaged configs, usable as ``--conf NAME`` from any folder."""
+    return sorted(p.stem for p in CONF_DIR.glob("*.yaml"))
+
+
+def resolve_config_file(name: str | Path) -> Path:
+    """A config file's path: an existing file as given, else a bare name (``demo``, ``cluster.yaml``) of a
+    packaged config. Anything else is an error naming the absolute path it tried and the packaged names."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    if p.parent == Path(".") and p.suffix in ("", ".yaml"):
+        packaged = CONF_DIR / f"{p.stem}.yaml"
+        if packaged.is_file():
+            return packaged
+    raise ConfigError(f"config file not found: {p.absolute()} (packaged configs, usable by name from any "
+                      f"folder: {', '.join(packaged_configs())})")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {p} is not valid YAML: {e}") from e
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {p}: expected a mapping at the top level")
+        raise ConfigError(f"config file {path}: expected a mapping at the top level")
     return data
+
+
+def _leaf_keys(data: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys of the settings in ``data`` (a mapping under a ``conf`` key is one setting)."""
+    out = []
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, Mapping) and key != "conf":
+            out += _leaf_keys(value, f"{full}.")
+        else:
+            out.append(full)
+    return out
 
 
 def parse_override(item: str) -> dict[str, Any]:
@@ -475,14 +508,54 @@ def parse_override(item: str) -> dict[str, Any]:
     return out
 
 
-def load_config(files: Iterable[str | Path] = (), overrides: Iterable[str] = ()) -> AppConfig:
-    """Merge YAML ``files`` (later wins) and ``--set`` style ``overrides`` over the defaults."""
+def load_config_with_sources(files: Iterable[str | Path] = (),
+                             overrides: Iterable[str] = ()) -> tuple[AppConfig, dict[str, str]]:
+    """:func:`load_config`, plus where each setting given came from (``file PATH`` or ``--set K=V``), by key."""
     merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     for f in files:
-        merged = _deep_merge(merged, _read_yaml(f))
+        path = resolve_config_file(f)
+        data = _read_yaml(path)
+        merged = _deep_merge(merged, data)
+        sources.update(dict.fromkeys(_leaf_keys(data), f"file {path.absolute()}"))
     for item in overrides:
-        merged = _deep_merge(merged, parse_override(item))
-    return _build(AppConfig, merged)
+        data = parse_override(item)
+        merged = _deep_merge(merged, data)
+        sources.update(dict.fromkeys(_leaf_keys(data), f"--set {item}"))
+    return _build(AppConfig, merged), sources
+
+
+def load_config(files: Iterable[str | Path] = (), overrides: Iterable[str] = ()) -> AppConfig:
+    """Merge YAML ``files`` (paths, or names of packaged configs; later wins) and ``--set`` style
+    ``overrides`` over the defaults."""
+    return load_config_with_sources(files, overrides)[0]
+
+
+def _yaml_value(value: Any) -> str:
+    """One value as single-line YAML (flow style), the way safe_load reads it back."""
+    plain = list(value) if isinstance(value, tuple) else value
+    text = yaml.safe_dump([plain], default_flow_style=True, width=float("inf")).strip()
+    return text[1:-1]
+
+
+def config_yaml(cfg: AppConfig, sources: Mapping[str, str] | None = None) -> str:
+    """``cfg`` as YAML that :func:`load_config` reads back to an equal config; each setting is followed by a
+    comment saying where it came from (``default`` unless ``sources`` names a file or a ``--set``)."""
+    sources = sources or {}
+    lines: list[str] = []
+
+    def walk(node: Any, prefix: str, indent: str) -> None:
+        for f in dataclasses.fields(node):
+            value = getattr(node, f.name)
+            if dataclasses.is_dataclass(value):
+                lines.append(f"{indent}{f.name}:")
+                walk(value, f"{prefix}{f.name}.", indent + "  ")
+            else:
+                origin = sources.get(f"{prefix}{f.name}", "default")
+                lines.append(f"{indent}{f.name}: {_yaml_value(value)}  # {origin}")
+
+    walk(cfg, "", "")
+    return "\n".join(lines) + "\n"
 
 
 def replace(cfg: AppConfig, *overrides: str) -> AppConfig:

@@ -5,21 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from pathlib import Path
 
 from pyspark.sql import SparkSession
 
 from adrec_spark.config import AppConfig, SparkConfig
-from adrec_spark.errors import ConfigError
+from adrec_spark.jars import find_delta_jars
 from adrec_spark.termination import children_ignore_sigterm
 
 log = logging.getLogger(__name__)
-
-
-def delta_jars(jars_dir: str | Path) -> list[str]:
-    """Absolute paths of the jars `make setup` resolved into ``jars_dir`` (empty if none)."""
-    d = Path(jars_dir)
-    return sorted(str(p.resolve()) for p in d.glob("*.jar")) if d.is_dir() else []
 
 
 def spark_conf(cfg: SparkConfig) -> dict[str, str]:
@@ -44,14 +37,8 @@ def spark_conf(cfg: SparkConfig) -> dict[str, str]:
         conf["spark.driver.memory"] = cfg.driver_memory
     if cfg.use_packages:
         conf["spark.jars.packages"] = cfg.delta_package
-    elif cfg.jars_dir is not None:
-        jars = delta_jars(cfg.jars_dir)
-        if not jars:
-            raise ConfigError(
-                f"spark.jars_dir: no Delta jars in {cfg.jars_dir!r}. Run `make setup` once (it resolves "
-                f"{cfg.delta_package} from Maven Central), or set spark.use_packages=true."
-            )
-        conf["spark.jars"] = ",".join(jars)
+    elif cfg.jars_dir is not None or "spark.jars" not in cfg.conf:  # else the user lists the jars
+        conf["spark.jars"] = ",".join(find_delta_jars(cfg.jars_dir, cfg.delta_package))
     conf.update(cfg.conf)
     return conf
 

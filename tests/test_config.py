@@ -115,3 +115,61 @@ def test_arrow_batches_bounded_by_rows_and_optionally_bytes() -> None:
     assert conf["spark.sql.execution.arrow.maxBytesPerBatch"] == "8388608"
     with pytest.raises(ConfigError, match=r"spark\.arrow_max_bytes_per_batch"):
         load_config(overrides=["spark.arrow_max_bytes_per_batch=0"])
+
+
+@pytest.fixture
+def no_jar_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No $ADREC_JARS_DIR, an empty user cache under ``tmp_path``, and ``tmp_path/elsewhere`` as the cwd."""
+    monkeypatch.delenv("ADREC_JARS_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    return elsewhere
+
+
+def test_jars_are_found_from_another_working_directory(no_jar_settings: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # the default (conf/local.yaml) finds the jars `make setup` put in this checkout's .jars
+    conf = spark_conf(load_config([ROOT / "conf" / "local.yaml"]).spark)
+    assert conf["spark.jars"].split(",") == sorted(str(p.absolute()) for p in (ROOT / ".jars").glob("*.jar"))
+    # $ADREC_JARS_DIR (e.g. after `python -m adrec_spark.jars --dest ...`) wins over the checkout's
+    mine = tmp_path / "my-jars"
+    mine.mkdir()
+    (mine / "delta-spark.jar").write_text("")
+    monkeypatch.setenv("ADREC_JARS_DIR", str(mine))
+    assert spark_conf(AppConfig().spark)["spark.jars"] == str(mine / "delta-spark.jar")
+
+
+def test_jars_in_the_user_cache_are_found_outside_a_checkout(no_jar_settings: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from adrec_spark import jars
+
+    monkeypatch.setattr(jars, "source_tree_jars_dir", lambda: None)  # as installed from a wheel
+    cache = tmp_path / "cache" / "adrec-spark" / "jars"
+    cache.mkdir(parents=True)
+    (cache / "delta.jar").write_text("")
+    assert spark_conf(AppConfig().spark)["spark.jars"] == str(cache / "delta.jar")
+
+
+def test_missing_jars_message_names_every_absolute_path_and_the_ways_out(
+        no_jar_settings: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from adrec_spark import jars
+
+    monkeypatch.setattr(jars, "source_tree_jars_dir", lambda: tmp_path / "checkout" / ".jars")
+    with pytest.raises(ConfigError) as e:
+        spark_conf(AppConfig().spark)
+    message = str(e.value)
+    for place in (tmp_path / "checkout" / ".jars", tmp_path / "cache" / "adrec-spark" / "jars"):
+        assert str(place) in message
+    for way_out in ("make setup", "python -m adrec_spark.jars", "ADREC_JARS_DIR", "spark.jars_dir",
+                    "spark.use_packages=true"):
+        assert way_out in message
+    # a relative folder the user named is reported as the absolute path it means here
+    with pytest.raises(ConfigError) as e:
+        spark_conf(load_config(overrides=["spark.jars_dir=.jars"]).spark)
+    assert str(no_jar_settings / ".jars") in str(e.value)
+    # a folder named by $ADREC_JARS_DIR is the only place looked at: a wrong setting is not passed over
+    monkeypatch.setenv("ADREC_JARS_DIR", str(tmp_path / "typo"))
+    with pytest.raises(ConfigError, match="typo"):
+        spark_conf(AppConfig().spark)
