@@ -1,7 +1,9 @@
 """The ``adrec`` console command; ``jobs/*.py`` call :func:`main` with their job name.
 
-Every command takes ``--conf FILE`` (repeatable; later wins) and ``--set key=value`` (repeatable). The
-config is loaded and checked before any Spark work starts. User-facing errors print one line and exit 2; a
+Every command takes ``--conf FILE`` (repeatable; later wins; a packaged config by name: ``--conf cluster``),
+``--set key=value`` (repeatable) and ``--log-level``, before or after the command's name (both are joined, the
+ones before first). ``adrec config`` prints the configuration they make. The config is loaded and checked before
+any Spark work starts. User-facing errors print one line and exit 2; a
 job stopped by SIGTERM or Ctrl-C puts back what it wrote and exits 128 + the signal's number.
 """
 
@@ -83,6 +85,15 @@ def _session(cfg: AppConfig, job: str):
 # --- commands ---------------------------------------------------------------------------------------------
 
 
+def cmd_config(args: argparse.Namespace, cfg: AppConfig) -> int:
+    """Print the effective configuration as YAML, each setting with where it came from."""
+    from adrec_spark.config import config_yaml, load_config_with_sources
+
+    _, sources = load_config_with_sources(config_files(args), args.overrides)
+    print(config_yaml(cfg, sources), end="")
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace, cfg: AppConfig) -> int:
     from adrec_spark.data.generator import GeneratorSpec, generate
 
@@ -135,6 +146,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     parser = argparse.ArgumentParser(prog="adrec", description=__doc__, parents=[_common(top_level=True)])
     sub = parser.add_subparsers(dest="command", required=True)
     commands: dict[str, Command] = {}
+
+    p = sub.add_parser("config", parents=[common], help="print the effective configuration as YAML (what a job "
+                                                         "with these --conf/--set would use), with each value's origin")
+    commands["config"] = cmd_config
 
     p = sub.add_parser("generate", parents=[common], help="write sample ad logs to the landing area")
     p.add_argument("--out", help="output folder (default: the parent of storage.raw_events)")

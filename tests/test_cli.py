@@ -96,3 +96,61 @@ def test_log_level_defaults_to_the_environment(monkeypatch: pytest.MonkeyPatch,
     assert run_capturing(monkeypatch, ["etl", "--date", "2024-01-01"])["args"].log_level == "WARNING"
     monkeypatch.delenv("ADREC_LOG_LEVEL")
     assert run_capturing(monkeypatch, ["etl", "--date", "2024-01-01"])["args"].log_level == "INFO"
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_demo_uses_the_packaged_demo_config_from_any_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import adrec_spark
+    from adrec_spark.config import load_config, resolve_config_file
+
+    monkeypatch.delenv("ADREC_CONF", raising=False)
+    monkeypatch.chdir(tmp_path)
+    parser, _ = cli.build_parser()
+    files = cli.config_files(cli.parse_args(parser, ["demo"]))
+    path = resolve_config_file(files[0])
+    assert path.is_relative_to(Path(adrec_spark.__file__).parent)   # inside the package, not the cwd
+    cfg = load_config(files)
+    assert (cfg.train.max_train_rows, cfg.train.epochs, cfg.model.max_length) == (2000, 1, 128)  # conf/demo.yaml
+    # a file the user gives (here through the environment) replaces the demo config, as --conf does
+    own = tmp_path / "own.yaml"
+    own.write_text("train: {epochs: 3}\n")
+    monkeypatch.setenv("ADREC_CONF", str(own))
+    assert cli.config_files(cli.parse_args(parser, ["demo"])) == [str(own)]
+
+
+def test_packaged_configs_by_name_and_a_clear_error_for_a_missing_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from adrec_spark.config import ConfigError, load_config
+
+    monkeypatch.chdir(tmp_path)
+    assert load_config(["cluster"]) == load_config([ROOT / "conf" / "cluster.yaml"])
+    assert load_config(["cluster-gpu.yaml"]) == load_config([ROOT / "conf" / "cluster-gpu.yaml"])
+    with pytest.raises(ConfigError) as e:
+        load_config(["conf/cluster.yaml"])    # a path is a path: no silent swap for the packaged file
+    assert str(tmp_path / "conf" / "cluster.yaml") in str(e.value)
+    assert "cluster, cluster-gpu, demo, local, movielens" in str(e.value)
+
+
+def test_config_command_prints_yaml_that_loads_back_with_each_values_origin(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        two_files: tuple[Path, Path]) -> None:
+    from adrec_spark.config import load_config
+
+    a, _ = two_files
+    overrides = ["score.top_k=3", 'mlflow.experiment="yes"', "evaluate.ks=[1, 3]", "etl.split.method=dates",
+                 "etl.split.valid_start=2024-01-10", "etl.split.test_start=2024-01-12",
+                 "spark.conf={'spark.x': 'a: b', 'spark.y': '1'}", "train.learning_rate=5e-4",
+                 "storage.lakehouse=s3a://bucket/lake, with comma"]
+    argv = ["--conf", str(a), "config"] + [x for o in overrides for x in ("--set", o)]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    printed = tmp_path / "printed.yaml"
+    printed.write_text(out)
+    assert load_config([printed]) == load_config([a], overrides)
+    lines = [line.strip() for line in out.splitlines()]
+    assert "top_k: 3  # --set score.top_k=3" in lines
+    assert f"popular_pool: 7  # file {a}" in lines
+    assert "epochs: 2  # default" in lines
+    assert "experiment: 'yes'  # --set mlflow.experiment=\"yes\"" in lines
