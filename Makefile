@@ -1,18 +1,19 @@
 # adrec-spark: `make demo` runs the whole pipeline on the embedded local default, `make test` the tests.
-# Both run `setup` first (idempotent: a virtualenv, the pinned packages, the Delta jars, a Java check).
+# Both run `setup` first (idempotent: a virtualenv, the locked packages, the Delta jars, a Java check).
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.adrec-installed
 JARS   := .jars/.resolved
+LOCK   := requirements.lock
 
 export PYSPARK_PYTHON        := $(CURDIR)/$(BIN)/python
 export PYSPARK_DRIVER_PYTHON := $(CURDIR)/$(BIN)/python
 export SPARK_LOCAL_IP        ?= 127.0.0.1
 export PYTHONUNBUFFERED      := 1
 
-.PHONY: setup java-check demo test test-fast lint format bench bench-etl bench-quality cluster-test mlflow-ui clean
+.PHONY: setup java-check lock demo test test-fast lint format bench bench-etl bench-quality cluster-test mlflow-ui clean
 
 setup: java-check $(STAMP) $(JARS)
 
@@ -21,11 +22,23 @@ java-check:
 	@v=$$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1); \
 	  [ "$${v:-0}" -ge 17 ] || { echo "Java 17+ is required (found $$v)" >&2; exit 1; }
 
-$(STAMP): pyproject.toml
+# The exact tested set from the lock, then this package alone (its ranges in pyproject.toml are for
+# installing the wheel beside other packages).
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -r $(LOCK)
+	$(BIN)/python -m pip install -q --no-deps -e .
 	@touch $@
+
+# Regenerate the lock from pyproject.toml's ranges with uv (installed into .uv/, not the project's venv):
+# versions already locked are kept while they fit; `make lock UPGRADE=1` takes the newest in range.
+# One lock for every supported Python and platform (--universal), resolved from the lowest supported Python.
+# Then run `make test` and commit pyproject.toml and requirements.lock together.
+lock:
+	@test -x .uv/bin/uv || { $(PYTHON) -m venv .uv && .uv/bin/python -m pip install -q "uv>=0.13,<0.14"; }
+	.uv/bin/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 -o $(LOCK) \
+	  $(if $(UPGRADE),--upgrade)
 
 $(JARS): $(STAMP)
 	$(BIN)/python -m adrec_spark.jars --dest .jars
