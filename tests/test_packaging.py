@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -75,9 +76,15 @@ def test_install_stamp_depends_on_the_lock() -> None:
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
+    """The wheel built from a copy of what it is made of (setuptools' build/ folder in the checkout could
+    hold files deleted since)."""
+    src, out = tmp_path_factory.mktemp("src"), tmp_path_factory.mktemp("wheel")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    for name in ("adrec_spark", "conf"):  # symlinks=True: adrec_spark/conf stays the link to conf/
+        shutil.copytree(ROOT / name, src / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                    str(out), str(ROOT)], check=True, cwd=out)
+                    str(out), str(src)], check=True, cwd=out)
     (built,) = out.glob("adrec_spark-*.whl")
     return built
 
