@@ -45,7 +45,7 @@ def _common(*, top_level: bool = False) -> argparse.ArgumentParser:
                         "packaged one (demo, cluster, cluster-gpu, movielens); repeatable, later wins")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides" + suffix,
                    help="override one setting, e.g. --set train.epochs=3; repeatable, later wins")
-    p.add_argument("--log-level", default=None, dest="log_level" + suffix,
+    p.add_argument("--log-level", default=None, dest="log_level" + suffix, metavar="LEVEL",
                    help="logging level (default: $ADREC_LOG_LEVEL or INFO)")
     return p
 
