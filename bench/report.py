@@ -90,8 +90,8 @@ def status(c: Json, legacy: bool) -> str:
     if not legacy:
         return "like for like"
     if extra:
-        return f"{PREDATES}: not like for like ({', '.join(extra)} differ)"
-    return f"{PREDATES}, like for like all the same"
+        return f"{PREDATES}; not like for like: {', '.join(extra)} differ"
+    return f"{PREDATES}; like for like"
 
 
 def comparison_table(comps: list[Json], legacy: bool) -> list[str]:

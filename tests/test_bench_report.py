@@ -105,7 +105,7 @@ def test_legacy_scoring_ratios_are_recomputed_at_the_same_precision() -> None:
     comps = {c["name"]: c for c in report.legacy_comparisons(legacy)}
     # 101.0 pairs/s (job, bf16) / 85.7 (spark_udf, bf16), the rows of bench/results/scoring.json
     assert comps["job_vs_spark_udf_bf16"]["ratio"] == pytest.approx(101.0 / 85.7, rel=2e-3)
-    assert report.status(comps["job_vs_spark_udf_bf16"], legacy=True).startswith(report.PREDATES + ": not like")
+    assert report.status(comps["job_vs_spark_udf_bf16"], legacy=True).startswith(report.PREDATES + "; not like")
     assert comps["bf16_vs_fp32_in_process"]["ratio"] == pytest.approx(135.3 / 51.3, rel=2e-3)
     page = report.page({"scoring": legacy})
     assert "69.7 s against 189.9 s" in page
