@@ -343,7 +343,7 @@ still differed.
 How to re-run (2-core CPU; durations from the recorded runs): `python bench/run.py scoring` (~47 min, of
 which ~6 min prepare a world and a model once), `python bench/run.py scoring --users 2 --rounds 1
 --cascade-users 5` (~10 min once prepared), `python bench/run.py training` (~5 min once the scoring world is
-prepared), `make bench-etl` (~10 min), `make bench-quality` (~25 min), `python bench/run.py ceiling` (after
+prepared), `make bench-etl` (~10 min), `make bench-quality` (~30 min), `python bench/run.py ceiling` (after
 bench-quality, ~2 min), `python bench/run.py profile` (~10 min), then `python bench/run.py report`.
 
 ## Summary
