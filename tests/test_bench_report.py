@@ -119,3 +119,13 @@ def test_reduced_scoring_run_options_and_its_command() -> None:
     assert Options().command() == "python bench/run.py scoring"
     with pytest.raises(SystemExit):
         parse_options(["--users", "0"])
+
+
+def test_scoring_bench_scripts_are_valid_python_once_filled_in() -> None:
+    from bench import scoring_bench as sb
+
+    filled = {"job": sb.SPARK_JOB.format(root="/r", work="/w", date="2024-01-14", overrides=("a=1",)),
+              "spark_udf": sb.SPARK_UDF.format(root="/r", work="/w", pairs="/p", out="/o")}
+    for name, code in filled.items():
+        compile(code, name, "exec")
+    assert '"output": "delta"' in filled["spark_udf"] and ".repartition(cores * 2)" in filled["spark_udf"]
