@@ -32,11 +32,12 @@ def machine() -> dict[str, object]:
             "cuda": torch.cuda.is_available(), "date": dt.date.today().isoformat()}
 
 
-def save(name: str, payload: dict[str, object]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def save(name: str, payload: dict[str, object], *, path: Path | None = None) -> Path:
+    """Write ``{"machine": ..., **payload}`` to bench/results/<name>.json (or ``path``)."""
+    path = path or RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"machine": machine(), **payload}, indent=2, default=str))
-    print(f"\nwrote {path.relative_to(ROOT)}")
+    print(f"\nwrote {path}")
     return path
 
 

@@ -42,7 +42,7 @@ def _inputs(n: int):
     from bench.scoring_bench import THROUGHPUT_USERS, _bench_lakehouse, _pairs, prepare
 
     prepare()  # cached: the scoring bench's world, when that bench has not run here yet
-    pairs = _pairs(_bench_lakehouse("lakehouse-bench", THROUGHPUT_USERS))
+    pairs = _pairs(_bench_lakehouse(f"lakehouse-bench-{THROUGHPUT_USERS}", THROUGHPUT_USERS))
     if (spark := SparkSession.getActiveSession()) is not None:
         spark.stop()  # an idle JVM beside the measurements
     df = pd.read_parquet(pairs).sample(n, random_state=0)
@@ -134,7 +134,11 @@ def run() -> dict[str, object]:
            "bf16_vs_fp32_same_batch_median": rows[0]["batch_ms_median"] / rows[1]["batch_ms_median"],
            "compiled_vs_eager_bf16": {k: v / eager for k, v in compiled.items()}, "eager_bf16_same_process": eager,
            "int8_by_engine_vs_fp32": {k: v / rows[0]["pairs_per_second"] for k, v in int8.items()},
-           "compile_seconds": compile_seconds, "sample_pairs": SAMPLE}
+           "compile_seconds": compile_seconds, "sample_pairs": SAMPLE,
+           # every ratio above compares rows over the same pairs in one process; only the precision, the
+           # quantized engine or torch.compile varies
+           "held_constant": {"pairs": SAMPLE, "cores": 2, "processes": 1, "torch_threads": 2, "batch_size": 64,
+                             "output": "memory"}}
     print(f"\nsame 32 pairs {REPEATS} times: bf16 / fp32 {out['bf16_vs_fp32_same_batch_fastest']:.2f}x at each one's "
           f"fastest, {out['bf16_vs_fp32_same_batch_median']:.2f}x at the median")
     print(f"bf16 / fp32 {out['bf16_vs_fp32']:.2f}x; over eager bf16: "

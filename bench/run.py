@@ -1,7 +1,8 @@
-"""`make bench` entry point: python bench/run.py {etl|training|scoring|quality|ceiling|profile|all}.
+"""`make bench` entry point: python bench/run.py {etl|training|scoring|quality|ceiling|profile|all|report}.
 
-Each benchmark prints its table and writes bench/results/<name>.json. They run on this machine's CPUs
-(2 cores here); numbers in the README come from these commands.
+Each benchmark prints its table and writes bench/results/<name>.json with the machine and the command;
+``scoring`` takes options for a smaller run (``python bench/run.py scoring --help``). ``report`` regenerates
+docs/benchmarks.md from bench/results/*.json (no Spark, seconds).
 """
 
 from __future__ import annotations
@@ -13,10 +14,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv: list[str]) -> int:
-    what = argv[0] if argv else "all"
-    if what not in ("etl", "training", "scoring", "quality", "ceiling", "profile", "all"):
+    what, rest = (argv[0], argv[1:]) if argv else ("all", [])
+    if what not in ("etl", "training", "scoring", "quality", "ceiling", "profile", "all", "report"):
         print(__doc__)
         return 2
+    if rest and what != "scoring":
+        print(f"{what} takes no options; only scoring does", file=sys.stderr)
+        return 2
+    if what == "report":
+        from bench import report
+
+        print(f"wrote {report.write()}")
+        return 0
     if what in ("etl", "all"):
         from bench import etl_bench
 
@@ -24,7 +33,7 @@ def main(argv: list[str]) -> int:
     if what in ("scoring", "all"):
         from bench import scoring_bench
 
-        scoring_bench.run()
+        scoring_bench.run(rest)
     if what in ("training", "all"):
         from bench import training_bench
 

@@ -277,16 +277,7 @@ def partition_unit(spark: SparkSession, storage: StorageConfig) -> Iterator[Part
         raise
 
 
-def append_rows(df: DataFrame, storage: StorageConfig, table: str) -> None:
-    """Append (used for run logs keyed by run id, never for nightly data)."""
-    df.write.format("delta").mode("append").option("mergeSchema", "true").save(storage.table_path(table))
-
-
 def date_range(start: dt.date, end: dt.date) -> list[dt.date]:
     if end < start:
         raise ValueError(f"end date {end} is before start date {start}")
     return [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
-
-
-def partition_filter(column: str, values: Sequence[dt.date]) -> F.Column:
-    return F.col(column).isin([v.isoformat() if isinstance(v, dt.date) else v for v in values])

@@ -54,10 +54,7 @@ def choose_device(task_gpus: Sequence[str] | None, *, cuda_available: bool | Non
 
 
 def cpu_default_precision() -> str:
-    """The fastest CPU precision that keeps quality, as measured (README, ``make bench``): bf16 where the CPU
-    has native bf16 (on ~107-token pairs: with AMX 2.6-3.4x fp32 against int8's 1.3-1.8x; AVX512-BF16 alone
-    2.3x, int8 2.0-2.4x, a tie), else int8 dynamic quantization; both track fp32 scores at correlation
-    >= 0.999."""
+    """bf16 where the CPU has native bf16 (AMX, AVX512-BF16), else int8: faster than fp32 at fp32's ranking."""
     return "bf16" if cpu_supports_bf16() else "int8"
 
 

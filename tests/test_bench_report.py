@@ -1,0 +1,131 @@
+"""The benchmark page is generated from bench/results/*.json, and the benches' ratios are like for like.
+
+Fast: no Spark, no model."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ is not part of the installed package
+
+from bench import report
+from bench.fairness import UnfairComparison, comparison
+from bench.scoring_bench import INPROC, JOB, UDF, Options, comparisons, parse_options
+
+SETTINGS = {"precision": "fp32", "cores": 2, "processes": 2, "torch_threads": 1, "partitions": 4, "pairs": 100,
+            "batch_size": 64, "output": "delta"}
+
+
+def test_committed_benchmark_page_is_what_the_script_generates() -> None:
+    expected = report.page(report.load())
+    assert report.PAGE.read_text() == expected, "docs/benchmarks.md is stale: run `python bench/run.py report`"
+
+
+def test_readme_summary_table_is_generated_from_the_results() -> None:
+    readme = report.README.read_text()
+    assert report.SUMMARY_START in readme and report.SUMMARY_END in readme
+    assert report.readme_with_summary(readme, report.load()) == readme, (
+        "the README's benchmark summary is stale: run `python bench/run.py report`")
+
+
+def test_page_names_command_and_machine_and_says_not_recorded_when_missing(tmp_path: Path) -> None:
+    results = report.load()
+    etl = {k: v for k, v in results["etl"].items() if k != "machine"}
+    text = report.page({"etl": etl})
+    assert "Machine: not recorded." in text
+    assert "Command: `make bench-etl`" in text
+    assert "Machine: CPU Intel(R) Xeon(R) Processor, 2 cores" in report.page({"etl": results["etl"]})
+
+
+def test_stale_readme_figure_is_detected() -> None:
+    readme = report.README.read_text()
+    start = readme.index(report.SUMMARY_START)
+    tampered = readme[:start] + readme[start:].replace("11.1x", "12.0x", 1)
+    assert tampered != readme
+    assert report.readme_with_summary(tampered, report.load()) != tampered
+
+
+def test_comparison_records_what_both_sides_held_constant() -> None:
+    a = {"label": "bf16", "rate": 30.0, "settings": {**SETTINGS, "precision": "bf16"}}
+    b = {"label": "fp32", "rate": 10.0, "settings": SETTINGS}
+    c = comparison("bf16_vs_fp32", a, b, varies=("precision",))
+    assert c["ratio"] == pytest.approx(3.0)
+    assert c["varies"] == {"precision": ["bf16", "fp32"]}
+    assert c["held_constant"] == {"batch_size": 64, "cores": 2, "output": "delta", "pairs": 100, "partitions": 4,
+                                  "processes": 2, "torch_threads": 1}
+
+
+@pytest.mark.parametrize("key, value", [("precision", "bf16"), ("partitions", 1), ("torch_threads", 2),
+                                        ("output", "noop"), ("pairs", 99), ("cores", 4)])
+def test_comparison_refuses_an_undeclared_difference(key: str, value: object) -> None:
+    a = {"label": "job", "rate": 30.0, "settings": {**SETTINGS, key: value}}
+    b = {"label": "udf", "rate": 10.0, "settings": SETTINGS}
+    with pytest.raises(UnfairComparison, match=key):
+        comparison("job_vs_udf", a, b)
+
+
+def test_comparison_refuses_a_side_without_its_settings() -> None:
+    partial = {k: v for k, v in SETTINGS.items() if k != "output"}
+    with pytest.raises(UnfairComparison, match="output"):
+        comparison("x", {"label": "a", "rate": 1.0, "settings": partial},
+                   {"label": "b", "rate": 1.0, "settings": partial})
+
+
+def _row(method: str, precision: str, rate: float, **settings: object) -> dict[str, object]:
+    base = ({"cores": 2, "processes": 1, "torch_threads": 2, "partitions": None, "output": "memory"}
+            if method == INPROC else {"cores": 2, "processes": 2, "torch_threads": 1, "partitions": 4,
+                                      "output": "delta"})
+    return {"method": method, "precision": precision, "pairs_per_second": rate,
+            "settings": {**base, "precision": precision, "pairs": 100, "batch_size": 64, **settings}}
+
+
+def test_scoring_bench_compares_job_and_spark_udf_at_the_same_settings() -> None:
+    rows = [_row(m, p, r) for m, p, r in [(INPROC, "fp32", 50.0), (INPROC, "bf16", 135.0), (JOB, "fp32", 50.0),
+                                           (JOB, "bf16", 100.0), (UDF, "fp32", 40.0), (UDF, "bf16", 80.0)]]
+    comps = {c["name"]: c for c in comparisons(rows, "bf16")}
+    udf = comps["job_vs_spark_udf_bf16"]
+    assert udf["ratio"] == pytest.approx(1.25)
+    assert udf["varies"] == {}
+    assert udf["held_constant"]["precision"] == "bf16" and udf["held_constant"]["partitions"] == 4
+    assert set(comps["job_vs_in_process_fp32"]["varies"]) == {"processes", "torch_threads", "partitions", "output"}
+    assert comps["bf16_vs_fp32_in_process"]["ratio"] == pytest.approx(2.7)
+    # the old bench's spark_udf: one partition, torch's default threads, a no-op sink -> refused
+    rows[-1] = _row(UDF, "bf16", 80.0, partitions=1, output="noop")
+    with pytest.raises(UnfairComparison, match="partitions"):
+        comparisons(rows, "bf16")
+
+
+def test_legacy_scoring_ratios_are_recomputed_at_the_same_precision() -> None:
+    legacy = json.loads((report.RESULTS / "scoring.json").read_text())
+    assert "comparisons" not in legacy  # written before the fix
+    comps = {c["name"]: c for c in report.legacy_comparisons(legacy)}
+    # 101.0 pairs/s (job, bf16) / 85.7 (spark_udf, bf16), the rows of bench/results/scoring.json
+    assert comps["job_vs_spark_udf_bf16"]["ratio"] == pytest.approx(101.0 / 85.7, rel=2e-3)
+    assert report.status(comps["job_vs_spark_udf_bf16"], legacy=True).startswith(report.PREDATES + "; not like")
+    assert comps["bf16_vs_fp32_in_process"]["ratio"] == pytest.approx(135.3 / 51.3, rel=2e-3)
+    page = report.page({"scoring": legacy})
+    assert "69.7 s against 189.9 s" in page
+    assert "| scoring job / `mlflow.pyfunc.spark_udf`, both bf16 | 1.18x |" in page
+
+
+def test_reduced_scoring_run_options_and_its_command() -> None:
+    o = parse_options(["--users", "2", "--rounds", "1"])
+    assert (o.users, o.rounds, o.cascade_users) == (2, 1, 40)
+    assert o.command() == "python bench/run.py scoring --users 2 --rounds 1"
+    assert Options().command() == "python bench/run.py scoring"
+    with pytest.raises(SystemExit):
+        parse_options(["--users", "0"])
+
+
+def test_scoring_bench_scripts_are_valid_python_once_filled_in() -> None:
+    from bench import scoring_bench as sb
+
+    filled = {"job": sb.SPARK_JOB.format(root="/r", work="/w", date="2024-01-14", overrides=("a=1",)),
+              "spark_udf": sb.SPARK_UDF.format(root="/r", work="/w", pairs="/p", out="/o")}
+    for name, code in filled.items():
+        compile(code, name, "exec")
+    assert '"output": "delta"' in filled["spark_udf"] and ".repartition(cores * 2)" in filled["spark_udf"]
