@@ -61,7 +61,8 @@ def grouped_order(keys: np.ndarray, rng: np.random.Generator, chunk: int) -> np.
 
 class PairDataset:
     """One split (a folder of Parquet files, a local path or a storage URI) of training pairs, in file order
-    (the job writes them sorted by time). ``max_rows`` keeps the first rows, or with ``newest`` the last ones (the most recent examples)."""
+    (the job writes them sorted by time). ``max_rows`` keeps the first rows, or with ``newest`` the last ones
+    (the most recent examples)."""
 
     def __init__(self, path: str | Path, *, max_rows: int | None = None,
                  extra_columns: Sequence[str] = (), newest: bool = False) -> None:
