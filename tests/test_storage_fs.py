@@ -28,6 +28,7 @@ from adrec_spark.io import fs
     ("file:///tmp/adrec/x", "/tmp/adrec/x"),
     ("file:/tmp/adrec/x", "/tmp/adrec/x"),  # Hadoop's own spelling
     ("file://localhost/tmp/x", "/tmp/x"),
+    ("file:///tmp/with%20space/x", "/tmp/with space/x"),
     ("/tmp/adrec/../adrec/x", "/tmp/adrec/x"),
 ])
 def test_hadoop_schemes_map_to_pyarrow(location: str, want: str) -> None:

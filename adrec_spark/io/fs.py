@@ -19,7 +19,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
@@ -60,7 +60,7 @@ def local_path(location: str) -> Path | None:
         raise ConfigError(f"{location}: a file: URI names no host (file:///absolute/path), got {parts.netloc!r}")
     if not parts.path.startswith("/"):
         raise ConfigError(f"{location}: a file: URI needs an absolute path (file:///absolute/path)")
-    return Path(os.path.normpath(parts.path))
+    return Path(os.path.normpath(unquote(parts.path)))  # as_uri() and Hadoop write a space as %20
 
 
 def to_arrow_uri(location: str) -> str:
