@@ -10,6 +10,10 @@ retention that covers the forget commit (``adrec forget-users --vacuum``, or the
 168 hours by default). Tables with deletion vectors are purged (``REORG TABLE ... APPLY (PURGE)``) after the
 delete, so that vacuum can remove the rows there too.
 
+It also removes the users' rows from the training splits that a training run exports to ``storage.staging``
+(user ids and history text). A run deletes its splits when it ends, so only a killed run leaves any; the
+MLflow artifacts hold no user's rows (the pyfunc's input example is synthetic, evaluation logs aggregates).
+
 Known limits: a rejected raw record keeps the user's id only in its ``payload`` text. That text was
 scrubbed of e-mail addresses and phone numbers and cut to ``MAX_PAYLOAD_CHARS`` at ingestion, so an id that
 looks like a phone number, or one that sits beyond the cut, is no longer in it and cannot be matched.
@@ -18,6 +22,7 @@ looks like a phone number, or one that sits beyond the cut, is no longer in it a
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -28,6 +33,10 @@ from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 from delta.tables import DeltaTable
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -36,7 +45,7 @@ from adrec_spark import schema as S
 from adrec_spark.config import AppConfig, PrivacyConfig
 from adrec_spark.errors import ConfigError, InputDataError, WriteConflictError
 from adrec_spark.frames import require_columns
-from adrec_spark.io import tables
+from adrec_spark.io import fs, tables
 from adrec_spark.io.tables import _is_conflict
 
 log = logging.getLogger(__name__)
@@ -245,7 +254,42 @@ def forget_users(spark: SparkSession, cfg: AppConfig, user_ids: Sequence[str]) -
                  tables.table_version(spark, cfg.storage, name))
     log.info("forgot %d user(s): %d row(s) deleted from %d table(s); older versions keep them until VACUUM",
              len(ids), sum(deleted.values()), len(deleted))
+    forget_in_staging(cfg.storage.staging, ids, salt)
     return deleted
+
+
+def forget_in_staging(staging: str, user_ids: Sequence[str], salt: str | None) -> int:
+    """Remove the users' rows (by id or pseudonym) from every Parquet file of exported training splits under
+    ``staging/training``; the rows removed. A file is rewritten whole (a temporary file, then a move) only when
+    it holds one of them."""
+    keys = set(_clean_ids(user_ids))
+    if salt is not None:
+        keys |= {hashlib.sha256(f"{salt}:{uid}".encode()).hexdigest() for uid in list(keys)}
+    key_set = pa.array(sorted(keys), pa.string())
+    root = fs.join(staging, "training")
+    filesystem, _ = fs.filesystem_and_path(root)
+    removed = files = 0
+    for path in fs.list_files(root):
+        name = path.rsplit("/", 1)[-1]
+        if not name.endswith(".parquet") or name.startswith((".", "_")):
+            continue
+        table = pq.read_table(path, filesystem=filesystem)
+        if S.USER_ID not in table.column_names:
+            continue
+        hit = pc.fill_null(pc.is_in(table.column(S.USER_ID).cast(pa.string()), value_set=key_set), False)
+        n = int(pc.sum(hit).as_py() or 0)
+        if not n:
+            continue
+        tmp = f"{path.rsplit('/', 1)[0]}/.{name}.forget"
+        with filesystem.open_output_stream(tmp) as out:
+            pq.write_table(table.filter(pc.invert(hit)), out)
+        filesystem.move(tmp, path)
+        crc = f"{path.rsplit('/', 1)[0]}/.{name}.crc"  # Hadoop's checksum of the old file: stale now
+        if filesystem.get_file_info(crc).type == pafs.FileType.File:
+            filesystem.delete_file(crc)
+        removed, files = removed + n, files + 1
+    log.info("staging: deleted %d row(s) from %d exported training file(s) under %s", removed, files, root)
+    return removed
 
 
 # --- vacuum -----------------------------------------------------------------------------------------------

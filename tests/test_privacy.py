@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 from urllib.parse import unquote
 
+import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import functions as F
 
@@ -21,7 +22,9 @@ from adrec_spark.config import PrivacyConfig
 from adrec_spark.data.generator import GeneratorSpec, generate
 from adrec_spark.errors import ConfigError, InputDataError
 from adrec_spark.etl.pipeline import run_etl
+from adrec_spark.training.pipeline import export_splits
 from tests.conftest import make_config
+from tests.leaks import files_holding
 
 START = dt.date(2024, 1, 1)
 DAY2 = START + dt.timedelta(days=1)
@@ -131,6 +134,9 @@ def forgotten(spark, tmp_path_factory):
     day2 = tmp / "raw" / "events" / f"date={DAY2.isoformat()}" / "events-0.jsonl"
     day2.write_text(day2.read_text() + "".join(line + "\n" for line in EXTRA_LINES))
     run_etl(spark, cfg, START, DAY2)
+    # what a training run killed after its export leaves in storage.staging
+    examples = spark.read.format("delta").load(cfg.storage.table_path(S.TRAINING_EXAMPLES))
+    export_splits(examples, f"{cfg.storage.staging}/training/killed-run", partitions=2)
     _write_outputs(spark, cfg)
     versions = _versions(spark, cfg)
     before = _snapshot(spark, cfg)
@@ -168,6 +174,23 @@ def test_victims_are_gone_from_the_current_version(forgotten) -> None:
         text = [json.dumps(r) for r in rows]
         assert not any(_belongs_to_victim(table, r) for r in rows), table
         assert not any(f'"{v}"' in t for t in text for v in (*VICTIMS, *pseudo)), table
+
+
+def test_training_splits_left_in_staging_lose_the_victims_rows(forgotten) -> None:
+    """A killed training run leaves user ids and history text in storage.staging: forget-users removes the
+    victims' rows there too, and keeps everyone else's."""
+    cfg, _, before, _, _ = forgotten
+    keys = set(VICTIMS) | {sha_pseudonym(v) for v in VICTIMS}
+    examples = before[S.TRAINING_EXAMPLES]
+    others = [r for r in examples if r[S.USER_ID] not in keys]
+    texts = {r.get(S.HISTORY_TEXT) for r in examples if r[S.USER_ID] in keys} - \
+        {r.get(S.HISTORY_TEXT) for r in others} - {None, ""}
+    assert texts and len(others) < len(examples)  # the victims had rows and a history of their own
+    staging = Path(cfg.storage.staging)
+    assert files_holding(staging, keys, texts) == []
+    staged = pq.read_table(staging / "training" / "killed-run")
+    assert staged.num_rows == len(others)
+    assert Counter(staged.column(S.USER_ID).to_pylist()) == Counter(r[S.USER_ID] for r in others)
 
 
 def test_everyone_else_is_untouched(forgotten) -> None:

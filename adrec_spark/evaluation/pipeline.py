@@ -8,6 +8,7 @@ import datetime as dt
 import logging
 import math
 import re
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from adrec_spark.evaluation.metrics import (
     score_curves,
 )
 from adrec_spark.evaluation.report import write_report
-from adrec_spark.io import tables
+from adrec_spark.io import fs, tables
 from adrec_spark.registry import registry
 from adrec_spark.scoring.udf import (
     UdfSettings,
@@ -54,9 +55,10 @@ class EvaluationResult:
     model_version: int
     table: pd.DataFrame  # method x metric
     beyond: pd.DataFrame | None
-    report_path: Path
+    report_path: Path  # a local file (for a remote evaluate.report_dir, the copy the job uploaded)
     seconds: float
     comparison: pd.DataFrame | None = None  # the model minus each baseline, per user (paired_comparisons)
+    report_location: str = ""  # where the report is in evaluate.report_dir (a path or a storage URI)
 
 
 def _test_rows(spark: SparkSession, cfg: AppConfig) -> tuple[DataFrame, DataFrame, int]:
@@ -233,14 +235,24 @@ def _mlflow_key(method: str) -> str:
     return re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9_\-./]", "_", method)).strip("_")
 
 
+def _local_report_path(report_dir: str, name: str) -> Path:
+    """Where the report is written first: in ``report_dir`` when it is local (a path or ``file:`` URI), else in
+    a local temporary folder, from where the job uploads it."""
+    local = fs.local_path(report_dir)
+    if local is None:
+        local = Path(tempfile.gettempdir()) / "adrec-spark-reports"
+    return local / name
+
+
 def run_evaluation(spark: SparkSession, cfg: AppConfig, score_date: dt.date | None = None) -> EvaluationResult:
     import mlflow
 
     t0 = time.perf_counter()
+    fs.to_arrow_uri(cfg.evaluate.report_dir)  # a scheme Python cannot write fails here, before any Spark work
     model = registry.resolve(cfg.mlflow, alias=None if cfg.score.model_version else cfg.score.model_alias,
                              version=cfg.score.model_version)
     registry.configure_mlflow(cfg.mlflow)
-    model_dir = registry.ensure_local_model(cfg.mlflow, model, Path(cfg.storage.staging) / "models")
+    model_dir = registry.ensure_local_model(cfg.mlflow, model, fs.local_cache_dir(cfg.storage.staging, "models"))
     settings = UdfSettings(model_file=ship_model_dir(spark.sparkContext, model_dir), precision=cfg.score.precision,
                            batch_size=cfg.score.batch_size, threads=cfg.score.torch_threads)
     df, version = scored_test_set(spark, cfg, settings)
@@ -265,8 +277,9 @@ def run_evaluation(spark: SparkSession, cfg: AppConfig, score_date: dt.date | No
             if math.isfinite(value):
                 key = _mlflow_key(method) + f".{metric}" + (f"_at_{k}" if k else "")
                 mlflow.log_metric(key, value)
+        report_name = f"evaluation-{eval_date.isoformat()}.html"
         report = write_report(
-            Path(cfg.evaluate.report_dir) / f"evaluation-{eval_date.isoformat()}.html",
+            _local_report_path(cfg.evaluate.report_dir, report_name),
             title=f"adrec-spark evaluation: {model.name} v{model.version}",
             subtitle=f"test split of training_examples v{version}; recommendations of {score_date or 'n/a'}",
             table=table, curves=curves, beyond=beyond, comparison=comparison,
@@ -276,6 +289,9 @@ def run_evaluation(spark: SparkSession, cfg: AppConfig, score_date: dt.date | No
                    "scoring job ranks them at one moment); their [by probability] rows rank by the full score.",
                    "popularity, als and pretrained scores are not probabilities: no log-loss or calibration."])
         mlflow.log_artifact(str(report), "report")
+        report_location = fs.join(cfg.evaluate.report_dir, report_name)
+        if not fs.is_local(report_location):
+            fs.upload_file(report, report_location)
         mlflow.log_text(table.to_csv(), "eval_table.csv")
         run_id = run.info.run_id
     rows = [(eval_date, run_id, model.name, model.version, version, m, metric, k, v)
@@ -287,6 +303,7 @@ def run_evaluation(spark: SparkSession, cfg: AppConfig, score_date: dt.date | No
                             values=[eval_date.isoformat()])
     result = EvaluationResult(run_id=run_id, eval_date=eval_date.isoformat(), model_name=model.name,
                               model_version=model.version, table=table, beyond=beyond, report_path=report,
+                              report_location=report_location,
                               seconds=time.perf_counter() - t0, comparison=comparison)
-    log.info("evaluation written: %s (%.0fs)", report, result.seconds)
+    log.info("evaluation written: %s (%.0fs)", report_location, result.seconds)
     return result

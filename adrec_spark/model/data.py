@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 
 from adrec_spark import schema as S
 from adrec_spark.errors import MissingColumnsError, TrainingDataError
+from adrec_spark.io import fs
 
 PAIR_COLUMNS = (S.HISTORY_TEXT, S.AD_TEXT, *S.NUMERIC_FEATURES, S.LABEL, S.RELEVANCE)
 
@@ -60,15 +60,16 @@ def grouped_order(keys: np.ndarray, rng: np.random.Generator, chunk: int) -> np.
 
 
 class PairDataset:
-    """One split (a folder of Parquet files) of training pairs, in file order (the job writes them sorted by
-    time). ``max_rows`` keeps the first rows, or with ``newest`` the last ones (the most recent examples)."""
+    """One split (a folder of Parquet files, a local path or a storage URI) of training pairs, in file order
+    (the job writes them sorted by time). ``max_rows`` keeps the first rows, or with ``newest`` the last ones
+    (the most recent examples)."""
 
     def __init__(self, path: str | Path, *, max_rows: int | None = None,
                  extra_columns: Sequence[str] = (), newest: bool = False) -> None:
         self.path = str(path)
-        if not Path(self.path).exists():
+        if not fs.exists(self.path):
             raise TrainingDataError(f"no training data at {self.path}")
-        self.dataset = ds.dataset(self.path, format="parquet")
+        self.dataset = fs.parquet_dataset(self.path)
         missing = [c for c in (*PAIR_COLUMNS, *extra_columns) if c not in self.dataset.schema.names]
         if missing:
             raise MissingColumnsError(f"training data {self.path}", missing, self.dataset.schema.names)

@@ -6,6 +6,7 @@ hardware has it, fixed seeds, checkpoints and resume, DistributedDataParallel wh
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -23,6 +24,7 @@ from torch import nn
 
 from adrec_spark import schema as S
 from adrec_spark.errors import TrainingDataError
+from adrec_spark.io import fs
 from adrec_spark.model.data import Batch, PairDataset
 from adrec_spark.model.encoder import load_tokenizer
 from adrec_spark.model.inference import cpu_supports_bf16, length_sorted_batches, tokenize_pairs
@@ -250,20 +252,20 @@ class TrainState:
     stopped_early: bool = False
 
 
-def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: object,
+def save_checkpoint(path: str, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: object,
                     state: TrainState, best_state: dict[str, torch.Tensor] | None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    """Write the checkpoint to ``path`` (a local path or a storage URI), whole or not at all."""
+    buf = io.BytesIO()
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "state": asdict(state), "best": best_state,  # type: ignore
                 "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                        "python": random.getstate()}}, tmp)
-    os.replace(tmp, path)  # atomic: a crash mid-write never leaves a half checkpoint
+                        "python": random.getstate()}}, buf)
+    fs.write_bytes(path, buf.getvalue())  # a temporary file, then a move: never a half checkpoint
 
 
-def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+def load_checkpoint(path: str, model: nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: object) -> tuple[TrainState, dict[str, torch.Tensor] | None]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = torch.load(io.BytesIO(fs.read_bytes(path)), map_location="cpu", weights_only=False)
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])  # type: ignore[attr-defined]
@@ -370,13 +372,13 @@ def _train(p: TrainParams, rank: int, world: int, local_rank: int) -> dict[str, 
     if p.use_gpu and device == "cpu":
         log.warning("use_gpu is set but CUDA is not available: training on CPU")
     precision = resolve_train_precision(p.precision, device)
-    data = Path(p.data_dir)
+    data = p.data_dir  # a local path or a storage URI
     ranking = p.ranking_loss_weight > 0
-    train = PairDataset(data / S.TRAIN, max_rows=p.max_train_rows, newest=True,  # the most recent rows
+    train = PairDataset(fs.join(data, S.TRAIN), max_rows=p.max_train_rows, newest=True,  # the most recent rows
                         extra_columns=(S.USER_ID,) if ranking else ())
     _check_data(train, p, world)
-    valid = PairDataset(data / S.VALID, max_rows=p.max_eval_rows).read_all()
-    test_set = PairDataset(data / S.TEST, max_rows=p.max_eval_rows, extra_columns=(S.USER_ID, S.AD_ID))
+    valid = PairDataset(fs.join(data, S.VALID), max_rows=p.max_eval_rows).read_all()
+    test_set = PairDataset(fs.join(data, S.TEST), max_rows=p.max_eval_rows, extra_columns=(S.USER_ID, S.AD_ID))
 
     if p.init_model_dir:
         model, tokenizer = load_model(p.init_model_dir)
@@ -403,9 +405,9 @@ def _train(p: TrainParams, rank: int, world: int, local_rank: int) -> dict[str, 
             model, device_ids=[local_rank] if device.startswith("cuda") else None,
             find_unused_parameters=p.trainable != "all" or p.lora)
 
-    ckpt_path = Path(p.checkpoint_dir) / "last.pt"
+    ckpt_path = fs.join(p.checkpoint_dir, "last.pt")
     state, best_state = TrainState(), None
-    if p.resume and ckpt_path.is_file():
+    if p.resume and fs.is_file(ckpt_path):
         state, best_state = load_checkpoint(ckpt_path, model, optimizer, scheduler)
         log.info("resumed from %s at epoch %d step %d (global step %d, best valid AUC %.4f)", ckpt_path,
                  state.epoch, state.step_in_epoch, state.global_step, state.best_auc)

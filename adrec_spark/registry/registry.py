@@ -12,6 +12,7 @@ from pathlib import Path
 
 from adrec_spark.config import MlflowConfig
 from adrec_spark.errors import ModelResolutionError
+from adrec_spark.io import fs
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,7 @@ def configure_mlflow(cfg: MlflowConfig) -> str:
         mlflow.set_registry_uri(cfg.registry_uri)
     exp = mlflow.get_experiment_by_name(cfg.experiment)
     if exp is None:
-        location = Path(cfg.artifact_location).resolve().as_uri() if cfg.artifact_location and \
-            "://" not in cfg.artifact_location else cfg.artifact_location
+        location = fs.mlflow_artifact_uri(cfg.artifact_location) if cfg.artifact_location else None
         exp_id = mlflow.create_experiment(cfg.experiment, artifact_location=location)
     else:
         exp_id = exp.experiment_id

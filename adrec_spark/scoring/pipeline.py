@@ -15,7 +15,6 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 from pyspark.sql import DataFrame, SparkSession
@@ -27,7 +26,7 @@ from adrec_spark.config import AppConfig
 from adrec_spark.errors import InputDataError
 from adrec_spark.etl import features
 from adrec_spark.frames import require_columns
-from adrec_spark.io import tables
+from adrec_spark.io import fs, tables
 from adrec_spark.registry import registry
 from adrec_spark.scoring import candidates as C
 from adrec_spark.scoring.rerank import AdInfo, rerank_group
@@ -214,7 +213,7 @@ def run_scoring(spark: SparkSession, cfg: AppConfig, score_date: dt.date) -> Sco
         raise InputDataError(f"no user profiles for {score_date}: nothing to score (run the ETL for that date)")
     ads = eligible_ads(ads, score_date + dt.timedelta(days=1))
 
-    model_dir = registry.ensure_local_model(cfg.mlflow, model, Path(cfg.storage.staging) / "models")
+    model_dir = registry.ensure_local_model(cfg.mlflow, model, fs.local_cache_dir(cfg.storage.staging, "models"))
     settings = UdfSettings(model_file=ship_model_dir(spark.sparkContext, model_dir), precision=sc.precision,
                            batch_size=sc.batch_size, threads=sc.torch_threads, chaos=sc.chaos)
     stages["setup"] = time.perf_counter() - t0

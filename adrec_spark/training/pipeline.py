@@ -22,7 +22,7 @@ from adrec_spark.config import AppConfig
 from adrec_spark.errors import InputDataError, TrainingDataError
 from adrec_spark.etl import split as split_mod
 from adrec_spark.frames import require_columns
-from adrec_spark.io import tables
+from adrec_spark.io import fs, tables
 from adrec_spark.model.data import PAIR_COLUMNS
 from adrec_spark.model.encoder import resolve_base_model
 from adrec_spark.model.training import TrainParams, binary_metrics, train_worker
@@ -78,6 +78,16 @@ def export_splits(df: DataFrame, out: str, *, partitions: int) -> dict[str, int]
     return {k: counts.get(k, 0) for k in (S.TRAIN, S.VALID, S.TEST)}
 
 
+def drop_staging(staging: str) -> None:
+    """Delete a run's exported splits (user ids and history text: personal data) once training is done with
+    them, whether it succeeded or failed, on any storage. ``forget-users`` cleans what a killed run left."""
+    try:
+        fs.delete_tree(staging)
+    except OSError as e:  # the run's own error, if any, matters more
+        log.warning("could not delete the training splits at %s (%s): delete them, or run forget-users", staging,
+                    e)
+
+
 def _distributor_local_mode(spark: SparkSession, run_on: str) -> bool:
     if run_on == "driver":
         return True
@@ -104,7 +114,7 @@ def _params(cfg: AppConfig, *, data_dir: str, out_dir: str, base: str, init_dir:
     t, m = cfg.train, cfg.model
     return TrainParams(
         data_dir=data_dir, out_dir=out_dir, base_model_dir=base, init_model_dir=init_dir,
-        checkpoint_dir=str(Path(t.checkpoint_dir) / cfg.mlflow.model_name), resume=resume,
+        checkpoint_dir=fs.join(t.checkpoint_dir, cfg.mlflow.model_name), resume=resume,
         max_length=m.max_length, pooling=m.pooling, dropout=m.dropout, numeric_hidden=m.numeric_hidden,
         user_features=list(m.user_features),
         loss=t.loss, ranking_loss_weight=t.ranking_loss_weight, users_per_batch=t.users_per_batch,
@@ -131,7 +141,7 @@ def _champion_auc(cfg: AppConfig, data_dir: str, work: Path) -> tuple[float | No
     except ModelResolutionError:
         return None, None
     model_dir = registry.download_model_dir(cfg.mlflow, champ, work / "champion")
-    test = PairDataset(Path(data_dir) / S.TEST, max_rows=cfg.train.max_eval_rows).read_all()
+    test = PairDataset(fs.join(data_dir, S.TEST), max_rows=cfg.train.max_eval_rows).read_all()
     scores = Scorer(model_dir, batch_size=cfg.train.eval_batch_size).score(test.ad_text, test.history_text,
                                                                          test.numeric)
     return binary_metrics(test.label, scores)["auc"], champ.version
@@ -168,6 +178,8 @@ def run_training(spark: SparkSession, cfg: AppConfig, *, init_from: str | None =
     import mlflow
 
     t0 = time.perf_counter()
+    for location in (cfg.storage.staging, cfg.train.checkpoint_dir):  # the trainer's Python must reach both
+        fs.to_arrow_uri(location)
     registry.configure_mlflow(cfg.mlflow)
     version = cfg.train.table_version
     if version is None:
@@ -183,19 +195,20 @@ def run_training(spark: SparkSession, cfg: AppConfig, *, init_from: str | None =
     base = str(resolve_base_model(cfg.model.base_model))
     with mlflow.start_run(run_name=f"train-{cfg.mlflow.model_name}") as run:
         run_id = run.info.run_id
-        staging = f"{cfg.storage.staging.rstrip('/')}/training/{run_id}"
-        rows = export_splits(df, staging, partitions=max(1, cfg.train.num_processes * 2))
-        positives = {r[S.SPLIT]: int(r["p"]) for r in df.groupBy(S.SPLIT).agg(F.sum(S.LABEL).alias("p")).collect()}
-        mlflow.log_params({k: v for k, v in cfg.flat().items()
-                           if k.split(".")[0] in ("train", "model", "etl") and v is not None})
-        mlflow.log_params({"data.table": cfg.storage.table_path(S.TRAINING_EXAMPLES), "data.table_version": version,
-                           **{f"data.rows_{k}": v for k, v in rows.items()},
-                           **{f"data.positives_{k}": positives.get(k, 0) for k in rows},
-                           "init_from": f"{init.uri} ({init_from})" if init else "pretrained",
-                           "base_model": cfg.model.base_model})
-        mlflow.set_tags({"adrec.job": "train", "adrec.table_version": str(version)})
+        staging = fs.join(cfg.storage.staging, "training", run_id)
         work = Path(tempfile.mkdtemp(prefix="adrec-train-"))
         try:
+            rows = export_splits(df, staging, partitions=max(1, cfg.train.num_processes * 2))
+            positives = {r[S.SPLIT]: int(r["p"])
+                         for r in df.groupBy(S.SPLIT).agg(F.sum(S.LABEL).alias("p")).collect()}
+            mlflow.log_params({k: v for k, v in cfg.flat().items()
+                               if k.split(".")[0] in ("train", "model", "etl") and v is not None})
+            mlflow.log_params({"data.table": cfg.storage.table_path(S.TRAINING_EXAMPLES),
+                               "data.table_version": version, **{f"data.rows_{k}": v for k, v in rows.items()},
+                               **{f"data.positives_{k}": positives.get(k, 0) for k in rows},
+                               "init_from": f"{init.uri} ({init_from})" if init else "pretrained",
+                               "base_model": cfg.model.base_model})
+            mlflow.set_tags({"adrec.job": "train", "adrec.table_version": str(version)})
             init_dir = str(registry.download_model_dir(cfg.mlflow, init, work / "init")) if init else None
             params = _params(cfg, data_dir=staging, out_dir=str(work / "out"), base=base, init_dir=init_dir,
                              run_id=run_id, resume=resume)
@@ -214,6 +227,7 @@ def run_training(spark: SparkSession, cfg: AppConfig, *, init_from: str | None =
             model_uri = registry.log_pyfunc(summary["model_dir"])  # type: ignore[arg-type]
         finally:
             shutil.rmtree(work, ignore_errors=True)
+            drop_staging(staging)
         new_version = registry.register(cfg.mlflow, model_uri, tags={"table_version": str(version)})
         registry.set_alias(cfg.mlflow, cfg.train.challenger_alias, new_version)
         decision = registry.decide_promotion(float(test["auc"]), champion_auc, champion_version,  # type: ignore
@@ -229,8 +243,6 @@ def run_training(spark: SparkSession, cfg: AppConfig, *, init_from: str | None =
         mlflow.set_tags({f"adrec.{k}": v for k, v in tags.items()} | {"adrec.model_version": str(new_version)})
         if champion_auc is not None:
             mlflow.log_metric("champion_test_auc", champion_auc)
-    if "://" not in staging:
-        shutil.rmtree(staging, ignore_errors=True)  # object stores: let a lifecycle rule expire _staging/
     log.info("registered %s v%d as %s; %s (%.0fs)", cfg.mlflow.model_name, new_version, cfg.train.challenger_alias,
              decision.reason, time.perf_counter() - t0)
     return TrainingResult(run_id=run_id, model_version=new_version, promoted=decision.promote,

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Multi-process cluster test (`make cluster-test`, run by .ci/run): a Spark standalone master and two workers
 # (1 core each) on 127.0.0.1, started from the pip-installed Spark; the ETL and scoring jobs submitted to it
-# with spark-submit, the package shipped as a zip with --py-files the way a cluster user ships it; every
-# table they write compared with the same jobs run in local mode (tests/cluster/compare_lakehouses.py).
+# with spark-submit, the package shipped as a zip with --py-files the way a cluster user ships it, every
+# storage setting a file:// URI; every table they write compared with the same jobs run in local mode
+# (tests/cluster/compare_lakehouses.py).
 # The cluster is stopped at exit whatever happens, and the test fails if any of its processes survives.
 #
 # How the executors are kept from importing the repository instead of the shipped zip: .venv has an
@@ -199,12 +200,14 @@ EOF
 JARS=$(ls "$ROOT"/.jars/*.jar 2>/dev/null | paste -sd, -)
 [[ -n "$JARS" ]] || die "no jars in $ROOT/.jars: run make setup"
 
+# Every storage setting is a file:// URI, as on a cluster where they are s3a://, abfss:// or gs:// URIs: Spark
+# and the Python side (the trainer reading the exported splits, checkpoints, the model cache) both take them.
 settings() {  # lakehouse -> SETS, the --set options of every run (one MLflow store, one model, for both sides)
-  SETS=(--set "storage.lakehouse=$1" --set "storage.staging=$1/_staging"
-        --set "storage.raw_events=$DATA/events" --set "storage.raw_ads=$DATA/ads"
+  SETS=(--set "storage.lakehouse=file://$1" --set "storage.staging=file://$1/_staging"
+        --set "storage.raw_events=file://$DATA/events" --set "storage.raw_ads=file://$DATA/ads"
         --set "spark.jars_dir=$ROOT/.jars" --set "spark.conf={spark.ui.enabled: 'false'}"
-        --set "mlflow.tracking_uri=sqlite:///$CL/mlflow.db" --set "mlflow.artifact_location=$CL/mlartifacts"
-        --set "train.checkpoint_dir=$CL/checkpoints" --set "model.base_model=$CL/tiny-bert"
+        --set "mlflow.tracking_uri=sqlite:///$CL/mlflow.db" --set "mlflow.artifact_location=file://$CL/mlartifacts"
+        --set "train.checkpoint_dir=file://$CL/checkpoints" --set "model.base_model=$CL/tiny-bert"
         --set model.max_length=64 --set train.epochs=1 --set train.batch_size=16 --set train.precision=fp32
         --set train.max_eval_rows=300 --set score.model_version=1)
 }
