@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Iterator
 from types import SimpleNamespace
 
 import numpy as np
@@ -113,7 +114,7 @@ def test_an_accumulator_the_tasks_add_to_reaches_the_reporter_during_the_job(spa
     acc = spark.sparkContext.accumulator(0)
 
     @pandas_udf("long")  # type: ignore[call-overload]
-    def slow(batches):
+    def slow(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
         for ids in batches:
             time.sleep(0.3)
             acc.add(len(ids))
@@ -121,9 +122,27 @@ def test_an_accumulator_the_tasks_add_to_reaches_the_reporter_during_the_job(spa
 
     df = spark.range(40).repartition(8).select(slow(F.col("id")).alias("id"))
     with P.progress(spark, "scoring", total=40, unit="pairs", every_s=0.1, counter=acc):
-        assert df.count() == 40
+        assert df.agg(F.sum("id")).first()[0] == 780  # the UDF's column is used (a count would prune it)
     lines = [r.getMessage() for r in caplog.records if r.name == "adrec_spark.progress"]
     counts = [int(m[1]) for line in lines if (m := re.match(r"scoring: (\d+)/40 pairs", line))]
     assert any(0 < c < 40 for c in counts), lines  # seen while the job ran
     assert counts == sorted(counts), lines
     assert lines[-1].startswith("scoring: 40 pairs in "), lines
+
+
+def test_without_a_counter_the_lines_count_the_running_stage_tasks(spark, caplog) -> None:
+    """The ETL's kind of line: tasks of the running stages from the status tracker, while a job runs."""
+    caplog.set_level(logging.INFO, logger="adrec_spark.progress")
+
+    @pandas_udf("long")  # type: ignore[call-overload]
+    def slow(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
+        for ids in batches:
+            time.sleep(0.3)
+            yield ids
+
+    with P.progress(spark, "etl", every_s=0.1):
+        assert spark.range(40).repartition(8).select(slow(F.col("id")).alias("id")).agg(F.sum("id")).first()[0] == 780
+    lines = [r.getMessage() for r in caplog.records if r.name == "adrec_spark.progress"]
+    seen = [(int(m[1]), int(m[2])) for line in lines if (m := re.match(r"etl: (\d+)/(\d+) tasks of 1 running", line))]
+    assert (8 in {total for _, total in seen}) and any(0 < done < 8 for done, total in seen if total == 8), lines
+    assert re.fullmatch(r"etl: done in \ds", lines[-1]), lines[-1]
