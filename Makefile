@@ -5,8 +5,17 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.adrec-installed
-JARS   := .jars/.resolved
 LOCK   := requirements.lock
+# `make setup DELTA_S3_DYNAMODB=1`: also resolve Delta's DynamoDB log store for S3 (several writers per table;
+# conf/cluster.yaml turns it on). Its own stamp, so that asking for it re-resolves a folder resolved without it.
+DELTA_S3_DYNAMODB ?= 0
+ifeq ($(DELTA_S3_DYNAMODB),1)
+JARS      := .jars/.resolved-s3-dynamodb
+JARS_ARGS := --with-s3-dynamodb
+else
+JARS      := .jars/.resolved
+JARS_ARGS :=
+endif
 
 export PYSPARK_PYTHON        := $(CURDIR)/$(BIN)/python
 export PYSPARK_DRIVER_PYTHON := $(CURDIR)/$(BIN)/python
@@ -41,8 +50,8 @@ lock:
 	  $(if $(UPGRADE),--upgrade)
 
 $(JARS): $(STAMP)
-	$(BIN)/python -m adrec_spark.jars --dest .jars
-	@touch $@
+	$(BIN)/python -m adrec_spark.jars --dest .jars $(JARS_ARGS)
+	@touch .jars/.resolved $@
 
 demo: setup
 	$(BIN)/adrec demo

@@ -67,10 +67,13 @@ class SparkConfig:
     arrow_max_bytes_per_batch: int | None = None
     driver_memory: str | None = "4g"
     log_level: str = "WARN"
+    # Seconds between the progress lines long jobs log on the driver (scoring, ETL, evaluation); 0: none.
+    progress_interval_s: float = 30.0
     conf: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check(self.shuffle_partitions >= 1, "spark.shuffle_partitions", "must be >= 1")
+        _check(self.progress_interval_s >= 0, "spark.progress_interval_s", "must be >= 0 (0: no progress lines)")
         _check(self.arrow_max_records_per_batch >= 1, "spark.arrow_max_records_per_batch", "must be >= 1")
         _check(self.arrow_max_bytes_per_batch is None or 0 < self.arrow_max_bytes_per_batch < 2**31 - 1,
                "spark.arrow_max_bytes_per_batch", "must be between 1 and 2147483646 bytes (or null)")

@@ -93,14 +93,29 @@ def resolve_delta_jars(dest: str | Path, package: str = SparkConfig.delta_packag
     return out
 
 
+# Delta's multi-writer log store for S3 (a DynamoDB table makes each commit put-if-absent): conf/cluster.yaml.
+S3_DYNAMODB_ARTIFACT = "io.delta:delta-storage-s3-dynamodb"
+
+
+def s3_dynamodb_package(delta_package: str = SparkConfig.delta_package) -> str:
+    """The S3 DynamoDB log store's Maven coordinate at the Delta version of ``delta_package``."""
+    version = delta_package.split(",")[0].strip().rsplit(":", 1)[-1]
+    return f"{S3_DYNAMODB_ARTIFACT}:{version}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dest", default=os.environ.get(JARS_DIR_ENV) or str(user_jars_dir()),
                         help=f"folder for the jars (default: ${JARS_DIR_ENV} or {user_jars_dir()})")
     parser.add_argument("--package", default=SparkConfig.delta_package)
+    parser.add_argument("--with-s3-dynamodb", action="store_true",
+                        help=f"also resolve {S3_DYNAMODB_ARTIFACT} (several writers per table on S3)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    jars = resolve_delta_jars(args.dest, args.package)
+    package = args.package
+    if args.with_s3_dynamodb and S3_DYNAMODB_ARTIFACT not in package:
+        package = f"{package},{s3_dynamodb_package(package)}"
+    jars = resolve_delta_jars(args.dest, package)
     print(f"{len(jars)} jars in {Path(args.dest).absolute()}")
     return 0
 

@@ -246,9 +246,10 @@ def forget_users(spark: SparkSession, cfg: AppConfig, user_ids: Sequence[str]) -
             log.info("%s: no user_id column (skipped)", name)
             continue
         t0 = time.perf_counter()
-        n = _with_conflict_retries(name, cfg.storage.write_retries, action)
-        if n:
-            _purge_deletion_vectors(spark, table, path, name)
+        with tables.commit_lock(spark, path, what=name):
+            n = _with_conflict_retries(name, cfg.storage.write_retries, action)
+            if n:
+                _purge_deletion_vectors(spark, table, path, name)
         deleted[name] = n
         log.info("%s: deleted %d row(s) in %.1fs (now version %s)", name, n, time.perf_counter() - t0,
                  tables.table_version(spark, cfg.storage, name))
@@ -339,7 +340,8 @@ def vacuum_tables(spark: SparkSession, cfg: AppConfig, retention_hours: float = 
                 log.info("%s: no table at %s (not vacuumed)", name, path)
                 continue
             t0 = time.perf_counter()
-            DeltaTable.forPath(spark, path).vacuum(float(retention_hours))
+            with tables.commit_lock(spark, path, what=name):  # VACUUM commits its start and end to the log
+                DeltaTable.forPath(spark, path).vacuum(float(retention_hours))
             log.info("%s: vacuumed (retention %.1f h) in %.1fs", name, retention_hours, time.perf_counter() - t0)
             done.append(name)
     return done

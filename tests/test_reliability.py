@@ -13,8 +13,8 @@ One module fixture prepares a small lakehouse (generated logs, ETL for two dates
 registered) and scores both dates in this process: the reference every faulty run is compared with. Each
 job under test runs as ``jobs/score.py`` in a subprocess (its own JVM, like a cluster job) on a copy of that
 lakehouse, with the fault injection hooks in ``score.chaos``. That a run really met the fault (tasks lost and
-retried, files written before the kill, commit conflicts retried) is checked from its logs and files, so no
-test can pass without the failure it is about. Reruns of a date leaving identical tables are covered by
+retried, files written before the kill, a writer waiting for the other's commit) is checked from its logs and
+files, so no test can pass without the failure it is about. Reruns of a date leaving identical tables are covered by
 ``test_jobs.py`` (scoring) and ``test_etl_pipeline.py`` (ETL), and again here after a kill.
 """
 
@@ -210,9 +210,9 @@ def lost_tasks(log: str) -> list[tuple[int, int, int, str]]:
     return out
 
 
-def conflict_retries(log: str) -> list[str]:
-    """The commit conflicts ``write_partitions`` retried, as logged."""
-    return re.findall(r"(\w+): concurrent commit conflict \((\w+)\); retry", log)
+def lock_waits(log: str) -> list[str]:
+    """The tables whose commit lock a job waited for (another job was writing them), as logged."""
+    return re.findall(r"(\w+): waiting for another writer's commit", log)
 
 
 # --- the prepared lakehouse ------------------------------------------------------------------------------------
@@ -382,7 +382,8 @@ def test_job_stopped_by_sigterm_mid_write_exits_143_at_once_and_keeps_the_previo
 
 def test_concurrent_runs_for_different_dates_both_create_and_fill_the_tables(spark, lake) -> None:
     """Two first runs, for D1 and D2 at once, on a lakehouse without score tables (nor a cached model): both
-    race to create each table; the loser's commit conflicts and is retried; both dates end complete."""
+    race to create each table; on the local file system the later one waits for the table's commit lock (on an
+    object store its commit would conflict and be retried); both dates end complete."""
     lakehouse = lake.copy(lake.prepared, "race-new")
     jobs = [start_scoring(lake, lakehouse, day, *SLOW_WRITES, name=f"race-new-{day}") for day in (D1, D2)]
     logs = [finish(job) for job in jobs]
@@ -391,13 +392,13 @@ def test_concurrent_runs_for_different_dates_both_create_and_fill_the_tables(spa
     for table in (S.USER_AD_SCORES, S.RECOMMENDATIONS):
         dates = _rows(spark, lakehouse, table)[S.SCORE_DATE].unique()
         assert sorted(dates) == [D1, D2], table
-    retried = [c for log in logs for c in conflict_retries(log)]
-    assert retried, "the two runs did not overlap: no commit conflict to retry"  # not vacuous
+    waited = [t for log in logs for t in lock_waits(log)]
+    assert waited, "the two runs did not overlap: neither waited for the other's commit"  # not vacuous
 
 
 def test_concurrent_runs_for_the_same_date_end_with_one_consistent_result(spark, lake) -> None:
     """Two reruns of D2 at once on existing tables: each replaces the date's partition in one commit (the later
-    one after retrying its conflict); the date ends with exactly one run's rows, D1 untouched."""
+    one after waiting for the other's commit lock); the date ends with exactly one run's rows, D1 untouched."""
     lakehouse = lake.copy(lake.scored, "race-same")
     tables = (S.USER_AD_SCORES, S.RECOMMENDATIONS)
     commits = {t: _commits(lakehouse, t) for t in tables}
@@ -408,8 +409,23 @@ def test_concurrent_runs_for_the_same_date_end_with_one_consistent_result(spark,
     # each run committed each table once; the last commit replaced the other run's files for D2
     assert {t: _commits(lakehouse, t) for t in tables} == {t: [*commits[t], commits[t][-1] + 1,
                                                                commits[t][-1] + 2] for t in tables}
-    retried = [c for log in logs for c in conflict_retries(log)]
-    assert retried, "the two runs did not overlap: no commit conflict to retry"  # not vacuous
+    waited = [t for log in logs for t in lock_waits(log)]
+    assert waited, "the two runs did not overlap: neither waited for the other's commit"  # not vacuous
+
+
+def test_a_long_scoring_run_logs_its_progress_against_the_planned_pairs(spark, lake) -> None:
+    """Scoring a date with a pause per batch and a progress line every 0.5 s: the driver logs the pairs scored
+    of the candidates' count (the rows the date ends with), a rate and an ETA while it runs, then a closing
+    line with every pair."""
+    lakehouse = lake.copy(lake.scored, "progress")
+    log = finish(start_scoring(lake, lakehouse, D2, *SLOW_WRITES, "spark.progress_interval_s=0.5", name="progress"))
+    n = len(lake.reference[S.USER_AD_SCORES, D2])
+    lines = [(int(d.replace(",", "")), int(t.replace(",", "")), rest)
+             for d, t, rest in re.findall(r"scoring: ([\d,]+)/([\d,]+) pairs \([\d.]+%\), (.*)", log)]
+    assert any(0 < done < n and total == n and re.match(r"[\d.,]+ pairs/s, ETA \w+, elapsed", rest)
+               for done, total, rest in lines), log[-3000:]
+    assert {total for done, total, _ in lines if done > 0} == {n}
+    assert f"scoring: {n:,} pairs in " in log
 
 
 # --- 4. bounded memory -----------------------------------------------------------------------------------------

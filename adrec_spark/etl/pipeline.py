@@ -20,6 +20,7 @@ from adrec_spark.config import AppConfig
 from adrec_spark.errors import AdrecError, InputDataError
 from adrec_spark.etl import clean, features, split
 from adrec_spark.io import landing, tables
+from adrec_spark.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +104,14 @@ def run_etl(spark: SparkSession, cfg: AppConfig, start: dt.date, end: dt.date | 
     """Process landing dates ``start..end`` (one date when ``end`` is None) and replace their partitions.
 
     A single date must have input; a backfill skips dates without input (with a warning). The ad catalog,
-    user profiles and ad snapshot are written as of the last processed date.
+    user profiles and ad snapshot are written as of the last processed date. A long run logs the tasks of its
+    running Spark stages every ``spark.progress_interval_s`` seconds.
     """
+    with progress(spark, "etl", every_s=cfg.spark.progress_interval_s):
+        return _run_etl(spark, cfg, start, end)
+
+
+def _run_etl(spark: SparkSession, cfg: AppConfig, start: dt.date, end: dt.date | None) -> EtlResult:
     t0 = time.perf_counter()
     etl, storage = cfg.etl, cfg.storage
     dates = tables.date_range(start, end or start)

@@ -32,6 +32,7 @@ from adrec_spark.evaluation.metrics import (
 )
 from adrec_spark.evaluation.report import write_report
 from adrec_spark.io import fs, tables
+from adrec_spark.progress import Progress, progress
 from adrec_spark.registry import registry
 from adrec_spark.scoring.udf import (
     UdfSettings,
@@ -69,12 +70,17 @@ def _test_rows(spark: SparkSession, cfg: AppConfig) -> tuple[DataFrame, DataFram
     return ex.where(F.col(S.SPLIT) == S.TRAIN), ex.where(F.col(S.SPLIT) == S.TEST), version
 
 
-def scored_test_set(spark: SparkSession, cfg: AppConfig, settings: UdfSettings) -> tuple[DataFrame, int]:
-    """Test rows with one score column per method (persisted: every metric reads it)."""
+def scored_test_set(spark: SparkSession, cfg: AppConfig, settings: UdfSettings, *,
+                    progress: Progress | None = None) -> tuple[DataFrame, int]:
+    """Test rows with one score column per method (persisted: every metric reads it). ``progress`` learns the
+    number of test rows the model will score (a count of one split of a Delta table)."""
     ev = cfg.evaluate
     train, test, version = _test_rows(spark, cfg)
-    if test.limit(1).count() == 0:
+    n_test = test.count() if progress is not None else test.limit(1).count()
+    if n_test == 0:
         raise InputDataError("the test split of training_examples is empty: nothing to evaluate")
+    if progress is not None:
+        progress.set_total(n_test)
     df = test.select(S.EVENT_ID, S.USER_ID, S.AD_ID, S.LABEL, S.HISTORY_TEXT, S.AD_TEXT, *S.NUMERIC_FEATURES,
                      "ad_impressions")
     parts = score_parts_udf(settings)(F.col(S.AD_TEXT), F.col(S.HISTORY_TEXT), numeric_struct(list(S.NUMERIC_FEATURES)))
@@ -253,15 +259,18 @@ def run_evaluation(spark: SparkSession, cfg: AppConfig, score_date: dt.date | No
                              version=cfg.score.model_version)
     registry.configure_mlflow(cfg.mlflow)
     model_dir = registry.ensure_local_model(cfg.mlflow, model, fs.local_cache_dir(cfg.storage.staging, "models"))
+    rows_scored = spark.sparkContext.accumulator(0)  # test rows the model scored, for the progress lines
     settings = UdfSettings(model_file=ship_model_dir(spark.sparkContext, model_dir), precision=cfg.score.precision,
-                           batch_size=cfg.score.batch_size, threads=cfg.score.torch_threads)
-    df, version = scored_test_set(spark, cfg, settings)
+                           batch_size=cfg.score.batch_size, threads=cfg.score.torch_threads, progress=rows_scored)
     methods = [MODEL, *cfg.evaluate.baselines]
-    try:
-        table, curves, per_user = method_metrics(df, methods, cfg)
-        comparison = paired_comparisons(per_user, k=max(cfg.evaluate.ks), label=f"{MODEL} v{model.version}")
-    finally:
-        df.unpersist()
+    with progress(spark, "evaluation", unit="test rows", every_s=cfg.spark.progress_interval_s,
+                  counter=rows_scored) as scoring:
+        df, version = scored_test_set(spark, cfg, settings, progress=scoring)
+        try:
+            table, curves, per_user = method_metrics(df, methods, cfg)
+            comparison = paired_comparisons(per_user, k=max(cfg.evaluate.ks), label=f"{MODEL} v{model.version}")
+        finally:
+            df.unpersist()
     table = table.rename(index={MODEL: f"{MODEL} v{model.version}",
                                 f"{MODEL} [by probability]": f"{MODEL} v{model.version} [by probability]"})
     curves = {(f"{MODEL} v{model.version}" if k == MODEL else k): v for k, v in curves.items()}

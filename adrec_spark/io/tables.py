@@ -5,19 +5,28 @@ so a rerun leaves the same rows, a failed run leaves the previous ones, and runs
 untouched. A job that writes several tables does so in a :func:`partition_unit`, which puts back the
 partitions it already replaced when it fails with an error (unless another writer changed them since).
 Commit conflicts with concurrent writers are retried a bounded number of times.
+
+On the local file system every commit to a table is also serialised across processes by an OS file lock
+(:func:`commit_lock`): Delta's log store there checks that a version is free and then renames its commit file
+into place, and Hadoop's local rename replaces an existing file, so two processes could both take the same
+version. Object stores rely on Delta's log store for that (S3: the DynamoDB log store, see conf/cluster.yaml).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
 import json
 import logging
+import os
 import random
 import re
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from urllib.parse import urlparse
 
 from delta.exceptions import (
     ConcurrentAppendException,
@@ -92,6 +101,68 @@ def table_version(spark: SparkSession, storage: StorageConfig, table: str) -> in
     return None if row is None else int(row[0])
 
 
+# The commit lock of a table on the local file system: a hidden file in the table's folder. Delta skips names
+# that start with '.' or '_' (outside partition folders) when it lists a table, so VACUUM leaves it there.
+COMMIT_LOCK_FILE = ".adrec-commit.lock"
+
+_held_locks = threading.local()  # the lock files this thread holds (a nested commit_lock does not wait on itself)
+
+
+def local_table_dir(spark: SparkSession, path: str) -> str | None:
+    """The local folder of the table at ``path`` when it is on the local file system (a plain path, resolved
+    against Hadoop's default file system, or a ``file:`` URI); None for any other storage."""
+    scheme = urlparse(path).scheme
+    if scheme and scheme != "file":
+        return None
+    hpath = spark._jvm.org.apache.hadoop.fs.Path(path)  # type: ignore[union-attr]
+    fs = hpath.getFileSystem(spark._jsc.hadoopConfiguration())  # type: ignore[union-attr]
+    if fs.getUri().getScheme() != "file":  # a plain path on a cluster whose default file system is HDFS
+        return None
+    return str(fs.makeQualified(hpath).toUri().getPath())
+
+
+@contextlib.contextmanager
+def file_lock(lock_file: str, *, what: str = "") -> Iterator[None]:
+    """Hold an exclusive OS lock (``flock``) on ``lock_file`` (created if missing) for the block: one holder at
+    a time across processes and across threads; reentrant within a thread. The kernel releases it when the
+    holder dies, so a killed job never leaves it taken."""
+    key = os.path.abspath(lock_file)
+    held: set[str] = _held_locks.__dict__.setdefault("paths", set())
+    if key in held:
+        yield
+        return
+    os.makedirs(os.path.dirname(key), exist_ok=True)
+    fd = os.open(key, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("%s: waiting for another writer's commit (lock %s)", what or key, key)
+            t0 = time.monotonic()
+            fcntl.flock(fd, fcntl.LOCK_EX)  # a SIGTERM handler's exception still ends the wait
+            log.info("%s: commit lock taken after %.1fs", what or key, time.monotonic() - t0)
+        held.add(key)
+        try:
+            yield
+        finally:
+            held.discard(key)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def commit_lock(spark: SparkSession, path: str, *, what: str = "") -> Iterator[None]:
+    """Serialise the commits to the Delta table at ``path`` across processes while the block runs, when the
+    table is on the local file system (see the module's docstring); a no-op on any other storage."""
+    local = local_table_dir(spark, path)
+    if local is None:
+        yield
+        return
+    with file_lock(os.path.join(local, COMMIT_LOCK_FILE), what=what or path):
+        yield
+
+
 def _is_conflict(e: Exception) -> bool:
     return isinstance(e, _CONFLICTS) or any(m in str(e) for m in _CONFLICT_MARKERS)
 
@@ -116,7 +187,9 @@ def write_partitions(df: DataFrame, storage: StorageConfig, table: str, *, parti
     """Atomically replace the partitions ``partition_col IN values`` of ``table`` with ``df``.
 
     Every row of ``df`` must fall in those partitions (Delta checks it). Conflicting commits by concurrent
-    writers are retried with jittered back-off, ``storage.write_retries`` times at most.
+    writers are retried with jittered back-off, ``storage.write_retries`` times at most. On the local file
+    system the write holds the table's :func:`commit_lock` (so the Spark job that computes ``df`` runs under
+    it too: writers of one table take turns there).
     """
     if partition_col not in df.columns:
         raise ValueError(f"write_partitions({table}): partition column '{partition_col}' not in DataFrame")
@@ -125,11 +198,12 @@ def write_partitions(df: DataFrame, storage: StorageConfig, table: str, *, parti
     attempt = 0
     while True:
         try:
-            (df.write.format("delta").mode("overwrite")
-             .option("replaceWhere", predicate)
-             .option("userMetadata", description or f"replace {predicate}")
-             .partitionBy(partition_col)
-             .save(path))
+            with commit_lock(df.sparkSession, path, what=table):
+                (df.write.format("delta").mode("overwrite")
+                 .option("replaceWhere", predicate)
+                 .option("userMetadata", description or f"replace {predicate}")
+                 .partitionBy(partition_col)
+                 .save(path))
             log.info("wrote %s (%s)", table, predicate)
             return
         except Exception as e:

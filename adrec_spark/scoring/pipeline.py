@@ -15,6 +15,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import numpy as np
 from pyspark.sql import DataFrame, SparkSession
@@ -27,6 +28,7 @@ from adrec_spark.errors import InputDataError
 from adrec_spark.etl import features
 from adrec_spark.frames import require_columns
 from adrec_spark.io import fs, tables
+from adrec_spark.progress import progress
 from adrec_spark.registry import registry
 from adrec_spark.scoring import candidates as C
 from adrec_spark.scoring.rerank import AdInfo, rerank_group
@@ -140,8 +142,9 @@ def build_ad_index(ads: DataFrame, cfg: AppConfig, settings: UdfSettings, *, wit
 
 
 def candidate_pairs(users: DataFrame, ads: DataFrame, index: C.AdIndex, cfg: AppConfig,
-                    settings: UdfSettings) -> DataFrame:
-    """(user_id, ad_id, source) to score: the cascade, or every eligible pair the user has not clicked."""
+                    settings: UdfSettings, *, counter: Any = None) -> DataFrame:
+    """(user_id, ad_id, source) to score: the cascade, or every eligible pair the user has not clicked.
+    ``counter`` (a Spark accumulator) gets the number of cascade candidates as their tasks finish."""
     if cfg.score.candidates == "all":
         return (users.select(S.USER_ID, "clicked_ad_ids").crossJoin(ads.select(S.AD_ID))
                 .where(~F.array_contains("clicked_ad_ids", F.col(S.AD_ID)))
@@ -153,13 +156,27 @@ def candidate_pairs(users: DataFrame, ads: DataFrame, index: C.AdIndex, cfg: App
     sc = cfg.score
 
     def body(frames):
-        return C.retrieve_partition(frames, bindex.value, top_n=sc.retrieval_top_n, prior_n=sc.prior_top_n,
-                                    popular_n=sc.popular_pool)
+        for out in C.retrieve_partition(frames, bindex.value, top_n=sc.retrieval_top_n, prior_n=sc.prior_top_n,
+                                        popular_n=sc.popular_pool):
+            if counter is not None:
+                counter.add(len(out))
+            yield out
 
     return (embedded.select(S.USER_ID, "embedding", "clicked_ad_ids", S.STRATEGY,
                             F.col(features.CATEGORY_CLICKS).alias("category_clicks"),
                             F.col(features.USER_CLICKS).alias("user_clicks"))
             .mapInPandas(body, CANDIDATE_SCHEMA))
+
+
+def planned_pairs(by_strategy: dict[str, int], n_ads: int, cfg: AppConfig) -> int:
+    """At most this many pairs get scored (known on the driver without a Spark job): every eligible ad per user
+    with ``candidates: all``; else the cascade's budget per user (fewer when the user clicked some of them)."""
+    sc = cfg.score
+    if sc.candidates == "all":
+        return sum(by_strategy.values()) * n_ads
+    personal = min(max(sc.retrieval_top_n + sc.prior_top_n, sc.popular_pool), n_ads)
+    return sum(n * (min(sc.popular_pool, n_ads) if strategy == C.POPULAR else personal)
+               for strategy, n in by_strategy.items())
 
 
 def _user_key(cfg: AppConfig) -> F.Column:
@@ -214,8 +231,10 @@ def run_scoring(spark: SparkSession, cfg: AppConfig, score_date: dt.date) -> Sco
     ads = eligible_ads(ads, score_date + dt.timedelta(days=1))
 
     model_dir = registry.ensure_local_model(cfg.mlflow, model, fs.local_cache_dir(cfg.storage.staging, "models"))
+    scored_pairs, candidates = spark.sparkContext.accumulator(0), spark.sparkContext.accumulator(0)  # progress
     settings = UdfSettings(model_file=ship_model_dir(spark.sparkContext, model_dir), precision=sc.precision,
-                           batch_size=sc.batch_size, threads=sc.torch_threads, chaos=sc.chaos)
+                           batch_size=sc.batch_size, threads=sc.torch_threads, chaos=sc.chaos,
+                           progress=scored_pairs)
     stages["setup"] = time.perf_counter() - t0
     t = time.perf_counter()
     # The index holds every eligible ad (collected to the driver): its size is their count, and no ads is an
@@ -226,7 +245,8 @@ def run_scoring(spark: SparkSession, cfg: AppConfig, score_date: dt.date) -> Sco
     stages["ad_index"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    pairs = candidate_pairs(users, ads, index, cfg, settings)
+    pairs = candidate_pairs(users, ads, index, cfg, settings, counter=candidates)
+    bound = planned_pairs(by_strategy, n_ads, cfg)
     parts = spark.sparkContext.defaultParallelism * 2
     scored = (pair_features(pairs, users, ads, rate_prior=cfg.etl.rate_prior,
                             rate_prior_strength=cfg.etl.rate_prior_strength)
@@ -238,8 +258,11 @@ def run_scoring(spark: SparkSession, cfg: AppConfig, score_date: dt.date) -> Sco
                         F.lit(model.version).alias(S.MODEL_VERSION))
     # Scores and recommendations are two commits: an error before both are in puts the scores back.
     with tables.partition_unit(spark, cfg.storage) as unit:
-        unit.write(out, S.USER_AD_SCORES, partition_col=S.SCORE_DATE, values=[score_date.isoformat()],
-                   description=f"{model.uri} scores {score_date}")
+        # The candidates' stage ends before scoring starts (a shuffle between them): the exact count by then.
+        with progress(spark, "scoring", total=lambda: candidates.value or bound, unit="pairs",
+                      every_s=cfg.spark.progress_interval_s, counter=scored_pairs):
+            unit.write(out, S.USER_AD_SCORES, partition_col=S.SCORE_DATE, values=[score_date.isoformat()],
+                       description=f"{model.uri} scores {score_date}")
         stages["score_pairs"] = time.perf_counter() - t
         written = tables.read_table(spark, cfg.storage, S.USER_AD_SCORES).where(F.col(S.SCORE_DATE) == ds)
         n_pairs = written.count()

@@ -42,6 +42,9 @@ class UdfSettings:
     batch_size: int = 64
     threads: int | None = 1
     chaos: ChaosConfig = field(default_factory=ChaosConfig)
+    # A Spark accumulator (or anything with ``add``) the scoring UDF adds each batch's pair count to; the
+    # driver's progress line reads it (adrec_spark.progress). None: nothing counted.
+    progress: Any = None
 
 
 def ship_model_dir(sc: SparkContext, model_dir: str | Path) -> str:
@@ -122,6 +125,8 @@ def score_udf(s: UdfSettings) -> Any:
         for ad_text, history, numeric in batches:
             _chaos(s.chaos)
             out = scorer.score(ad_text.tolist(), history.tolist(), numeric.to_numpy(dtype=np.float32))
+            if s.progress is not None:
+                s.progress.add(len(out))
             yield pd.Series(out.astype(np.float32))
 
     return score
@@ -138,6 +143,8 @@ def score_parts_udf(s: UdfSettings) -> Any:
             _chaos(s.chaos)
             pair, user = scorer.logit_parts(ad_text.tolist(), history.tolist(), numeric.to_numpy(dtype=np.float32))
             prob = 1.0 / (1.0 + np.exp(-(pair + user)))
+            if s.progress is not None:
+                s.progress.add(len(prob))
             yield pd.DataFrame({"score": prob.astype(np.float32), "rank_score": pair.astype(np.float32)})
 
     return score_parts
