@@ -457,6 +457,10 @@ def _train(p: TrainParams, rank: int, world: int, local_rank: int) -> dict[str, 
             dist.broadcast(stop, src=0)
         return bool(stop[0])
 
+    if state.last_eval_step < 0:
+        # Step 0: the starting model (a logistic regression on the numeric features, or the warm start) is a
+        # candidate like any later state, so fine-tuning never returns a model worse on validation than it.
+        evaluate_and_checkpoint()
     t_start, samples, window_loss, window_n = time.perf_counter(), 0, 0.0, 0
     stop = state.stopped_early
     while not stop and state.epoch < p.epochs and state.global_step < total_steps:
@@ -509,6 +513,7 @@ def _train(p: TrainParams, rank: int, world: int, local_rank: int) -> dict[str, 
     state.stopped_early = stop
     elapsed = time.perf_counter() - t_start
     summary |= {"global_step": state.global_step, "epochs_run": state.epoch, "best_valid_auc": state.best_auc,
+                "initial_valid_auc": next((h["valid_auc"] for h in state.history if h["step"] == 0), float("nan")),
                 "history": state.history, "stopped_early": stop, "train_seconds": elapsed,
                 "samples_per_sec": samples / max(elapsed, 1e-9)}
     if rank != 0:
@@ -525,7 +530,8 @@ def _train(p: TrainParams, rank: int, world: int, local_rank: int) -> dict[str, 
              user_id=test_all.extra[S.USER_ID].astype(str), ad_id=test_all.extra[S.AD_ID].astype(str))
     summary["test"] = test_metrics
     summary["model_dir"] = str(out / "model")
-    log.info("fine-tuned model: test AUC %.4f, log-loss %.4f on %d rows; best valid AUC %.4f",
-             test_metrics["auc"], test_metrics["log_loss"], len(test_all), state.best_auc)
+    log.info("fine-tuned model: test AUC %.4f, log-loss %.4f on %d rows; best valid AUC %.4f (step 0: %.4f)",
+             test_metrics["auc"], test_metrics["log_loss"], len(test_all), state.best_auc,
+             summary["initial_valid_auc"])
     (out / "summary.json").write_text(json.dumps(summary, default=float))
     return summary
