@@ -189,7 +189,6 @@ def in_process(pairs: Path, precision: str) -> dict[str, float]:
 def precision_quality() -> list[dict[str, object]]:
     """Each precision against fp32 on (up to 2,000 rows of) the test split: AUC and correlation."""
     import numpy as np
-    import pyarrow.dataset as ds
     from sklearn.metrics import roc_auc_score
 
     from adrec_spark import schema as S
@@ -198,8 +197,10 @@ def precision_quality() -> list[dict[str, object]]:
     files = str(W / "lakehouse" / S.TRAINING_EXAMPLES)
     import deltalake
 
-    table = deltalake.DeltaTable(files).to_pyarrow_table()
-    test = ds.dataset(table).to_table(filter=ds.field(S.SPLIT) == S.TEST).to_pandas().head(2000)
+    from adrec_spark.training.split import split_pandas
+
+    table = split_pandas(deltalake.DeltaTable(files).to_pandas())  # the training job's split (train.split)
+    test = table[table[S.SPLIT] == S.TEST].head(2000)
     num = test[list(S.NUMERIC_FEATURES)].to_numpy(np.float32)
     ref = None
     rows = []

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -114,6 +115,28 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
         "log_loss": float(log_loss(labels, scores, labels=[0, 1])) if len(labels) else float("nan"),
         "n": float(len(labels)),
     }
+
+
+def mean_ndcg_at_k(users: np.ndarray, items: np.ndarray, labels: np.ndarray, scores: np.ndarray, *,
+                   k: int) -> float:
+    """Mean per-user NDCG@k, as the evaluation job's ``ndcg@K``: one candidate per (user, item) (relevant if any
+    of its rows is a click, scored by the mean score), each user's items ranked by score (ties by item id),
+    gain ``label / log2(rank + 1)`` over the top ``k`` against the ideal order; users without a click are
+    skipped. NaN when no user has one."""
+    frame = pd.DataFrame({"u": np.asarray(users).astype(str), "i": np.asarray(items).astype(str),
+                          "y": np.asarray(labels, dtype=np.float64), "s": np.asarray(scores, dtype=np.float64)})
+    per_item = frame.groupby(["u", "i"], sort=False).agg(y=("y", "max"), s=("s", "mean")).reset_index()
+    per_item = per_item.sort_values(["u", "s", "i"], ascending=[True, False, True], kind="stable")
+    values = []
+    discount = 1.0 / np.log2(np.arange(2, k + 2))
+    for _, group in per_item.groupby("u", sort=False):
+        gains = group["y"].to_numpy()
+        if gains.sum() <= 0:
+            continue
+        top = gains[:k]
+        ideal = np.sort(gains)[::-1][:k]
+        values.append(float((top * discount[:len(top)]).sum() / (ideal * discount[:len(ideal)]).sum()))
+    return float(np.mean(values)) if values else float("nan")
 
 
 def _autocast(device: str, precision: str) -> AbstractContextManager:
