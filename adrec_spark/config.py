@@ -108,26 +108,33 @@ class MlflowConfig:
 
 @dataclass(frozen=True)
 class SplitConfig:
-    """Time-based split of training examples. ``fraction``: by rank of (event_time, user, ad) over the
-    examples of one ETL run (use it for backfills). ``dates``: fixed cut-offs, stable across nightly runs."""
+    """Time-based train/valid/test split of the training data, decided by the training job over the whole
+    pinned table version (so nightly ETL runs and a backfill give the same split; every test row is later
+    than every train row). ``fraction``: by rank of (event time, user, ad, event id); ``days``: the last
+    ``test_days`` calendar days (UTC) are test, the ``valid_days`` before them valid; ``dates``: fixed
+    cut-offs at midnight UTC."""
 
-    method: Literal["fraction", "dates"] = "fraction"
+    method: Literal["fraction", "days", "dates"] = "fraction"
     valid_fraction: float = 0.1
     test_fraction: float = 0.1
+    valid_days: int = 1
+    test_days: int = 1
     valid_start: str | None = None
     test_start: str | None = None
 
     def __post_init__(self) -> None:
-        _check(0 <= self.valid_fraction < 1, "etl.split.valid_fraction", "must be in [0, 1)")
-        _check(0 <= self.test_fraction < 1, "etl.split.test_fraction", "must be in [0, 1)")
-        _check(self.valid_fraction + self.test_fraction < 1, "etl.split",
+        _check(0 <= self.valid_fraction < 1, "train.split.valid_fraction", "must be in [0, 1)")
+        _check(0 <= self.test_fraction < 1, "train.split.test_fraction", "must be in [0, 1)")
+        _check(self.valid_fraction + self.test_fraction < 1, "train.split",
                "valid_fraction + test_fraction must be < 1")
-        _check_date(self.valid_start, "etl.split.valid_start")
-        _check_date(self.test_start, "etl.split.test_start")
+        _check(self.valid_days >= 1, "train.split.valid_days", "must be >= 1")
+        _check(self.test_days >= 1, "train.split.test_days", "must be >= 1")
+        _check_date(self.valid_start, "train.split.valid_start")
+        _check_date(self.test_start, "train.split.test_start")
         if self.method == "dates":
-            _check(self.valid_start is not None and self.test_start is not None, "etl.split",
+            _check(self.valid_start is not None and self.test_start is not None, "train.split",
                    "method 'dates' needs valid_start and test_start")
-            _check(str(self.valid_start) <= str(self.test_start), "etl.split",
+            _check(str(self.valid_start) <= str(self.test_start), "train.split",
                    "valid_start must not be after test_start")
 
 
@@ -142,7 +149,6 @@ class EtlConfig:
     history_max_chars: int = 1200
     rate_prior: float = 0.1
     rate_prior_strength: float = 10.0
-    split: SplitConfig = field(default_factory=SplitConfig)
 
     def __post_init__(self) -> None:
         for key in ("lookback_days", "text_max_chars", "history_max_items", "history_max_chars"):
@@ -210,7 +216,12 @@ class TrainConfig:
     checkpoint_dir: str = "./checkpoints"
     window_days: int | None = None
     table_version: int | None = None
-    promotion_margin: float = 0.0
+    split: SplitConfig = field(default_factory=SplitConfig)
+    # The champion gate: on test rows neither model trained on, the challenger must not be worse on test AUC
+    # nor on NDCG@promotion_k, and better on at least one by its margin (a tie never promotes).
+    promotion_auc_margin: float = 0.002
+    promotion_ndcg_margin: float = 0.002
+    promotion_k: int = 10
     challenger_alias: str = "challenger"
     champion_alias: str = "champion"
     # Where TorchDistributor runs the training processes: on the driver (local mode, the default when the
@@ -238,6 +249,9 @@ class TrainConfig:
         _check(self.early_stopping_patience >= 0, "train.early_stopping_patience", "must be >= 0")
         _check(self.max_grad_norm > 0, "train.max_grad_norm", "must be > 0")
         _check(self.table_version is None or self.table_version >= 0, "train.table_version", "must be >= 0")
+        for key in ("promotion_auc_margin", "promotion_ndcg_margin"):
+            _check(getattr(self, key) > 0, f"train.{key}", "must be > 0 (a tie must never promote)")
+        _check(self.promotion_k >= 1, "train.promotion_k", "must be >= 1")
         _check(self.challenger_alias != self.champion_alias, "train.challenger_alias",
                "must differ from train.champion_alias")
         _check_alias(self.challenger_alias, "train.challenger_alias")
@@ -415,12 +429,24 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"config '{key}': unsupported type {_type_name(tp)}")
 
 
+# Keys that moved or were replaced: a clear error that says where, instead of "unknown key".
+MOVED_KEYS = {
+    "etl.split": "the split is decided by the training job over the whole training data now: move it to "
+                 "'train.split' (method fraction|days|dates, valid/test fractions or days, cut-off dates)",
+    "train.promotion_margin": "the champion gate compares test AUC and NDCG@K now: use "
+                              "'train.promotion_auc_margin' and 'train.promotion_ndcg_margin' (both > 0) and "
+                              "'train.promotion_k'",
+}
+
+
 def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in data.items():
         full = f"{prefix}.{key}" if prefix else str(key)
+        if full in MOVED_KEYS:
+            raise ConfigError(f"config '{full}' is no longer a setting: {MOVED_KEYS[full]}")
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else f"; known: {', '.join(names)}"
@@ -491,7 +517,7 @@ def _leaf_keys(data: Mapping[str, Any], prefix: str = "") -> list[str]:
 
 
 def parse_override(item: str) -> dict[str, Any]:
-    """``'etl.split.method=dates'`` -> ``{'etl': {'split': {'method': 'dates'}}}`` (value parsed as YAML)."""
+    """``'train.split.method=dates'`` -> ``{'train': {'split': {'method': 'dates'}}}`` (value parsed as YAML)."""
     if "=" not in item:
         raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set train.epochs=3")
     key, raw = item.split("=", 1)

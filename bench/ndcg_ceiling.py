@@ -128,7 +128,9 @@ def run() -> dict[str, object]:
     if not (table / "_delta_log").is_dir():
         raise SystemExit(f"{table} not found: run `make bench-quality` first")
     src = default_source()
-    ex = deltalake.DeltaTable(str(table)).to_pandas()
+    from adrec_spark.training.split import split_pandas
+
+    ex = split_pandas(deltalake.DeltaTable(str(table)).to_pandas())  # the training job's split (train.split)
     signals, genres = personal_signals(pd.read_parquet(src / "ratings.parquet"), pd.read_parquet(src / "items.parquet"))
     ex["_u"], ex["_m"] = ex.user_id.str[1:].astype(int), ex.ad_id.str[1:].astype(int)
     ex["_t"] = ex.event_ts.round().astype("int64")

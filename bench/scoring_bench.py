@@ -247,7 +247,6 @@ def in_process(pairs: Path, precision: str) -> dict[str, object]:
 def precision_quality(max_rows: int = QUALITY_ROWS) -> list[dict[str, object]]:
     """Each precision against fp32 on (up to ``max_rows`` rows of) the test split: AUC and correlation."""
     import numpy as np
-    import pyarrow.dataset as ds
     from sklearn.metrics import roc_auc_score
 
     from adrec_spark import schema as S
@@ -256,8 +255,10 @@ def precision_quality(max_rows: int = QUALITY_ROWS) -> list[dict[str, object]]:
     files = str(W / "lakehouse" / S.TRAINING_EXAMPLES)
     import deltalake
 
-    table = deltalake.DeltaTable(files).to_pyarrow_table()
-    test = ds.dataset(table).to_table(filter=ds.field(S.SPLIT) == S.TEST).to_pandas().head(max_rows)
+    from adrec_spark.training.split import split_pandas
+
+    table = split_pandas(deltalake.DeltaTable(files).to_pandas())  # the training job's split (train.split)
+    test = table[table[S.SPLIT] == S.TEST].head(max_rows)
     num = test[list(S.NUMERIC_FEATURES)].to_numpy(np.float32)
     ref = None
     rows = []

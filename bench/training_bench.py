@@ -27,7 +27,8 @@ from adrec_spark.training.pipeline import run_training
 configure_logging("INFO")
 cfg = bench_config(Path({work!r}), "train.max_steps={steps}", "train.batch_size={batch}", "model.max_length={ml}",
                    "train.precision={precision}", "train.max_eval_rows=64", "train.zero_shot_baseline=false",
-                   "train.log_every_steps=10", "train.promotion_margin=1.0", "train.shuffle_buffer_rows=4000")
+                   "train.log_every_steps=10", "train.promotion_auc_margin=1.0", "train.promotion_ndcg_margin=1.0",
+                   "train.shuffle_buffer_rows=4000")
 spark = build_spark(cfg)
 r = run_training(spark, cfg)
 print(json.dumps({{"samples_per_sec": r.summary["samples_per_sec"], "train_seconds": r.summary["train_seconds"],
@@ -46,8 +47,9 @@ def plain_loop(precision: str) -> dict[str, float]:
     from adrec_spark import schema as S
     from adrec_spark.model.encoder import load_tokenizer, resolve_base_model
     from adrec_spark.model.relevance import ModelSpec, build_model
+    from adrec_spark.training.split import split_pandas
 
-    df = deltalake.DeltaTable(str(W / "lakehouse" / S.TRAINING_EXAMPLES)).to_pandas()
+    df = split_pandas(deltalake.DeltaTable(str(W / "lakehouse" / S.TRAINING_EXAMPLES)).to_pandas())
     df = df[df[S.SPLIT] == S.TRAIN].head(STEPS * BATCH)
     base = resolve_base_model("all-MiniLM-L6-v2")
     spec = ModelSpec(list(S.NUMERIC_FEATURES), [0.0] * 6, [1.0] * 6, max_length=MAX_LENGTH)

@@ -21,11 +21,11 @@ def test_shipped_config_files_load(name: str) -> None:
 
 
 def test_override_types_and_nesting() -> None:
-    cfg = load_config(overrides=["train.epochs=3", "etl.split.method=dates", "etl.split.valid_start=2024-01-10",
-                                 "etl.split.test_start=2024-01-12", "score.precision=bf16",
+    cfg = load_config(overrides=["train.epochs=3", "train.split.method=dates", "train.split.valid_start=2024-01-10",
+                                 "train.split.test_start=2024-01-12", "score.precision=bf16",
                                  "evaluate.ks=[1, 3]", "spark.conf={'spark.x': 1}"])
     assert cfg.train.epochs == 3
-    assert cfg.etl.split.valid_start == "2024-01-10"
+    assert cfg.train.split.valid_start == "2024-01-10"
     assert cfg.score.precision == "bf16"
     assert cfg.evaluate.ks == (1, 3)
     assert cfg.spark.conf == {"spark.x": "1"}
@@ -44,9 +44,13 @@ def test_unknown_key_is_rejected_with_a_suggestion() -> None:
     ("train.epochs=0", "train.epochs': must be >= 1"),
     ("train.epochs=true", "expected an integer"),
     ("score.precision=fp8", "'fp8' is not one of"),
-    ("etl.split.valid_fraction=0.95", "valid_fraction + test_fraction must be < 1"),
-    ("etl.split.method=dates", "needs valid_start and test_start"),
-    ("etl.split.valid_start=yesterday", "not an ISO date"),
+    ("train.split.valid_fraction=0.95", "valid_fraction + test_fraction must be < 1"),
+    ("train.split.method=dates", "needs valid_start and test_start"),
+    ("train.split.valid_start=yesterday", "not an ISO date"),
+    ("train.split.test_days=0", "must be >= 1"),
+    ("train.promotion_auc_margin=0", "a tie must never promote"),
+    ("train.promotion_ndcg_margin=-0.1", "a tie must never promote"),
+    ("train.promotion_k=0", "must be >= 1"),
     ("evaluate.baselines=[random, magic]", "unknown ['magic']"),
     ("train.lora=yes please", "expected true or false"),
     ("etl", "expected key=value"),
@@ -173,3 +177,11 @@ def test_missing_jars_message_names_every_absolute_path_and_the_ways_out(
     monkeypatch.setenv("ADREC_JARS_DIR", str(tmp_path / "typo"))
     with pytest.raises(ConfigError, match="typo"):
         spark_conf(AppConfig().spark)
+
+
+@pytest.mark.parametrize("item, moved_to", [("etl.split.method=fraction", "train.split"),
+                                            ("etl.split.test_fraction=0.2", "train.split"),
+                                            ("train.promotion_margin=0.01", "train.promotion_auc_margin")])
+def test_moved_keys_say_where_they_went(item: str, moved_to: str) -> None:
+    with pytest.raises(ConfigError, match=rf"no longer a setting: .*'{moved_to}'"):
+        load_config(overrides=[item])

@@ -90,12 +90,7 @@ def test_training_examples_split_and_tables(spark, backfilled) -> None:
     imps = spark.read.format("delta").load(cfg.storage.table_path(S.EVENTS_CLEAN)) \
         .where(F.col(S.EVENT_TYPE) == S.IMPRESSION).count()
     assert n == imps == result.training_examples
-    by_split = {r[S.SPLIT]: r["count"] for r in ex.groupBy(S.SPLIT).count().collect()}
-    assert by_split == {"train": int(n * 0.8), "valid": int(n * 0.9) - int(n * 0.8), "test": n - int(n * 0.9)}
-    # time order: every train row is before every test row
-    last_train = ex.where(F.col(S.SPLIT) == "train").agg(F.max(S.EVENT_TS)).first()[0]
-    first_test = ex.where(F.col(S.SPLIT) == "test").agg(F.min(S.EVENT_TS)).first()[0]
-    assert last_train <= first_test
+    assert S.SPLIT not in ex.columns  # the training job splits the whole training data (training/split.py)
     assert ex.where(F.col(S.LABEL) == 1).count() > 0
     for table in (S.EVENTS_CLEAN, S.EVENTS_REJECTED, S.ADS, S.USER_PROFILES, S.TRAINING_EXAMPLES, S.ETL_RUNS):
         assert (Path(cfg.storage.table_path(table)) / "_delta_log").is_dir(), table
@@ -278,6 +273,9 @@ def test_movielens_end_to_end(spark, tmp_path) -> None:
     ex = spark.read.format("delta").load(cfg.storage.table_path(S.TRAINING_EXAMPLES))
     assert ex.count() == len(ratings) == 100_000
     assert ex.agg(F.sum(S.LABEL)).first()[0] == int((ratings["rating"] >= 4).sum())
+    from adrec_spark.training.split import assign_split, compute_cutoffs
+
+    ex = assign_split(ex, compute_cutoffs(ex, ml.train.split))  # the training job's split
     by_split = {r[S.SPLIT]: r["count"] for r in ex.groupBy(S.SPLIT).count().collect()}
     assert by_split == {"train": 80_000, "valid": 10_000, "test": 10_000}
     # the protocol's split: sort by (timestamp, user, movie); the first 80% are train
@@ -291,3 +289,39 @@ def test_movielens_end_to_end(spark, tmp_path) -> None:
     assert first[S.HISTORY_TEXT] == "" and first["user_impressions"] == 0
     toy = ex.where(F.col(S.AD_ID) == "m0001").select(S.AD_TEXT).first()[0]
     assert toy == "Toy Story (1995) | Genres: Animation, Children's, Comedy"
+
+
+@pytest.fixture(scope="module")
+def nightly(spark, tmp_path_factory):
+    """The same generated days as ``backfilled``, one ETL run per night."""
+    tmp = tmp_path_factory.mktemp("nightly")
+    cfg = make_config(tmp)
+    generate(SPEC, tmp / "raw")
+    for i in range(SPEC.n_days):
+        run_etl(spark, cfg, START + dt.timedelta(days=i))
+    return tmp, cfg
+
+
+def _training_split(spark, cfg) -> pd.DataFrame:
+    """The split the training job uses (train.split over the whole table), as it would export it."""
+    from adrec_spark.training.pipeline import split_training_data
+
+    ex = spark.read.format("delta").load(cfg.storage.table_path(S.TRAINING_EXAMPLES))
+    out, _ = split_training_data(ex, cfg.train.split, window_days=cfg.train.window_days)
+    return out.select(S.EVENT_ID, S.EVENT_TS, S.SPLIT).toPandas().sort_values(S.EVENT_ID).reset_index(drop=True)
+
+
+def test_nightly_runs_and_a_backfill_give_one_leak_free_training_split(spark, backfilled, nightly) -> None:
+    """The split is decided over the whole training data where the model is trained: after nightly runs every
+    test example is later than every train example, and the split is the backfill's."""
+    night = _training_split(spark, nightly[1])
+    back = _training_split(spark, backfilled[1])
+    n = len(night)
+    assert n == len(back) > 0
+    assert night[S.SPLIT].value_counts().to_dict() == {"train": int(n * 0.8), "valid": int(n * 0.9) - int(n * 0.8),
+                                                        "test": n - int(n * 0.9)}
+    last_train = night.loc[night[S.SPLIT] == "train", S.EVENT_TS].max()
+    first_valid = night.loc[night[S.SPLIT] == "valid", S.EVENT_TS].min()
+    first_test = night.loc[night[S.SPLIT] == "test", S.EVENT_TS].min()
+    assert last_train <= first_valid and night.loc[night[S.SPLIT] == "valid", S.EVENT_TS].max() <= first_test
+    pd.testing.assert_frame_equal(night, back)

@@ -30,6 +30,7 @@ from tests.tiny_bert import make_tiny_bert
 
 START = dt.date(2024, 1, 1)
 LAST = START + dt.timedelta(days=2)
+NEVER_PROMOTE = ("train.promotion_auc_margin=1.0", "train.promotion_ndcg_margin=1.0")
 
 TINY_TRAIN = ["model.max_length=64", "train.epochs=1", "train.batch_size=16", "train.eval_batch_size=64",
               "train.learning_rate=5e-4", "train.head_learning_rate=5e-3", "train.log_every_steps=10",
@@ -78,7 +79,8 @@ def test_training_logs_lineage_metrics_plots_and_registers(world) -> None:
 def test_promotion_gate_keeps_the_champion_when_the_challenger_is_not_better(spark, world) -> None:
     from mlflow.tracking import MlflowClient
 
-    cfg = replace(world["cfg"], "train.promotion_margin=0.5", "train.max_steps=2")
+    cfg = replace(world["cfg"], "train.promotion_auc_margin=0.5", "train.promotion_ndcg_margin=0.5",
+                  "train.max_steps=2")
     result = run_training(spark, cfg)
     c = MlflowClient(cfg.mlflow.tracking_uri)
     assert not result.promoted and result.model_version == 2
@@ -86,23 +88,38 @@ def test_promotion_gate_keeps_the_champion_when_the_challenger_is_not_better(spa
     assert int(c.get_model_version_by_alias(cfg.mlflow.model_name, "challenger").version) == 2
     tags = c.get_model_version(cfg.mlflow.model_name, "2").tags
     assert tags["promotion_decision"] == "kept_champion"
-    assert float(tags["champion_test_auc"]) == pytest.approx(result.champion_test_auc)
+    assert float(tags["champion_gate_auc"]) == pytest.approx(result.gate.champion.auc, abs=1e-6)
+    assert float(tags["challenger_gate_ndcg_at_10"]) == pytest.approx(result.gate.challenger.ndcg, abs=1e-6)
     assert float(tags["challenger_test_auc"]) == pytest.approx(result.test_auc)
-    assert tags["champion_version_compared"] == "1"
+    assert tags["champion_version_compared"] == "1" and int(tags["gate_rows"]) > 0
+    assert "test cut-off" in tags["compared_on"]
+    # both versions record the split they were trained with
+    v1 = c.get_model_version(cfg.mlflow.model_name, "1").tags
+    assert v1["split.method"] == "fraction" and v1["split.test_from"]
+    assert tags["split.test_from"] == v1["split.test_from"]  # the same table version, the same split
 
 
-def test_decide_promotion() -> None:
-    assert registry.decide_promotion(0.6, None, None, 0.01).promote
-    assert registry.decide_promotion(0.62, 0.6, 3, 0.01).promote
-    assert not registry.decide_promotion(0.605, 0.6, 3, 0.01).promote
-    assert not registry.decide_promotion(0.5, 0.6, 3, 0.0).promote
+def test_evaluation_uses_the_split_the_model_was_trained_with(spark, world) -> None:
+    """The evaluation job re-applies the model version's recorded cut-offs to its pinned table version: the
+    same test rows the training run counted, all later than every train row."""
+    from adrec_spark.evaluation.pipeline import _test_rows
+
+    cfg, trained = world["cfg"], world["trained"]
+    model = registry.resolve(cfg.mlflow, version=trained.model_version)
+    train, test, version = _test_rows(spark, cfg, model)
+    assert version == trained.table_version
+    assert test.count() == trained.rows["test"] > 0 and train.count() == trained.rows["train"]
+    assert train.agg(F.max(S.EVENT_TS)).first()[0] <= test.agg(F.min(S.EVENT_TS)).first()[0]
 
 
 def test_registered_model_works_through_mlflow_spark_udf(spark, world) -> None:
     import mlflow.pyfunc
 
     cfg = world["cfg"]
-    test = _table(spark, cfg, S.TRAINING_EXAMPLES).where(F.col(S.SPLIT) == "test").limit(20)
+    from adrec_spark.training.split import assign_split
+
+    test = assign_split(_table(spark, cfg, S.TRAINING_EXAMPLES), world["trained"].cutoffs) \
+        .where(F.col(S.SPLIT) == "test").limit(20)
     rows = test.select(*S.MODEL_INPUT_COLUMNS).toPandas()
     udf = mlflow.pyfunc.spark_udf(spark, f"models:/{cfg.mlflow.model_name}@champion", result_type="double",
                                   env_manager="local")
@@ -116,17 +133,18 @@ def test_registered_model_works_through_mlflow_spark_udf(spark, world) -> None:
 def test_warm_start_from_champion_on_a_window(spark, world) -> None:
     from mlflow.tracking import MlflowClient
 
-    cfg = replace(world["cfg"], "train.window_days=2", "train.max_steps=2", "train.promotion_margin=1.0")
+    cfg = replace(world["cfg"], "train.window_days=2", "train.max_steps=2", *NEVER_PROMOTE)
     result = run_training(spark, cfg, init_from="champion")
     params = MlflowClient(cfg.mlflow.tracking_uri).get_run(result.run_id).data.params
     assert params["init_from"].startswith(f"models:/{cfg.mlflow.model_name}/1")
     assert result.rows["train"] < world["trained"].rows["train"]  # only the last two days
     assert result.pretrained_test_auc is None  # a warm start has no "before fine-tuning" baseline
+    assert result.cutoffs.window_start is not None and result.gate.rows > 0 and not result.promoted
 
 
 def test_two_training_processes_through_torch_distributor(spark, world) -> None:
     """The local-mode path of the cluster set-up: 2 DDP processes (gloo) on the driver."""
-    cfg = replace(world["cfg"], "train.num_processes=2", "train.max_steps=4", "train.promotion_margin=1.0",
+    cfg = replace(world["cfg"], "train.num_processes=2", "train.max_steps=4", *NEVER_PROMOTE,
                   "train.zero_shot_baseline=false")
     result = run_training(spark, cfg)
     assert result.summary["world_size"] == 2

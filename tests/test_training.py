@@ -68,7 +68,7 @@ def test_early_stopping_when_validation_stops_improving(tiny, splits, tmp_path) 
     out = train_worker(_params(tiny, splits, tmp_path, learning_rate=1e-12, head_learning_rate=1e-12, epochs=50,
                                eval_every_steps=2, early_stopping_patience=2).to_json())
     assert out["stopped_early"] is True
-    assert out["global_step"] == 6  # evals at steps 2 (best), 4, 6 -> two without improvement
+    assert out["global_step"] == 4  # evals at steps 0 (best), 2, 4 -> two without improvement
     assert len(out["history"]) == 3
 
 
@@ -181,3 +181,27 @@ def test_user_grouped_batches_cover_every_row_once_with_few_users(tmp_path) -> N
     assert [b.ad_text for b in batches] == [b.ad_text for b in again]
     with pytest.raises(ValueError, match="extra columns"):
         next(PairDataset(tmp_path / S.TRAIN).batches(16, shuffle=True, group_col=S.USER_ID))
+
+
+def test_training_never_returns_a_model_worse_on_validation_than_its_start(tiny, splits, tmp_path) -> None:
+    """Huge learning rates wreck the model: the returned model is the starting one (step 0), whose validation
+    AUC is sklearn's logistic regression on the standardized numeric features (the text path at zero)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    from adrec_spark.model.inference import Scorer
+
+    out = train_worker(_params(tiny, splits, tmp_path, epochs=1, learning_rate=5.0, head_learning_rate=50.0,
+                               warmup_ratio=0.0, eval_every_steps=5).to_json())
+    train, valid = PairDataset(splits / S.TRAIN).read_all(), PairDataset(splits / S.VALID).read_all()
+    mean, std = train.numeric.astype(np.float64).mean(axis=0), train.numeric.astype(np.float64).std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    lr = LogisticRegression(C=1.0, max_iter=1000).fit((train.numeric - mean) / std, train.label)
+    start_auc = roc_auc_score(valid.label, lr.decision_function((valid.numeric - mean) / std))
+    history = out["history"]
+    assert history[0]["step"] == 0
+    assert out["initial_valid_auc"] == pytest.approx(start_auc, abs=1e-4)
+    assert max(h["valid_auc"] for h in history[1:]) < start_auc - 0.01, history  # training did get worse
+    returned = Scorer(out["model_dir"]).score(valid.ad_text, valid.history_text, valid.numeric)
+    assert roc_auc_score(valid.label, returned) == pytest.approx(out["initial_valid_auc"], abs=1e-6)
+    assert out["best_valid_auc"] == pytest.approx(out["initial_valid_auc"], abs=1e-9)

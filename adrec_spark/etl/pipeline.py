@@ -1,6 +1,6 @@
 """The ETL job: landing files for one date (or a backfill range) into the Delta tables.
 
-Extract (landing files, catalog snapshot) -> pure transforms (clean, features, split) -> load (one
+Extract (landing files, catalog snapshot) -> pure transforms (clean, features) -> load (one
 atomic partition replace per table). Counts are actions on persisted frames; no rows reach the driver.
 """
 
@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 from adrec_spark import schema as S
 from adrec_spark.config import AppConfig
 from adrec_spark.errors import AdrecError, InputDataError
-from adrec_spark.etl import clean, features, split
+from adrec_spark.etl import clean, features
 from adrec_spark.io import landing, tables
 from adrec_spark.progress import progress
 
@@ -173,14 +173,8 @@ def _run_etl(spark: SparkSession, cfg: AppConfig, start: dt.date, end: dt.date |
             max_chars=etl.history_max_chars, attribution_hours=etl.attribution_hours,
             rate_prior=etl.rate_prior, rate_prior_strength=etl.rate_prior_strength,
         ).persist(StorageLevel.MEMORY_AND_DISK)
-        if etl.split.method == "dates":
-            cutoffs = split.date_cutoffs(str(etl.split.valid_start), str(etl.split.test_start))
-        else:
-            cutoffs = split.fraction_cutoffs(examples, valid_fraction=etl.split.valid_fraction,
-                                             test_fraction=etl.split.test_fraction)
-        log.info("split cut-offs: %s", cutoffs)
-        unit.write(split.assign_split(examples, cutoffs), S.TRAINING_EXAMPLES,
-                   partition_col=S.DS, values=processed)
+        # No split here: the training job splits the whole training data by time (adrec_spark.training.split).
+        unit.write(examples, S.TRAINING_EXAMPLES, partition_col=S.DS, values=processed)
         for r in examples.groupBy(S.DS).count().collect():
             days[str(r[S.DS])].training_examples = int(r["count"])
         examples.unpersist()

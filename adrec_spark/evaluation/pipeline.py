@@ -42,6 +42,7 @@ from adrec_spark.scoring.udf import (
     score_parts_udf,
     ship_model_dir,
 )
+from adrec_spark.training import split as split_mod
 
 log = logging.getLogger(__name__)
 
@@ -62,20 +63,34 @@ class EvaluationResult:
     report_location: str = ""  # where the report is in evaluate.report_dir (a path or a storage URI)
 
 
-def _test_rows(spark: SparkSession, cfg: AppConfig) -> tuple[DataFrame, DataFrame, int]:
-    version = tables.table_version(spark, cfg.storage, S.TRAINING_EXAMPLES)
+def _test_rows(spark: SparkSession, cfg: AppConfig, model: registry.ResolvedModel) -> tuple[DataFrame, DataFrame, int]:
+    """The train and test rows of the split ``model`` was trained with: the table version and cut-offs recorded on
+    its registry version (see :mod:`adrec_spark.training.split`). A version trained before they were recorded:
+    ``train.split`` over the latest table version, with a warning."""
+    tags = registry.version_tags(cfg.mlflow, model.version, name=model.name)
+    cutoffs = split_mod.SplitCutoffs.from_tags(tags)
+    version = int(tags["table_version"]) if cutoffs is not None and tags.get("table_version") else None
+    if version is None:
+        version = tables.table_version(spark, cfg.storage, S.TRAINING_EXAMPLES)
     if version is None:
         raise InputDataError("table 'training_examples' does not exist: run the ETL job first")
-    ex = tables.read_table(spark, cfg.storage, S.TRAINING_EXAMPLES, version=version)
+    ex = tables.read_table(spark, cfg.storage, S.TRAINING_EXAMPLES, version=version).drop(S.SPLIT)
+    if cutoffs is None:
+        log.warning("%s v%d has no recorded split cut-offs (trained before they were recorded): splitting "
+                    "training_examples v%d by train.split", model.name, model.version, version)
+        cutoffs = split_mod.compute_cutoffs(ex, cfg.train.split, window_days=cfg.train.window_days)
+    log.info("evaluating on the split %s v%d was trained with: %s", model.name, model.version, cutoffs.describe())
+    ex = split_mod.assign_split(ex, cutoffs)
     return ex.where(F.col(S.SPLIT) == S.TRAIN), ex.where(F.col(S.SPLIT) == S.TEST), version
 
 
-def scored_test_set(spark: SparkSession, cfg: AppConfig, settings: UdfSettings, *,
+def scored_test_set(spark: SparkSession, cfg: AppConfig, settings: UdfSettings,
+                    model: registry.ResolvedModel, *,
                     progress: Progress | None = None) -> tuple[DataFrame, int]:
-    """Test rows with one score column per method (persisted: every metric reads it). ``progress`` learns the
-    number of test rows the model will score (a count of one split of a Delta table)."""
+    """The test rows of ``model``'s own split with one score column per method (persisted: every metric reads
+    it). ``progress`` learns the number of test rows the model will score (a count of one split of a table)."""
     ev = cfg.evaluate
-    train, test, version = _test_rows(spark, cfg)
+    train, test, version = _test_rows(spark, cfg, model)
     n_test = test.count() if progress is not None else test.limit(1).count()
     if n_test == 0:
         raise InputDataError("the test split of training_examples is empty: nothing to evaluate")
@@ -187,7 +202,7 @@ def _popular_recs(spark: SparkSession, cfg: AppConfig, users: DataFrame, ads: Da
 
 
 def beyond_metrics(spark: SparkSession, cfg: AppConfig, score_date: dt.date, settings: UdfSettings,
-                   model_version: int) -> pd.DataFrame | None:
+                   model: registry.ResolvedModel) -> pd.DataFrame | None:
     """Coverage, diversity, personalization, novelty and advertiser fairness of the model's lists of
     ``score_date`` (and, for contrast, of the popularity baseline's)."""
     ds = F.lit(score_date.isoformat()).cast("date")
@@ -202,10 +217,10 @@ def beyond_metrics(spark: SparkSession, cfg: AppConfig, score_date: dt.date, set
         log.info("pseudonymous user ids in recommendations: beyond-accuracy metrics do not need raw ids")
     ads = tables.read_table(spark, cfg.storage, S.ADS).where(F.col(S.DS) == ds)
     ads = ads.withColumn("embedding", embed_udf(settings)(F.col(S.AD_TEXT))).persist(StorageLevel.MEMORY_AND_DISK)
-    train, _, _ = _test_rows(spark, cfg)
+    train, _, _ = _test_rows(spark, cfg, model)
     popularity = train.where(F.col(S.LABEL) == 1).groupBy(S.AD_ID).agg(F.countDistinct(S.USER_ID).alias("n_users"))
     total_users = train.select(S.USER_ID).distinct().count()
-    out = {f"{MODEL} v{model_version}": beyond_accuracy(recs, ads, popularity=popularity, total_users=total_users)}
+    out = {f"{MODEL} v{model.version}": beyond_accuracy(recs, ads, popularity=popularity, total_users=total_users)}
     users = tables.read_table(spark, cfg.storage, S.USER_PROFILES).where(F.col(S.DS) == ds)
     k = int(recs.agg(F.max(S.RANK)).first()[0])
     if not cfg.privacy.pseudonymize_user_ids:
@@ -265,7 +280,7 @@ def run_evaluation(spark: SparkSession, cfg: AppConfig, score_date: dt.date | No
     methods = [MODEL, *cfg.evaluate.baselines]
     with progress(spark, "evaluation", unit="test rows", every_s=cfg.spark.progress_interval_s,
                   counter=rows_scored) as scoring:
-        df, version = scored_test_set(spark, cfg, settings, progress=scoring)
+        df, version = scored_test_set(spark, cfg, settings, model, progress=scoring)
         try:
             table, curves, per_user = method_metrics(df, methods, cfg)
             comparison = paired_comparisons(per_user, k=max(cfg.evaluate.ks), label=f"{MODEL} v{model.version}")
@@ -275,7 +290,7 @@ def run_evaluation(spark: SparkSession, cfg: AppConfig, score_date: dt.date | No
                                 f"{MODEL} [by probability]": f"{MODEL} v{model.version} [by probability]"})
     curves = {(f"{MODEL} v{model.version}" if k == MODEL else k): v for k, v in curves.items()}
     score_date = score_date or _latest_score_date(spark, cfg)
-    beyond = beyond_metrics(spark, cfg, score_date, settings, model.version) if score_date else None
+    beyond = beyond_metrics(spark, cfg, score_date, settings, model) if score_date else None
     eval_date = score_date or dt.date.today()
 
     with mlflow.start_run(run_name=f"evaluate-{model.name}-v{model.version}") as run:

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -116,6 +117,28 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
         "log_loss": float(log_loss(labels, scores, labels=[0, 1])) if len(labels) else float("nan"),
         "n": float(len(labels)),
     }
+
+
+def mean_ndcg_at_k(users: np.ndarray, items: np.ndarray, labels: np.ndarray, scores: np.ndarray, *,
+                   k: int) -> float:
+    """Mean per-user NDCG@k, as the evaluation job's ``ndcg@K``: one candidate per (user, item) (relevant if any
+    of its rows is a click, scored by the mean score), each user's items ranked by score (ties by item id),
+    gain ``label / log2(rank + 1)`` over the top ``k`` against the ideal order; users without a click are
+    skipped. NaN when no user has one."""
+    frame = pd.DataFrame({"u": np.asarray(users).astype(str), "i": np.asarray(items).astype(str),
+                          "y": np.asarray(labels, dtype=np.float64), "s": np.asarray(scores, dtype=np.float64)})
+    per_item = frame.groupby(["u", "i"], sort=False).agg(y=("y", "max"), s=("s", "mean")).reset_index()
+    per_item = per_item.sort_values(["u", "s", "i"], ascending=[True, False, True], kind="stable")
+    values = []
+    discount = 1.0 / np.log2(np.arange(2, k + 2))
+    for _, group in per_item.groupby("u", sort=False):
+        gains = group["y"].to_numpy()
+        if gains.sum() <= 0:
+            continue
+        top = gains[:k]
+        ideal = np.sort(gains)[::-1][:k]
+        values.append(float((top * discount[:len(top)]).sum() / (ideal * discount[:len(ideal)]).sum()))
+    return float(np.mean(values)) if values else float("nan")
 
 
 def _autocast(device: str, precision: str) -> AbstractContextManager:
@@ -459,6 +482,10 @@ def _train(p: TrainParams, rank: int, world: int, local_rank: int) -> dict[str, 
             dist.broadcast(stop, src=0)
         return bool(stop[0])
 
+    if state.last_eval_step < 0:
+        # Step 0: the starting model (a logistic regression on the numeric features, or the warm start) is a
+        # candidate like any later state, so fine-tuning never returns a model worse on validation than it.
+        evaluate_and_checkpoint()
     t_start, samples, window_loss, window_n = time.perf_counter(), 0, 0.0, 0
     stop = state.stopped_early
     while not stop and state.epoch < p.epochs and state.global_step < total_steps:
@@ -511,6 +538,7 @@ def _train(p: TrainParams, rank: int, world: int, local_rank: int) -> dict[str, 
     state.stopped_early = stop
     elapsed = time.perf_counter() - t_start
     summary |= {"global_step": state.global_step, "epochs_run": state.epoch, "best_valid_auc": state.best_auc,
+                "initial_valid_auc": next((h["valid_auc"] for h in state.history if h["step"] == 0), float("nan")),
                 "history": state.history, "stopped_early": stop, "train_seconds": elapsed,
                 "samples_per_sec": samples / max(elapsed, 1e-9)}
     if rank != 0:
@@ -527,7 +555,8 @@ def _train(p: TrainParams, rank: int, world: int, local_rank: int) -> dict[str, 
              user_id=test_all.extra[S.USER_ID].astype(str), ad_id=test_all.extra[S.AD_ID].astype(str))
     summary["test"] = test_metrics
     summary["model_dir"] = str(out / "model")
-    log.info("fine-tuned model: test AUC %.4f, log-loss %.4f on %d rows; best valid AUC %.4f",
-             test_metrics["auc"], test_metrics["log_loss"], len(test_all), state.best_auc)
+    log.info("fine-tuned model: test AUC %.4f, log-loss %.4f on %d rows; best valid AUC %.4f (step 0: %.4f)",
+             test_metrics["auc"], test_metrics["log_loss"], len(test_all), state.best_auc,
+             summary["initial_valid_auc"])
     (out / "summary.json").write_text(json.dumps(summary, default=float))
     return summary

@@ -4,6 +4,7 @@ resolving ``name@alias`` to a pinned version and a local model folder."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -145,31 +146,84 @@ def tag_version(cfg: MlflowConfig, version: int, tags: dict[str, object]) -> Non
         c.set_model_version_tag(cfg.model_name, str(version), k, str(v))
 
 
+def version_tags(cfg: MlflowConfig, version: int, *, name: str | None = None) -> dict[str, str]:
+    """The tags of one registered version (the split cut-offs and gate numbers the training job recorded)."""
+    return dict(client(cfg).get_model_version(name or cfg.model_name, str(version)).tags)
+
+
+@dataclass(frozen=True)
+class GateMetrics:
+    """One model's numbers on the gate's rows: test AUC and the mean per-user NDCG@K."""
+
+    auc: float
+    ndcg: float
+
+
 @dataclass(frozen=True)
 class PromotionDecision:
     promote: bool
-    challenger_auc: float
-    champion_auc: float | None
+    reason: str
+    challenger: GateMetrics
+    champion: GateMetrics | None
     champion_version: int | None
-    margin: float
+    auc_margin: float
+    ndcg_margin: float
+    k: int
+    rows: int
 
-    @property
-    def reason(self) -> str:
-        if self.champion_version is None:
-            return "no champion yet"
-        verdict = "reaches" if self.promote else "does not reach"  # promotion is at least champion + margin
-        return (f"challenger test AUC {self.challenger_auc:.4f} {verdict} champion v{self.champion_version} "
-                f"{self.champion_auc:.4f} + margin {self.margin}")
+    def tags(self) -> dict[str, str]:
+        """Every number of the decision, as registry version tags."""
+        def num(x: float | None) -> str:
+            return "" if x is None else f"{x:.6f}"
+
+        k = self.k
+        return {"promotion_decision": "promoted" if self.promote else "kept_champion",
+                "promotion_reason": self.reason, "promotion_auc_margin": str(self.auc_margin),
+                "promotion_ndcg_margin": str(self.ndcg_margin), "promotion_k": str(k), "gate_rows": str(self.rows),
+                "challenger_gate_auc": num(self.challenger.auc),
+                f"challenger_gate_ndcg_at_{k}": num(self.challenger.ndcg),
+                "champion_gate_auc": num(self.champion.auc if self.champion else None),
+                f"champion_gate_ndcg_at_{k}": num(self.champion.ndcg if self.champion else None),
+                "champion_version_compared": "" if self.champion_version is None else str(self.champion_version)}
 
 
-def decide_promotion(challenger_auc: float, champion_auc: float | None, champion_version: int | None,
-                     margin: float) -> PromotionDecision:
-    """Champion only if there is none, or the challenger's AUC on the same test data is at least the
-    champion's plus ``margin``."""
-    if champion_version is None or champion_auc is None:
-        return PromotionDecision(True, challenger_auc, None, None, margin)
-    return PromotionDecision(challenger_auc >= champion_auc + margin, challenger_auc, champion_auc,
-                             champion_version, margin)
+def decide_promotion(challenger: GateMetrics, champion: GateMetrics | None, champion_version: int | None, *,
+                     auc_margin: float, ndcg_margin: float, k: int, rows: int) -> PromotionDecision:
+    """Should the challenger become champion? Both models' numbers come from the same ``rows`` test rows that
+    neither trained on.
+
+    No champion: promote. Otherwise promote only when the challenger is not worse on test AUC nor on
+    NDCG@``k``, and better on at least one by its margin (margins > 0: a tie never promotes). No rows, or a
+    NaN on either side (e.g. a single class, or no user with a click), never promotes; the reason says which.
+    """
+    def decision(promote: bool, reason: str) -> PromotionDecision:
+        return PromotionDecision(promote, reason, challenger, champion, champion_version, auc_margin,
+                                 ndcg_margin, k, rows)
+
+    if champion_version is None or champion is None:
+        return decision(True, "no champion yet")
+    ndcg = f"NDCG@{k}"
+    if rows == 0:
+        return decision(False, f"kept champion v{champion_version}: no test rows that neither model trained on")
+    nan = [f"{who} {name}" for who, m in (("challenger", challenger), (f"champion v{champion_version}", champion))
+           for name, v in (("AUC", m.auc), (ndcg, m.ndcg)) if math.isnan(v)]
+    if nan:
+        return decision(False, f"kept champion v{champion_version}: {', '.join(nan)} undefined (NaN) on the "
+                               f"{rows} gate rows; a NaN never promotes")
+    d_auc, d_ndcg = challenger.auc - champion.auc, challenger.ndcg - champion.ndcg
+    numbers = (f"AUC {challenger.auc:.4f} vs {champion.auc:.4f} ({d_auc:+.4f}), {ndcg} {challenger.ndcg:.4f} vs "
+               f"{champion.ndcg:.4f} ({d_ndcg:+.4f}) on {rows} rows neither model trained on")
+    worse = [name for name, d in (("AUC", d_auc), (ndcg, d_ndcg)) if d < 0]
+    if worse:
+        return decision(False, f"kept champion v{champion_version}: challenger worse on {' and '.join(worse)}; "
+                               + numbers)
+    eps = 1e-12
+    better = [name for name, d, m in (("AUC", d_auc, auc_margin), (ndcg, d_ndcg, ndcg_margin)) if d >= m - eps]
+    if not better:
+        return decision(False, f"kept champion v{champion_version}: challenger not better by the margin (AUC "
+                               f"+{auc_margin}, {ndcg} +{ndcg_margin}) on either; " + numbers)
+    return decision(True, f"promoted over champion v{champion_version}: better on {' and '.join(better)} by the "
+                          "margin, worse on neither; " + numbers)
 
 
 def local_model_cache(root: str | Path, model: ResolvedModel) -> Path:

@@ -4,7 +4,6 @@ promotion gate against ``champion`` on the same test data."""
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import shutil
 import tempfile
@@ -18,15 +17,15 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from adrec_spark import schema as S
-from adrec_spark.config import AppConfig
+from adrec_spark.config import AppConfig, SplitConfig
 from adrec_spark.errors import InputDataError, TrainingDataError
-from adrec_spark.etl import split as split_mod
 from adrec_spark.frames import require_columns
 from adrec_spark.io import fs, tables
-from adrec_spark.model.data import PAIR_COLUMNS
+from adrec_spark.model.data import PAIR_COLUMNS, Batch
 from adrec_spark.model.encoder import resolve_base_model
-from adrec_spark.model.training import TrainParams, binary_metrics, train_worker
+from adrec_spark.model.training import TrainParams, binary_metrics, mean_ndcg_at_k, train_worker
 from adrec_spark.registry import registry
+from adrec_spark.training import split as split_mod
 
 log = logging.getLogger(__name__)
 
@@ -41,26 +40,23 @@ class TrainingResult:
     decision: str
     test_auc: float
     pretrained_test_auc: float | None
-    champion_test_auc: float | None
+    gate: registry.PromotionDecision
     table_version: int
     rows: dict[str, int]
     summary: dict[str, object]
+    cutoffs: split_mod.SplitCutoffs
 
 
-def select_window(df: DataFrame, *, window_days: int | None, valid_fraction: float,
-                  test_fraction: float) -> DataFrame:
-    """The latest ``window_days`` of examples, re-split by time inside the window (for periodic retraining).
-    Without a window the ETL's split is kept."""
-    if window_days is None:
-        return df
-    latest = df.agg(F.max(S.EVENT_TIME)).first()[0]
-    if latest is None:
-        return df
-    start = latest - dt.timedelta(days=window_days)
-    windowed = df.where(F.col(S.EVENT_TIME) > F.lit(start)).drop(S.SPLIT).persist(StorageLevel.MEMORY_AND_DISK)
-    cutoffs = split_mod.fraction_cutoffs(windowed, valid_fraction=valid_fraction, test_fraction=test_fraction)
-    log.info("retraining window: examples after %s, re-split at %s", start, cutoffs)
-    return split_mod.assign_split(windowed, cutoffs)
+def split_training_data(df: DataFrame, cfg: SplitConfig, *, window_days: int | None) -> tuple[DataFrame,
+                                                                                             split_mod.SplitCutoffs]:
+    """The training data split by time over all its rows (a pinned table version; with ``window_days`` the latest
+    days only): the ``split`` column and the cut-offs that made it (recorded on the model version, so the
+    evaluation job and the promotion gate re-apply the same split). Any ``split`` column already in the table
+    (written by the ETL of earlier releases) is replaced. Runs Spark jobs on ``df`` (see
+    :func:`split_mod.compute_cutoffs`): pass it persisted."""
+    cutoffs = split_mod.compute_cutoffs(df, cfg, window_days=window_days)
+    log.info("training split over the whole training data: %s", cutoffs.describe())
+    return split_mod.assign_split(df, cutoffs), cutoffs
 
 
 def export_splits(df: DataFrame, out: str, *, partitions: int) -> dict[str, int]:
@@ -70,11 +66,8 @@ def export_splits(df: DataFrame, out: str, *, partitions: int) -> dict[str, int]
     for name in (S.TRAIN, S.VALID, S.TEST):
         if not counts.get(name):
             raise TrainingDataError(f"the {name} split of training_examples is empty ({counts}): run the ETL on "
-                                    "more dates or change etl.split")
-        (df.where(F.col(S.SPLIT) == name).select(*EXPORT_COLUMNS)
-         .repartitionByRange(partitions, S.EVENT_TS, S.USER_ID, S.AD_ID, S.EVENT_ID)
-         .sortWithinPartitions(S.EVENT_TS, S.USER_ID, S.AD_ID, S.EVENT_ID)
-         .write.mode("overwrite").parquet(f"{out}/{name}"))
+                                    "more dates or change train.split")
+        write_sorted(df.where(F.col(S.SPLIT) == name), f"{out}/{name}", partitions=partitions)
     return {k: counts.get(k, 0) for k in (S.TRAIN, S.VALID, S.TEST)}
 
 
@@ -86,6 +79,14 @@ def drop_staging(staging: str) -> None:
     except OSError as e:  # the run's own error, if any, matters more
         log.warning("could not delete the training splits at %s (%s): delete them, or run forget-users", staging,
                     e)
+
+
+def write_sorted(df: DataFrame, path: str, *, partitions: int) -> None:
+    """The export columns as Parquet sorted by the split key (so a rerun writes the same files)."""
+    (df.select(*EXPORT_COLUMNS)
+     .repartitionByRange(partitions, S.EVENT_TS, S.USER_ID, S.AD_ID, S.EVENT_ID)
+     .sortWithinPartitions(S.EVENT_TS, S.USER_ID, S.AD_ID, S.EVENT_ID)
+     .write.mode("overwrite").parquet(path))
 
 
 def _distributor_local_mode(spark: SparkSession, run_on: str) -> bool:
@@ -130,21 +131,54 @@ def _params(cfg: AppConfig, *, data_dir: str, out_dir: str, base: str, init_dir:
         tracking_uri=cfg.mlflow.tracking_uri, run_id=run_id)
 
 
-def _champion_auc(cfg: AppConfig, data_dir: str, work: Path) -> tuple[float | None, int | None]:
-    """The current champion's test AUC on this run's test split (None when there is no champion)."""
-    from adrec_spark.errors import ModelResolutionError
-    from adrec_spark.model.data import PairDataset
+def gate_metrics(model_dir: str | Path, rows: Batch, *, k: int, batch_size: int) -> registry.GateMetrics:
+    """A model's test AUC (of its click probability) and mean per-user NDCG@k (ranking each user's ads by the
+    pair logit, as the evaluation and scoring jobs do) on the gate's rows."""
     from adrec_spark.model.inference import Scorer
 
+    if len(rows) == 0:
+        return registry.GateMetrics(float("nan"), float("nan"))
+    pair, user = Scorer(model_dir, batch_size=batch_size).logit_parts(rows.ad_text, rows.history_text, rows.numeric)
+    auc = binary_metrics(rows.label, 1.0 / (1.0 + np.exp(-(pair.astype(np.float64) + user))))["auc"]
+    ndcg = mean_ndcg_at_k(rows.extra[S.USER_ID], rows.extra[S.AD_ID], rows.label, pair, k=k)
+    return registry.GateMetrics(auc, ndcg)
+
+
+def _promotion_gate(cfg: AppConfig, df: DataFrame, staging: str, work: Path,
+                    challenger_dir: str) -> tuple[registry.PromotionDecision, str]:
+    """Both models on the same test rows that neither trained on (this run's test rows later than the
+    champion's own test cut-off, read from its version tags), on AUC and NDCG@K; the decision and what the
+    rows were."""
+    from adrec_spark.errors import ModelResolutionError
+    from adrec_spark.model.data import PairDataset
+
+    t = cfg.train
     try:
-        champ = registry.resolve(cfg.mlflow, alias=cfg.train.champion_alias)
+        champ = registry.resolve(cfg.mlflow, alias=t.champion_alias)
     except ModelResolutionError:
-        return None, None
-    model_dir = registry.download_model_dir(cfg.mlflow, champ, work / "champion")
-    test = PairDataset(fs.join(data_dir, S.TEST), max_rows=cfg.train.max_eval_rows).read_all()
-    scores = Scorer(model_dir, batch_size=cfg.train.eval_batch_size).score(test.ad_text, test.history_text,
-                                                                         test.numeric)
-    return binary_metrics(test.label, scores)["auc"], champ.version
+        champ = None
+    champ_cutoffs = split_mod.SplitCutoffs.from_tags(registry.version_tags(cfg.mlflow, champ.version)) \
+        if champ else None
+    gate_dir = fs.join(staging, "gate")
+    write_sorted(split_mod.rows_neither_trained_on(df, champ_cutoffs), gate_dir, partitions=1)
+    rows = PairDataset(gate_dir, max_rows=t.max_eval_rows, extra_columns=(S.USER_ID, S.AD_ID)).read_all()
+    if champ is None:
+        compared_on = "this run's test rows (no champion)"
+    elif champ_cutoffs is None:
+        compared_on = (f"this run's test rows: champion v{champ.version} has no recorded split cut-offs (trained "
+                       "before they were recorded), so some of these rows may be ones it trained on")
+        log.warning("promotion gate: %s", compared_on)
+    else:
+        compared_on = f"this run's test rows from champion v{champ.version}'s test cut-off on ({len(rows)} rows)"
+    challenger = gate_metrics(challenger_dir, rows, k=t.promotion_k, batch_size=t.eval_batch_size)
+    champion = None
+    if champ is not None:
+        champ_dir = registry.download_model_dir(cfg.mlflow, champ, work / "champion")
+        champion = gate_metrics(champ_dir, rows, k=t.promotion_k, batch_size=t.eval_batch_size)
+    decision = registry.decide_promotion(challenger, champion, champ.version if champ else None,
+                                         auc_margin=t.promotion_auc_margin, ndcg_margin=t.promotion_ndcg_margin,
+                                         k=t.promotion_k, rows=len(rows))
+    return decision, compared_on
 
 
 def _log_plots(run_id: str, summary: dict[str, object], out_dir: Path) -> None:
@@ -175,7 +209,6 @@ def run_training(spark: SparkSession, cfg: AppConfig, *, init_from: str | None =
         init_from: an alias (e.g. ``champion``) to warm-start from, for periodic retraining.
         resume: continue from the last checkpoint of an interrupted run of this model.
     """
-    import mlflow
 
     t0 = time.perf_counter()
     for location in (cfg.storage.staging, cfg.train.checkpoint_dir):  # the trainer's Python must reach both
@@ -186,10 +219,21 @@ def run_training(spark: SparkSession, cfg: AppConfig, *, init_from: str | None =
         version = tables.table_version(spark, cfg.storage, S.TRAINING_EXAMPLES)
     if version is None:
         raise InputDataError("table 'training_examples' does not exist: run the ETL job first")
-    df = tables.read_table(spark, cfg.storage, S.TRAINING_EXAMPLES, version=version)
-    require_columns(df, (*EXPORT_COLUMNS, S.SPLIT, S.EVENT_TIME), "training_examples")
-    df = select_window(df, window_days=cfg.train.window_days, valid_fraction=cfg.etl.split.valid_fraction,
-                       test_fraction=cfg.etl.split.test_fraction)
+    table = tables.read_table(spark, cfg.storage, S.TRAINING_EXAMPLES, version=version)
+    require_columns(table, EXPORT_COLUMNS, "training_examples")
+    table = table.drop(S.SPLIT).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        df, cutoffs = split_training_data(table, cfg.train.split, window_days=cfg.train.window_days)
+        return _train_and_register(spark, cfg, df, cutoffs, version=version, init_from=init_from, resume=resume,
+                                   t0=t0)
+    finally:
+        table.unpersist()
+
+
+def _train_and_register(spark: SparkSession, cfg: AppConfig, df: DataFrame, cutoffs: split_mod.SplitCutoffs, *,
+                        version: int, init_from: str | None, resume: bool, t0: float) -> TrainingResult:
+    import mlflow
+
 
     init = registry.resolve(cfg.mlflow, alias=init_from) if init_from else None
     base = str(resolve_base_model(cfg.model.base_model))
@@ -206,6 +250,7 @@ def run_training(spark: SparkSession, cfg: AppConfig, *, init_from: str | None =
             mlflow.log_params({"data.table": cfg.storage.table_path(S.TRAINING_EXAMPLES),
                                "data.table_version": version, **{f"data.rows_{k}": v for k, v in rows.items()},
                                **{f"data.positives_{k}": positives.get(k, 0) for k in rows},
+                               **{f"data.{k}": v for k, v in cutoffs.to_tags().items()},
                                "init_from": f"{init.uri} ({init_from})" if init else "pretrained",
                                "base_model": cfg.model.base_model})
             mlflow.set_tags({"adrec.job": "train", "adrec.table_version": str(version)})
@@ -215,37 +260,41 @@ def run_training(spark: SparkSession, cfg: AppConfig, *, init_from: str | None =
             summary = _run_distributed(spark, cfg, params)
             test = summary["test"]  # type: ignore[index]
             pre = summary.get("pretrained_test", {}).get("auc")  # type: ignore[union-attr]
-            metrics = {"test_auc": test["auc"], "test_log_loss": test["log_loss"],  # type: ignore[index]
-                       "best_valid_auc": summary["best_valid_auc"], "train_samples_per_sec": summary["samples_per_sec"],
-                       "train_seconds": summary["train_seconds"], "epochs_run": summary["epochs_run"]}
-            if pre is not None:
-                metrics["pretrained_test_auc"] = pre
-            mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})  # type: ignore[arg-type]
+            _log_run_metrics(summary, pre)
             _log_plots(run_id, summary, work / "out")
             mlflow.log_dict(summary, "training_summary.json")
-            champion_auc, champion_version = _champion_auc(cfg, staging, work)
+            decision, compared_on = _promotion_gate(cfg, df, staging, work, str(summary["model_dir"]))
             model_uri = registry.log_pyfunc(summary["model_dir"])  # type: ignore[arg-type]
         finally:
             shutil.rmtree(work, ignore_errors=True)
             drop_staging(staging)
-        new_version = registry.register(cfg.mlflow, model_uri, tags={"table_version": str(version)})
+        new_version = registry.register(cfg.mlflow, model_uri, tags={
+            "table_version": str(version), **cutoffs.to_tags(), "split.summary": cutoffs.describe()})
         registry.set_alias(cfg.mlflow, cfg.train.challenger_alias, new_version)
-        decision = registry.decide_promotion(float(test["auc"]), champion_auc, champion_version,  # type: ignore
-                                             cfg.train.promotion_margin)
         if decision.promote:
             registry.set_alias(cfg.mlflow, cfg.train.champion_alias, new_version)
-        tags = {"promotion_decision": "promoted" if decision.promote else "kept_champion",
-                "promotion_reason": decision.reason, "challenger_test_auc": f"{decision.challenger_auc:.6f}",
-                "champion_test_auc": "" if champion_auc is None else f"{champion_auc:.6f}",
-                "champion_version_compared": "" if champion_version is None else str(champion_version),
-                "compared_on": f"{cfg.storage.table_path(S.TRAINING_EXAMPLES)}@v{version} test split"}
+        tags = {**decision.tags(), "challenger_test_auc": f"{float(test['auc']):.6f}",  # type: ignore[index]
+                "compared_on": f"{cfg.storage.table_path(S.TRAINING_EXAMPLES)}@v{version}: {compared_on}"}
         registry.tag_version(cfg.mlflow, new_version, tags)
         mlflow.set_tags({f"adrec.{k}": v for k, v in tags.items()} | {"adrec.model_version": str(new_version)})
-        if champion_auc is not None:
-            mlflow.log_metric("champion_test_auc", champion_auc)
+        mlflow.log_metrics({f"gate_{who}_{name}": v for who, m in (("challenger", decision.challenger),
+                                                                  ("champion", decision.champion)) if m
+                            for name, v in (("auc", m.auc), (f"ndcg_at_{decision.k}", m.ndcg)) if np.isfinite(v)})
     log.info("registered %s v%d as %s; %s (%.0fs)", cfg.mlflow.model_name, new_version, cfg.train.challenger_alias,
              decision.reason, time.perf_counter() - t0)
     return TrainingResult(run_id=run_id, model_version=new_version, promoted=decision.promote,
                           decision=decision.reason, test_auc=float(test["auc"]),  # type: ignore[index]
-                          pretrained_test_auc=pre, champion_test_auc=champion_auc, table_version=version,
-                          rows=rows, summary=summary)
+                          pretrained_test_auc=pre, gate=decision, table_version=version, rows=rows,
+                          summary=summary, cutoffs=cutoffs)
+
+
+def _log_run_metrics(summary: dict[str, object], pretrained_auc: float | None) -> None:
+    import mlflow
+
+    test = summary["test"]
+    metrics = {"test_auc": test["auc"], "test_log_loss": test["log_loss"],  # type: ignore[index]
+               "best_valid_auc": summary["best_valid_auc"], "initial_valid_auc": summary.get("initial_valid_auc"),
+               "train_samples_per_sec": summary["samples_per_sec"], "train_seconds": summary["train_seconds"],
+               "epochs_run": summary["epochs_run"], "pretrained_test_auc": pretrained_auc}
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()  # type: ignore[arg-type]
+                        if v is not None and np.isfinite(float(v))})  # type: ignore[arg-type]
