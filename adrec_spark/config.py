@@ -272,6 +272,8 @@ class ScoreConfig:
     torch_threads: int | None = 1
     max_per_advertiser: int = 2
     duplicate_similarity: float = 0.95
+    # "Because you clicked X" only when X's embedding has at least this cosine similarity with the ad.
+    reason_min_similarity: float = 0.5
     popular_pool: int = 50
     chaos: ChaosConfig = field(default_factory=ChaosConfig)
 
@@ -281,6 +283,7 @@ class ScoreConfig:
             _check(getattr(self, key) >= 1, f"score.{key}", "must be >= 1")
         _check(self.prior_top_n >= 0, "score.prior_top_n", "must be >= 0")
         _check(0 < self.duplicate_similarity <= 1, "score.duplicate_similarity", "must be in (0, 1]")
+        _check(-1 <= self.reason_min_similarity <= 1, "score.reason_min_similarity", "must be in [-1, 1]")
         _check(self.torch_threads is None or self.torch_threads >= 1, "score.torch_threads", "must be >= 1")
         _check_alias(self.model_alias, "score.model_alias")
 
