@@ -139,6 +139,10 @@ class EtlConfig:
     history_max_chars: int = 1200
     rate_prior: float = 0.1
     rate_prior_strength: float = 10.0
+    # A date whose share of rejected input rows exceeds this fails (on_rejected_excess: fail, the default:
+    # nothing is written) or is logged as a warning (warn).
+    max_rejected_fraction: float = 0.2
+    on_rejected_excess: Literal["fail", "warn"] = "fail"
     split: SplitConfig = field(default_factory=SplitConfig)
 
     def __post_init__(self) -> None:
@@ -149,6 +153,7 @@ class EtlConfig:
         _check(self.attribution_hours >= 0, "etl.attribution_hours", "must be >= 0")
         _check(0 < self.rate_prior < 1, "etl.rate_prior", "must be in (0, 1)")
         _check(self.rate_prior_strength > 0, "etl.rate_prior_strength", "must be > 0")
+        _check(0 <= self.max_rejected_fraction <= 1, "etl.max_rejected_fraction", "must be in [0, 1]")
 
 
 @dataclass(frozen=True)
