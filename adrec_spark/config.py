@@ -149,6 +149,10 @@ class EtlConfig:
     history_max_chars: int = 1200
     rate_prior: float = 0.1
     rate_prior_strength: float = 10.0
+    # A date whose share of rejected input rows exceeds this fails (on_rejected_excess: fail, the default:
+    # nothing is written) or is logged as a warning (warn).
+    max_rejected_fraction: float = 0.2
+    on_rejected_excess: Literal["fail", "warn"] = "fail"
 
     def __post_init__(self) -> None:
         for key in ("lookback_days", "text_max_chars", "history_max_items", "history_max_chars"):
@@ -158,6 +162,7 @@ class EtlConfig:
         _check(self.attribution_hours >= 0, "etl.attribution_hours", "must be >= 0")
         _check(0 < self.rate_prior < 1, "etl.rate_prior", "must be in (0, 1)")
         _check(self.rate_prior_strength > 0, "etl.rate_prior_strength", "must be > 0")
+        _check(0 <= self.max_rejected_fraction <= 1, "etl.max_rejected_fraction", "must be in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -289,6 +294,8 @@ class ScoreConfig:
     torch_threads: int | None = 1
     max_per_advertiser: int = 2
     duplicate_similarity: float = 0.95
+    # "Because you clicked X" only when X's embedding has at least this cosine similarity with the ad.
+    reason_min_similarity: float = 0.5
     popular_pool: int = 50
     chaos: ChaosConfig = field(default_factory=ChaosConfig)
 
@@ -298,6 +305,7 @@ class ScoreConfig:
             _check(getattr(self, key) >= 1, f"score.{key}", "must be >= 1")
         _check(self.prior_top_n >= 0, "score.prior_top_n", "must be >= 0")
         _check(0 < self.duplicate_similarity <= 1, "score.duplicate_similarity", "must be in (0, 1]")
+        _check(-1 <= self.reason_min_similarity <= 1, "score.reason_min_similarity", "must be in [-1, 1]")
         _check(self.torch_threads is None or self.torch_threads >= 1, "score.torch_threads", "must be >= 1")
         _check_alias(self.model_alias, "score.model_alias")
 

@@ -176,3 +176,35 @@ def test_parse_ads_validates_and_dedupes(spark) -> None:
     assert set(ok) == {"a1", "a2"}
     assert ok["a2"][S.CATEGORY] == "unknown" and ok["a2"][S.AD_TEXT] == "Bag"
     assert ok["a2"][S.START_DATE] == dt.date(2024, 1, 1)
+
+
+def test_clicks_and_conversions_without_an_earlier_impression_are_rejected(spark) -> None:
+    raw = _raw(spark, [
+        ("i1", "u1", "a1", "impression", "2024-01-02T10:00:00Z", None, None),
+        ("c1", "u1", "a1", "click", "2024-01-02T10:00:00Z", None, None),  # same second as i1: kept
+        ("c2", "u1", "a1", "click", "2024-01-02T10:30:00Z", None, None),  # a second click on i1: kept
+        ("c3", "u1", "a2", "click", "2024-01-02T10:05:00Z", None, None),  # no impression of a2: rejected
+        ("c4", "u2", "a1", "click", "2024-01-02T10:05:00Z", None, None),  # i1 was u1's: rejected
+        ("c5", "u1", "a1", "click", "2024-01-02T09:59:00Z", None, None),  # before i1: rejected
+        ("c6", "u1", "a1", "click", "2024-01-03T11:00:00Z", None, None),  # 25 h after i1 (window 24 h): rejected
+        ("v1", "u1", "a1", "conversion", "2024-01-02T12:00:00Z", None, "9.5"),  # a view-through conversion: kept
+        ("v2", "u1", "a3", "conversion", "2024-01-02T12:00:00Z", None, "9.5"),  # rejected
+        ("c7", "u3", "a3", "click", "2024-01-02T00:30:00Z", None, None),  # impression landed the day before
+        ("c8", "u3", "a2", "click", "2024-01-02T00:30:00Z", None, None),  # impression landed 3 days before
+        ("x1", None, "a1", "click", "2024-01-02T10:00:00Z", None, None),  # rejected earlier: keeps its reason
+    ])
+    marked = clean.mark_duplicates(clean.parse_events(raw, text_max_chars=50, max_clock_skew_minutes=60 * 24))
+    earlier = spark.createDataFrame([
+        (dt.date(2024, 1, 1), "u3", "a3", dt.datetime(2024, 1, 1, 23, 50, tzinfo=dt.timezone.utc).timestamp()),
+        (dt.date(2023, 12, 30), "u3", "a2", dt.datetime(2024, 1, 1, 23, 50, tzinfo=dt.timezone.utc).timestamp()),
+    ], "ds date, user_id string, ad_id string, event_ts double")
+    out = clean.reject_events_without_impression(marked, earlier, attribution_hours=24.0, lookback_days=2)
+    got = {r[S.EVENT_ID]: (r[clean.STATUS], r[S.REASON]) for r in out.collect()}
+    orphan, no_conv = "click_without_impression", "conversion_without_impression"
+    assert got == {
+        "i1": ("clean", None), "c1": ("clean", None), "c2": ("clean", None), "c3": ("rejected", orphan),
+        "c4": ("rejected", orphan), "c5": ("rejected", orphan), "c6": ("rejected", orphan),
+        "v1": ("clean", None), "v2": ("rejected", no_conv), "c7": ("clean", None),
+        "c8": ("rejected", orphan),  # its impression landed more than lookback_days before it
+        "x1": ("rejected", "missing_user_id"),
+    }

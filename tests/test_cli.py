@@ -139,8 +139,8 @@ def test_config_command_prints_yaml_that_loads_back_with_each_values_origin(
     from adrec_spark.config import load_config
 
     a, _ = two_files
-    overrides = ["score.top_k=3", 'mlflow.experiment="yes"', "evaluate.ks=[1, 3]", "etl.split.method=dates",
-                 "etl.split.valid_start=2024-01-10", "etl.split.test_start=2024-01-12",
+    overrides = ["score.top_k=3", 'mlflow.experiment="yes"', "evaluate.ks=[1, 3]", "train.split.method=dates",
+                 "train.split.valid_start=2024-01-10", "train.split.test_start=2024-01-12",
                  "spark.conf={'spark.x': 'a: b', 'spark.y': '1'}", "train.learning_rate=5e-4",
                  "storage.lakehouse=s3a://bucket/lake, with comma"]
     argv = ["--conf", str(a), "config"] + [x for o in overrides for x in ("--set", o)]

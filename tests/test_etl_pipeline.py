@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +14,7 @@ from pyspark.sql import functions as F
 from adrec_spark import schema as S
 from adrec_spark.data.generator import GeneratorSpec, generate
 from adrec_spark.errors import InputDataError
-from adrec_spark.etl.pipeline import run_etl
+from adrec_spark.etl.pipeline import RejectedFractionError, run_etl
 from tests.conftest import make_config, movielens_or_skip
 
 START = dt.date(2024, 1, 1)
@@ -57,8 +58,11 @@ def test_accounting_identity_and_reasons(spark, backfilled) -> None:
         assert reasons == sorted(["malformed_record", "missing_user_id", "unknown_event_type", "unknown_ad",
                                   "future_event_time"])
         assert run["duplicate_rows"] == 1
-    ad_reasons = sorted(r[S.REASON] for r in rejected.where(F.col(S.SOURCE) == "ads").collect())
-    assert ad_reasons == ["duplicate_ad_id", "missing_title", "negative_price"]
+        assert run["rejected_rows"] / run["input_rows"] < 0.2  # the generator's data passes the default guard
+    # each date's catalog (here the one snapshot of the first day) is checked as a nightly run checks it
+    ad_reasons = sorted((str(r[S.DS]), r[S.REASON]) for r in rejected.where(F.col(S.SOURCE) == "ads").collect())
+    assert ad_reasons == [(ds, reason) for ds in sorted(runs)
+                          for reason in ("duplicate_ad_id", "missing_title", "negative_price")]
     assert result.ads_clean == SPEC.n_ads
 
 
@@ -163,7 +167,7 @@ def test_a_failed_rerun_puts_back_every_table_it_already_wrote(spark, tmp_path, 
     def boom(*args, **kwargs):
         raise RuntimeError("injected: ad snapshot failed")
 
-    monkeypatch.setattr(features, "ad_snapshot", boom)
+    monkeypatch.setattr(features, "ad_snapshots", boom)
     with pytest.raises(RuntimeError, match="injected: ad snapshot failed"):
         run_etl(spark, cfg, day2)
     after = {t: _rows(spark, cfg.storage.table_path(t), k) for t, k in keys.items()}
@@ -226,6 +230,31 @@ def test_missing_or_empty_input_is_a_clear_error_and_writes_nothing(spark, tmp_p
         (tmp_path / "raw" / "events" / f"date={START.isoformat()}" / "events-0.jsonl").read_text())
     with pytest.raises(InputDataError, match="no ad catalog snapshot on or before 2023-12-31"):
         run_etl(spark, make_config(tmp_path), dt.date(2023, 12, 31))
+
+
+def test_a_mostly_rejected_day_fails_with_its_top_reasons_or_warns(spark, tmp_path, caplog) -> None:
+    generate(GeneratorSpec(n_users=20, n_ads=15, n_events=200, n_days=1, start=START, seed=2), tmp_path / "raw")
+    day = tmp_path / "raw" / "events" / f"date={START.isoformat()}" / "events-0.jsonl"
+    n_good = _input_lines(day.parent)
+    hover = {"user_id": "u1", "ad_id": "ad-001", "event_type": "hover", "event_time": "2024-01-01T10:00:00Z"}
+    day.write_text(day.read_text() + "{broken\n" * 400
+                   + "".join(json.dumps({**hover, "event_id": f"h{i}"}) + "\n" for i in range(300)))
+    cfg = make_config(tmp_path)
+    with pytest.raises(RejectedFractionError, match=(
+            rf"2024-01-01: 70[0-9] of {n_good + 700} input rows rejected \(.*%\); top reasons "
+            r"malformed_record 40[0-9], unknown_event_type 30[0-9]")):
+        run_etl(spark, cfg, START)
+    assert not Path(cfg.storage.table_path(S.EVENTS_CLEAN)).exists()
+    assert not Path(cfg.storage.table_path(S.EVENTS_REJECTED)).exists()
+    with caplog.at_level("WARNING", logger="adrec_spark.etl.pipeline"):
+        result = run_etl(spark, make_config(tmp_path, "etl.on_rejected_excess=warn"), START)
+    assert result.input_rows == n_good + 700 and result.rejected_rows >= 700
+    assert any("max_rejected_fraction" in r.getMessage() for r in caplog.records)
+    # a generous limit: no warning, no error
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="adrec_spark.etl.pipeline"):
+        run_etl(spark, make_config(tmp_path, "etl.max_rejected_fraction=0.9"), START)
+    assert not any("max_rejected_fraction" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
@@ -325,3 +354,93 @@ def test_nightly_runs_and_a_backfill_give_one_leak_free_training_split(spark, ba
     first_test = night.loc[night[S.SPLIT] == "test", S.EVENT_TS].min()
     assert last_train <= first_valid and night.loc[night[S.SPLIT] == "valid", S.EVENT_TS].max() <= first_test
     pd.testing.assert_frame_equal(night, back)
+
+
+def _jsonl(folder: Path, name: str, rows: list[dict]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _ad(ad_id: str, title: str, price: float, category: str = "travel") -> dict:
+    return {"ad_id": ad_id, "title": title, "description": f"About {title}", "category": category,
+            "advertiser_id": f"adv-{ad_id}", "price": price}
+
+
+POINT_IN_TIME_COLUMNS = [S.DS, S.EVENT_ID, S.USER_ID, S.AD_ID, S.EVENT_TS, S.LABEL, S.RELEVANCE, S.HISTORY_TEXT,
+                         S.AD_TEXT, S.CATEGORY, S.ADVERTISER_ID, *S.NUMERIC_FEATURES, "user_impressions",
+                         "user_clicks", "ad_impressions", "ad_clicks", "history_events"]
+
+
+@pytest.mark.parametrize("steady", [False, True], ids=["changing", "steady"])
+def test_backfill_equals_nightly_runs_with_a_changing_catalog(spark, tmp_path, caplog, steady) -> None:
+    """Catalog snapshots on D1 and D3 (D3: ad A's price and text change, C leaves, D arrives); events on
+    D1..D3, one landing a day late. A backfill of D1..D3 and nightly runs D1, D2, D3 give the same ``ads``
+    and ``training_examples``; each date uses its own snapshot and its own one-day look-back. ``steady``:
+    one snapshot, nothing late, a wide look-back: the backfill computes all dates in one pass, same rows."""
+    d1, d2, d3 = START, START + dt.timedelta(days=1), START + dt.timedelta(days=2)
+    raw = tmp_path / "raw"
+    _jsonl(raw / "ads" / f"date={d1}", "ads-0.jsonl",
+           [_ad("A", "Alpha tent", 10.0), _ad("B", "Beta boots", 20.0), _ad("C", "Gamma map", 5.0, "books")])
+    if not steady:
+        _jsonl(raw / "ads" / f"date={d3}", "ads-0.jsonl",
+               [_ad("A", "Alpha tent XL", 15.0), _ad("B", "Beta boots", 20.0), _ad("D", "Delta stove", 30.0)])
+    n = iter(range(10_000))
+
+    def ev(day: dt.date, user: str, ad: str | None, kind: str, hh_mm: str, **extra) -> dict:
+        return {"event_id": f"e{next(n)}", "user_id": user, "ad_id": ad, "event_type": kind,
+                "event_time": f"{day}T{hh_mm}:00Z", **extra}
+
+    d3_ad = "B" if steady else "D"
+    events = {
+        d1: [ev(d1, "u1", "A", "impression", "09:00"), ev(d1, "u1", "A", "click", "09:01"),
+             ev(d1, "u1", "C", "impression", "10:00"), ev(d1, "u1", "C", "click", "10:02"),
+             ev(d1, "u2", "B", "impression", "11:00"), ev(d1, "u2", None, "query", "11:30", text="tents"),
+             ev(d1, "u2", "A", "impression", "22:50" if steady else "23:50")],
+        d2: [ev(d2, "u2", "A", "click", "00:10") if not steady else ev(d1, "u2", "A", "click", "22:55"),
+             ev(d2, "u1", "B", "impression", "08:00"), ev(d2, "u1", "C", "impression", "09:00"),
+             ev(d2, "u2", "C", "impression", "12:00"), ev(d2, "u2", "C", "click", "12:01")],
+        d3: [ev(d3, "u1", "A", "impression", "08:00"), ev(d3, "u1", d3_ad, "impression", "09:00"),
+             ev(d3, "u1", d3_ad, "click", "09:05"), ev(d3, "u2", "B", "impression", "10:00"),
+             ev(d3 if steady else d2, "u2", "B", "impression", "20:00")],  # landed a day late (not steady)
+    }
+    if steady:  # nothing lands late: u2's click of D1 lands on D1
+        events[d1].append(events[d2].pop(0))
+    for day, rows in events.items():
+        _jsonl(raw / "events" / f"date={day}", "events-0.jsonl", rows)
+
+    def tables_after(lake: str, runs: list[tuple[dt.date, dt.date | None]]) -> dict[str, list[tuple]]:
+        cfg = make_config(tmp_path, f"storage.lakehouse={tmp_path / lake}",
+                          f"storage.staging={tmp_path / lake / '_staging'}",
+                          "etl.lookback_days=5" if steady else "etl.lookback_days=1", "etl.attribution_hours=1")
+        for first, last in runs:
+            run_etl(spark, cfg, first, last)
+        return {"ads": _rows(spark, cfg.storage.table_path(S.ADS), [S.DS, S.AD_ID]),
+                "examples": [tuple(r) for r in spark.read.format("delta")
+                             .load(cfg.storage.table_path(S.TRAINING_EXAMPLES)).select(*POINT_IN_TIME_COLUMNS)
+                             .orderBy(S.DS, S.EVENT_ID).collect()],
+                "rejected": _rows(spark, cfg.storage.table_path(S.EVENTS_REJECTED), [S.DS, S.SOURCE, S.PAYLOAD])}
+
+    with caplog.at_level("INFO", logger="adrec_spark.etl.pipeline"):
+        backfill = tables_after("backfill", [(d1, d3)])
+    assert any("date by date" in r.getMessage() for r in caplog.records) is not steady
+    nightly = tables_after("nightly", [(d1, None), (d2, None), (d3, None)])
+    assert backfill == nightly
+    assert backfill["rejected"] == []  # C's events are on dates whose catalog holds C: not unknown_ad
+    if steady:
+        return
+    ads = {(str(r[0]), r[1]): r for r in backfill["ads"]}
+    cols = spark.read.format("delta").load(str(tmp_path / "backfill" / S.ADS)).columns
+    price = cols.index(S.PRICE)
+    assert sorted(ads) == [(str(d), a) for d in (d1, d2) for a in "ABC"] + [(str(d3), a) for a in "ABD"]
+    assert (ads[(str(d1), "A")][price], ads[(str(d2), "A")][price], ads[(str(d3), "A")][price]) == (10, 10, 15)
+    ex = {r[1]: dict(zip(POINT_IN_TIME_COLUMNS, r, strict=True)) for r in backfill["examples"]}
+    # by hand: D1's impression of A reads D1's text and price, D3's reads D3's
+    assert ex["e0"][S.AD_TEXT] == "Alpha tent | About Alpha tent"
+    assert ex["e0"][S.LOG_PRICE] == pytest.approx(math.log1p(10.0))
+    d3_a = next(e for e in ex.values() if str(e[S.DS]) == str(d3) and e[S.AD_ID] == "A")
+    assert d3_a[S.AD_TEXT] == "Alpha tent XL | About Alpha tent XL"
+    assert d3_a[S.LOG_PRICE] == pytest.approx(math.log1p(15.0))
+    # one-day look-back anchored at D3: u1's D1 impressions and clicks are out of its window (D2 and D3 only)
+    assert (d3_a["user_impressions"], d3_a["user_clicks"]) == (2, 0)  # u1's B and C impressions on D2
+    # the impression landed late on D3 is a D3 example; u2's D1 impression is labelled by no D1 click
+    assert ex["e6"][S.LABEL] == 0 and ex["e16"][S.DS].isoformat() == str(d3)

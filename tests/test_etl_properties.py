@@ -43,7 +43,8 @@ SEEN_IDS = ("seen-1",)  # kept on an earlier date
 EVENT_REASONS = frozenset({
     clean.R_MALFORMED, clean.R_MISSING_EVENT_ID, clean.R_MISSING_USER, clean.R_BAD_EVENT_TYPE,
     clean.R_MISSING_TIME, clean.R_BAD_TIME, clean.R_FUTURE_TIME, clean.R_MISSING_AD, clean.R_UNKNOWN_AD,
-    clean.R_BAD_VALUE, clean.R_MISSING_TEXT,
+    clean.R_BAD_VALUE, clean.R_MISSING_TEXT, clean.R_CLICK_WITHOUT_IMPRESSION,
+    clean.R_CONVERSION_WITHOUT_IMPRESSION,
 })
 # RFC 5322 dot-atom addresses with a dotted domain and an alphabetic top-level domain.
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
@@ -337,7 +338,8 @@ def test_etl_job_accounts_for_every_line(spark, tmp_path, batch) -> None:
     events_rejected and etl_runs agree with each other and with the input lines."""
     case = _write_landing(tmp_path, batch)
     _write_catalog(case)
-    cfg = make_config(case, f"etl.text_max_chars={TEXT_CAP}", f"etl.max_clock_skew_minutes={SKEW_MINUTES}")
+    cfg = make_config(case, f"etl.text_max_chars={TEXT_CAP}", f"etl.max_clock_skew_minutes={SKEW_MINUTES}",
+                      "etl.on_rejected_excess=warn")  # a batch of bad lines is mostly rejected by design
     result = run_etl(spark, cfg, DS)
 
     inputs = [line for line in batch if _is_row(line)]
@@ -364,6 +366,98 @@ def test_etl_job_accounts_for_every_line(spark, tmp_path, batch) -> None:
         (len(inputs), day.clean_rows, day.rejected_rows, day.duplicate_rows)
     impressions = sum(r[S.EVENT_TYPE] == S.IMPRESSION for r in clean_rows)
     assert read(cfg.storage.table_path(S.TRAINING_EXAMPLES)).count() == impressions == result.training_examples
+
+
+ATTRIBUTION_HOURS = 1.0
+DAY2 = DS + dt.timedelta(days=1)
+
+
+@st.composite
+def click_logs(draw) -> list[tuple[dt.date, dict]]:
+    """(landing date, record): impressions, clicks and conversions of three users on three ads over two
+    days, in any order, many clicks and conversions with no impression before them, some landing a day late."""
+    n = draw(st.integers(1, 40))
+    out = []
+    for i in range(n):
+        kind = draw(st.sampled_from([S.IMPRESSION, S.IMPRESSION, S.CLICK, S.CLICK, S.CONVERSION]))
+        sec = draw(st.integers(0, 2 * 86400 - 1))
+        t = DS_START + dt.timedelta(seconds=sec)
+        day = t.date() if t.date() == DAY2 else draw(st.sampled_from([DS, DAY2]))  # late or on time
+        record = {S.EVENT_ID: f"k{i}", S.USER_ID: draw(st.sampled_from(["u0", "u1", "u2"])),
+                  S.AD_ID: draw(st.sampled_from(KNOWN_ADS)), S.EVENT_TYPE: kind,
+                  S.EVENT_TIME: t.strftime("%Y-%m-%dT%H:%M:%SZ")}
+        out.append((day, record))
+    # a burst of clicks right after one impression: more clicks than impressions for that user and ad
+    base = DS_START + dt.timedelta(hours=3)
+    out.append((DS, {S.EVENT_ID: "burst-i", S.USER_ID: "u0", S.AD_ID: "a1", S.EVENT_TYPE: S.IMPRESSION,
+                     S.EVENT_TIME: base.strftime("%Y-%m-%dT%H:%M:%SZ")}))
+    out += [(DS, {S.EVENT_ID: f"burst-c{k}", S.USER_ID: "u0", S.AD_ID: "a1", S.EVENT_TYPE: S.CLICK,
+                  S.EVENT_TIME: (base + dt.timedelta(seconds=k)).strftime("%Y-%m-%dT%H:%M:%SZ")})
+            for k in range(12)]
+    out.append((DS, {S.EVENT_ID: "burst-j", S.USER_ID: "u0", S.AD_ID: "a1", S.EVENT_TYPE: S.IMPRESSION,
+                     S.EVENT_TIME: (base + dt.timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")}))
+    return draw(st.permutations(out))
+
+
+def _in_unit_interval(rows, columns) -> None:
+    for r in rows:
+        for c in columns:
+            assert r[c] is not None and 0.0 <= r[c] <= 1.0, (c, r.asDict())
+
+
+@settings(max_examples=3, **PROPERTY_SETTINGS)
+@given(log=click_logs())
+def test_rates_stay_in_unit_interval_and_every_kept_click_follows_an_impression(spark, tmp_path, log) -> None:
+    """On arbitrary logs with orphan clicks and conversions: each kept click or conversion follows a kept
+    impression of the same user and ad within the attribution window (landed on its date or before); each
+    one rejected as without impression has none; every rate in training_examples, and every rate the
+    scoring job computes from user_profiles and ads, is in [0, 1]."""
+    from adrec_spark.etl import features
+
+    case = tmp_path / f"clicks{next(_counter)}"
+    for day in (DS, DAY2):
+        folder = case / "raw" / "events" / f"date={day.isoformat()}"
+        folder.mkdir(parents=True)
+        rows = [json.dumps(r) + "\n" for d, r in log if d == day]
+        (folder / "events-0.jsonl").write_text("".join(rows) or json.dumps(
+            {S.EVENT_ID: f"q-{day}", S.USER_ID: "u0", S.EVENT_TYPE: S.QUERY, S.TEXT: "hi",
+             S.EVENT_TIME: f"{day.isoformat()}T00:00:00Z"}) + "\n")
+    _write_catalog(case)
+    cfg = make_config(case, f"etl.attribution_hours={ATTRIBUTION_HOURS}", "etl.on_rejected_excess=warn")
+    run_etl(spark, cfg, DS, DAY2)
+    read = spark.read.format("delta").load
+    kept = read(cfg.storage.table_path(S.EVENTS_CLEAN)).select(S.DS, S.EVENT_ID, S.USER_ID, S.AD_ID,
+                                                                 S.EVENT_TYPE, S.EVENT_TS).collect()
+    imps = [r for r in kept if r[S.EVENT_TYPE] == S.IMPRESSION]
+
+    def follows(r) -> bool:
+        return any(i[S.USER_ID] == r[S.USER_ID] and i[S.AD_ID] == r[S.AD_ID] and i[S.DS] <= r[S.DS]
+                   and 0 <= r[S.EVENT_TS] - i[S.EVENT_TS] <= ATTRIBUTION_HOURS * 3600 for i in imps)
+
+    for r in kept:
+        if r[S.EVENT_TYPE] in (S.CLICK, S.CONVERSION):
+            assert follows(r), r.asDict()
+    by_id = {r[S.EVENT_ID]: (d, r) for d, r in log}
+    orphans = read(cfg.storage.table_path(S.EVENTS_REJECTED)).where(F.col(S.REASON).isin(
+        clean.R_CLICK_WITHOUT_IMPRESSION, clean.R_CONVERSION_WITHOUT_IMPRESSION)).collect()
+    for o in orphans:
+        day, rec = by_id[json.loads(o[S.PAYLOAD])[S.EVENT_ID]]
+        ts = dt.datetime.strptime(rec[S.EVENT_TIME], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
+        probe = {S.USER_ID: rec[S.USER_ID], S.AD_ID: rec[S.AD_ID], S.DS: day, S.EVENT_TS: ts.timestamp()}
+        assert not follows(probe), rec
+
+    examples = read(cfg.storage.table_path(S.TRAINING_EXAMPLES)).collect()
+    _in_unit_interval(examples, (S.USER_RATE, S.AD_RATE, S.CATEGORY_MATCH))
+    assert all(r[S.LABEL] in (0, 1) for r in examples)
+    kw = dict(rate_prior=cfg.etl.rate_prior, rate_prior_strength=cfg.etl.rate_prior_strength)
+    users = read(cfg.storage.table_path(S.USER_PROFILES)).select(*features.numeric_features(
+        user_impressions=F.col(features.USER_IMPRESSIONS), user_clicks=F.col(features.USER_CLICKS),
+        ad_impressions=F.lit(0), ad_clicks=F.lit(0), price=F.lit(0.0), category_clicks=F.lit(0), **kw))
+    ads = read(cfg.storage.table_path(S.ADS)).select(*features.numeric_features(
+        user_impressions=F.lit(0), user_clicks=F.lit(0), ad_impressions=F.col(features.AD_IMPRESSIONS),
+        ad_clicks=F.col(features.AD_CLICKS), price=F.col(S.PRICE), category_clicks=F.lit(0), **kw))
+    _in_unit_interval(users.collect(), (S.USER_RATE,))
+    _in_unit_interval(ads.collect(), (S.AD_RATE,))
 
 
 # --- bugs the properties found, pinned as examples ----------------------------------------------------------

@@ -92,6 +92,17 @@ def test_training_examples_by_hand(spark, ads) -> None:
     assert (ex["f2"]["ad_impressions"], ex["f2"]["ad_clicks"]) == (3, 1)
 
 
+def test_rates_count_at_most_one_click_per_impression(spark, ads) -> None:
+    """Twelve clicks on one impression (a double-clicking user): the rates stay in [0, 1]."""
+    rows = [("i1", "u9", "a2", "impression", 0)] + [(f"c{k}", "u9", "a2", "click", 1 + k) for k in range(12)]
+    ex = _examples(spark, _events(spark, [*rows, ("i2", "u9", "a2", "impression", 100)]), ads)
+    i2 = ex["i2"]
+    assert (i2["user_impressions"], i2["user_clicks"], i2["ad_impressions"], i2["ad_clicks"]) == (1, 12, 1, 12)
+    # by hand: min(12 clicks, 1 impression) = 1 click -> (1 + 0.1 * 10) / (1 + 10)
+    assert i2[S.USER_RATE] == pytest.approx(2 / 11) and i2[S.AD_RATE] == pytest.approx(2 / 11)
+    assert i2[S.CATEGORY_MATCH] == pytest.approx(1.0)
+
+
 def test_history_budget_keeps_newest_items_whole(spark, ads) -> None:
     rows = [(f"q{i}", "u1", None, "query", 10 * i, f"query number {i}") for i in range(1, 8)]
     rows.append(("e9", "u1", "a1", "impression", 1000))

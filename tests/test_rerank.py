@@ -63,9 +63,25 @@ def test_diversify_limits_advertisers_and_near_duplicates() -> None:
     picks = diversify(ads, scores, info, k=3, max_per_advertiser=2, duplicate_similarity=0.95)
     # a0; a1 is a near-duplicate of a0; a2 (x, 2nd); a3 would be x's 3rd; a4
     assert [ads[i] for i in picks] == ["a0", "a2", "a4"]
-    # not enough diverse ads: the skipped fill in, in score order
+    # not enough diverse ads: fewer than k, never a near-duplicate or an advertiser's third ad
     picks = diversify(ads, scores, info, k=5, max_per_advertiser=2, duplicate_similarity=0.95)
-    assert [ads[i] for i in picks] == ["a0", "a2", "a4", "a1", "a3"]
+    assert [ads[i] for i in picks] == ["a0", "a2", "a4"]
+
+
+def test_diversify_never_repeats_a_title() -> None:
+    # a0 and a2: the same title (case and spacing aside), different advertisers, unrelated embeddings
+    info = _info([_unit(1, 0, 0), _unit(0, 1, 0), _unit(0, 0, 1)], ["x", "y", "z"],
+                 ["Luxury nail kit - limited offer", "Wool coat", "luxury  nail kit - LIMITED offer"])
+    picks = diversify(["a0", "a1", "a2"], [0.9, 0.5, 0.8], info, k=3, max_per_advertiser=2,
+                      duplicate_similarity=0.95)
+    assert picks == [0, 1]
+
+
+def test_diversify_keeps_max_per_advertiser_when_fewer_than_k_remain() -> None:
+    info = _info([_unit(1, 0, 0), _unit(0, 1, 0), _unit(0, 0, 1), _unit(1, 1, 1)], ["x", "x", "x", "y"])
+    picks = diversify(["a0", "a1", "a2", "a3"], [0.9, 0.8, 0.7, 0.1], info, k=4, max_per_advertiser=2,
+                      duplicate_similarity=0.99)
+    assert picks == [0, 1, 3]  # x's third ad (a2) stays out although the list is short
 
 
 def test_diversify_ties_break_by_ad_id() -> None:
@@ -78,18 +94,49 @@ def test_reasons() -> None:
     info = _info([_unit(1, 0), _unit(0.9, 0.1), _unit(0, 1)], ["x", "y", "z"], ["Alpha", "Beta", "Gamma"])
     assert reason_for("a0", C.PERSONALIZED, ["a2", "a1"], [], info) == "Because you clicked \u201cBeta\u201d"
     assert reason_for("a0", C.QUERY, [], ["cheap flights"], info) == "Matches your search \u201ccheap flights\u201d"
-    assert reason_for("a0", C.POPULAR, ["a1"], [], info).startswith("Popular")
+    assert reason_for("a0", C.POPULAR, ["a1"], [], info, source="popular").startswith("Popular")
+
+
+def test_reason_names_a_clicked_ad_only_above_the_threshold() -> None:
+    # a safari (a0) and an overcoat (a1) are unrelated: cosine 0.2 by construction
+    info = _info([_unit(1, 0), _unit(0.2, np.sqrt(1 - 0.04)), _unit(0.6, 0.8)], ["x", "y", "z"],
+                 ["Kenya safari", "Classic wool overcoat", "Wool scarf"])
+    assert reason_for("a0", C.PERSONALIZED, ["a1"], [], info, min_similarity=0.5) == "Matches your recent activity"
+    # cosine(a0, a2) = 0.6 >= 0.5: a2 is named, not the closer-in-time a1
+    assert reason_for("a0", C.PERSONALIZED, ["a1", "a2"], [], info, min_similarity=0.5) == \
+        "Because you clicked \u201cWool scarf\u201d"
+    assert reason_for("a0", C.PERSONALIZED, ["a1", "a2"], [], info, min_similarity=0.7) == \
+        "Matches your recent activity"
+
+
+def test_prior_and_popular_candidates_say_how_they_were_found() -> None:
+    info = AdInfo({"a0": 0, "a1": 1, "a2": 2}, np.stack([_unit(1, 0), _unit(1, 0.01), _unit(0, 1)]),
+                  ["x", "y", "z"], ["Alpha", "Beta", "Gamma"], ["travel", "travel", "fashion"])
+    # a1 is a near copy of the clicked a0, yet it came from the prior: the reason says so
+    assert reason_for("a1", C.PERSONALIZED, ["a0"], [], info, source="prior") == \
+        "Often a good match for people who click travel ads"
+    assert reason_for("a2", C.PERSONALIZED, ["a0"], [], info, source="prior") == "A good match for most users"
+    assert reason_for("a1", C.PERSONALIZED, ["a0"], [], info, source="popular") == \
+        "Popular with other users right now"
+    assert reason_for("a1", C.PERSONALIZED, ["a0"], [], info, source="similarity") == \
+        "Because you clicked \u201cAlpha\u201d"
 
 
 def test_rerank_group_output() -> None:
     info = _info([_unit(1, 0), _unit(0, 1), _unit(-1, 0)], ["x", "x", "y"], ["Alpha", "Beta", "Gamma"])
     df = pd.DataFrame({"user_id": ["u1"] * 4, "ad_id": ["a0", "a1", "a2", "gone"], "score": [0.2, 0.9, 0.5, 1.0],
                        "strategy": [C.PERSONALIZED] * 4, "recent_clicked_ad_ids": [["a1"]] * 4,
-                       "recent_queries": [[]] * 4})
-    out = rerank_group(df, info, k=2, max_per_advertiser=1, duplicate_similarity=0.99)
+                       "recent_queries": [[]] * 4, "candidate_source": ["similarity"] * 3 + ["prior"]})
+    out = rerank_group(df, info, k=2, max_per_advertiser=1, duplicate_similarity=0.99, reason_min_similarity=0.5)
     assert out["ad_id"].tolist() == ["a1", "a2"]  # "gone" is no longer in the catalog; a0 is x's second ad
     assert out["rank"].tolist() == [1, 2]
-    assert out["reason"].tolist() == ["Because you clicked \u201cBeta\u201d"] * 2
+    # a2 (-1, 0) is orthogonal to the clicked a1 (0, 1): no "because you clicked" for it
+    assert out["reason"].tolist() == ["Because you clicked \u201cBeta\u201d", "Matches your recent activity"]
+    # k=3 with one slot per advertiser: two ads, not a third that breaks the limit
+    out = rerank_group(df.assign(candidate_source="prior"), info, k=3, max_per_advertiser=1,
+                       duplicate_similarity=0.99, reason_min_similarity=0.5)
+    assert out["ad_id"].tolist() == ["a1", "a2"]
+    assert out["reason"].tolist() == ["A good match for most users"] * 2
 
 
 def test_personalized_prior_follows_the_users_category_affinity() -> None:

@@ -34,6 +34,9 @@ R_MISSING_AD = "missing_ad_id"
 R_UNKNOWN_AD = "unknown_ad"
 R_BAD_VALUE = "bad_value"
 R_MISSING_TEXT = "missing_query_text"
+# Set after duplicates are marked (the impression a click follows must itself be kept)
+R_CLICK_WITHOUT_IMPRESSION = "click_without_impression"
+R_CONVERSION_WITHOUT_IMPRESSION = "conversion_without_impression"
 # Ad catalog rejection reasons
 R_MISSING_TITLE = "missing_title"
 R_BAD_PRICE = "unparseable_price"
@@ -159,14 +162,21 @@ def parse_events(raw: DataFrame, *, text_max_chars: int, max_clock_skew_minutes:
 
 
 def reject_unknown_ads(events: DataFrame, ads: DataFrame) -> DataFrame:
-    """Set ``reason = unknown_ad`` on still-valid events whose ``ad_id`` is not in the clean catalog."""
+    """Set ``reason = unknown_ad`` on still-valid events whose ``ad_id`` is not in the clean catalog; when
+    both frames have ``ds``, the catalog of the event's own date (an ad that left the catalog later is known
+    on the dates it was in it)."""
     require_columns(events, (S.AD_ID, S.REASON), "reject_unknown_ads")
     require_columns(ads, (S.AD_ID,), "reject_unknown_ads (ads)")
-    known = ads.select(F.col(S.AD_ID).alias("_known_ad")).distinct()
-    joined = events.join(known, events[S.AD_ID] == known["_known_ad"], "left")
+    by_date = S.DS in ads.columns and S.DS in events.columns
+    known = ads.select(F.col(S.AD_ID).alias("_known_ad"),
+                       *([F.col(S.DS).alias("_known_ds")] if by_date else [])).distinct()
+    cond = events[S.AD_ID] == known["_known_ad"]
+    if by_date:
+        cond = cond & (events[S.DS] == known["_known_ds"])
+    joined = events.join(known, cond, "left")
     unknown = F.col(S.AD_ID).isNotNull() & F.col("_known_ad").isNull() & F.col(S.REASON).isNull()
     return joined.withColumn(S.REASON, F.when(unknown, F.lit(R_UNKNOWN_AD)).otherwise(F.col(S.REASON))) \
-        .drop("_known_ad")
+        .drop("_known_ad", *(["_known_ds"] if by_date else []))
 
 
 def mark_duplicates(events: DataFrame, seen_event_ids: DataFrame | None = None) -> DataFrame:
@@ -190,6 +200,44 @@ def mark_duplicates(events: DataFrame, seen_event_ids: DataFrame | None = None) 
     return df.withColumn(STATUS, status).drop("_rn", *(["_seen_id"] if seen_event_ids is not None else []))
 
 
+def reject_events_without_impression(marked: DataFrame, earlier_impressions: DataFrame | None, *,
+                                     attribution_hours: float, lookback_days: int) -> DataFrame:
+    """Reject clean clicks and conversions that follow no impression of the same ad by the same user.
+
+    A click or conversion at time ``t`` landed on date ``d`` is kept only when a kept impression of that
+    (user, ad) is at or before ``t`` and at most ``attribution_hours`` earlier, and landed on or before ``d``
+    and no more than ``lookback_days`` before it. The impression may be in ``marked`` (this run) or in
+    ``earlier_impressions`` (clean impressions of earlier dates: ``ds, user_id, ad_id, event_ts``); the rule
+    looks only at what a nightly run for ``d`` can see, so a backfill keeps the same events. Rejected rows get
+    ``click_without_impression`` or ``conversion_without_impression``.
+    """
+    require_columns(marked, (STATUS, S.REASON, S.EVENT_ID, S.USER_ID, S.AD_ID, S.EVENT_TYPE, S.EVENT_TS, S.DS),
+                    "reject_events_without_impression")
+    cols = (S.DS, S.USER_ID, S.AD_ID, S.EVENT_TS)
+    imps = marked.where((F.col(STATUS) == CLEAN) & (F.col(S.EVENT_TYPE) == S.IMPRESSION)).select(*cols)
+    if earlier_impressions is not None:
+        require_columns(earlier_impressions, cols, "reject_events_without_impression (earlier impressions)")
+        imps = imps.unionByName(earlier_impressions.select(*cols))
+    imps = imps.select(*[F.col(c).alias(f"_i_{c}") for c in cols])
+    acts = marked.where((F.col(STATUS) == CLEAN) & F.col(S.EVENT_TYPE).isin(S.CLICK, S.CONVERSION)) \
+        .select(S.EVENT_ID, *cols)
+    window_s = float(attribution_hours) * 3600.0
+    follows = ((acts[S.USER_ID] == imps[f"_i_{S.USER_ID}"]) & (acts[S.AD_ID] == imps[f"_i_{S.AD_ID}"])
+               & (imps[f"_i_{S.EVENT_TS}"] <= acts[S.EVENT_TS])
+               & (imps[f"_i_{S.EVENT_TS}"] >= acts[S.EVENT_TS] - F.lit(window_s))
+               & (imps[f"_i_{S.DS}"] <= acts[S.DS])
+               & (imps[f"_i_{S.DS}"] >= F.date_sub(acts[S.DS], lookback_days)))
+    followed = acts.join(imps, follows, "left_semi").select(F.col(S.EVENT_ID).alias("_followed")).distinct()
+    df = marked.join(followed, marked[S.EVENT_ID] == followed["_followed"], "left")
+    orphan = ((F.col(STATUS) == CLEAN) & F.col(S.EVENT_TYPE).isin(S.CLICK, S.CONVERSION)
+              & F.col("_followed").isNull())
+    reason = F.when(F.col(S.EVENT_TYPE) == S.CLICK, F.lit(R_CLICK_WITHOUT_IMPRESSION)) \
+        .otherwise(F.lit(R_CONVERSION_WITHOUT_IMPRESSION))
+    return (df.withColumn(S.REASON, F.when(orphan, reason).otherwise(F.col(S.REASON)))
+            .withColumn(STATUS, F.when(orphan, F.lit(REJECTED)).otherwise(F.col(STATUS)))
+            .drop("_followed"))
+
+
 def clean_event_rows(marked: DataFrame) -> DataFrame:
     """The ``events_clean`` columns of the rows marked clean."""
     require_columns(marked, (STATUS,), "clean_event_rows")
@@ -206,17 +254,19 @@ def rejected_rows(marked: DataFrame, source: str) -> DataFrame:
         S.DS, F.lit(source).alias(S.SOURCE), S.REASON, S.PAYLOAD, file_col.alias("source_file"))
 
 
-def parse_ads(raw: DataFrame, *, ds: dt.date, text_max_chars: int) -> DataFrame:
-    """Type and validate one catalog snapshot; adds ``reason``, ``status`` (first row per ad_id wins),
-    ``ad_text`` (title | description) and the processing date ``ds``."""
-    require_columns(raw, (*S.RAW_AD_COLUMNS, *S.OPTIONAL_AD_COLUMNS, S.PAYLOAD, "malformed"), "parse_ads")
+def parse_ads(raw: DataFrame, *, ds: dt.date | None, text_max_chars: int) -> DataFrame:
+    """Type and validate catalog snapshots; adds ``reason``, ``status`` (first row per ad_id and date wins),
+    ``ad_text`` (title | description) and the processing date ``ds`` (``None``: each row's own ``ds``, the
+    date its snapshot serves, see :func:`adrec_spark.io.landing.read_ads`)."""
+    require_columns(raw, (*S.RAW_AD_COLUMNS, *S.OPTIONAL_AD_COLUMNS, S.PAYLOAD, "malformed",
+                          *([S.DS] if ds is None else [])), "parse_ads")
     price = F.col(S.PRICE).try_cast("double")
     start = F.try_to_date(F.trim(S.START_DATE))
     end = F.try_to_date(F.trim(S.END_DATE))
     title = normalize_text(F.col(S.TITLE), text_max_chars)
     description = normalize_text(F.col(S.DESCRIPTION), text_max_chars)
     df = raw.select(
-        F.lit(ds).cast("date").alias(S.DS),
+        (F.col(S.DS) if ds is None else F.lit(ds)).cast("date").alias(S.DS),
         _blank_to_null(F.col(S.AD_ID)).alias(S.AD_ID),
         title.alias(S.TITLE),
         description.alias(S.DESCRIPTION),
@@ -245,7 +295,7 @@ def parse_ads(raw: DataFrame, *, ds: dt.date, text_max_chars: int) -> DataFrame:
         (bad_date, R_BAD_FLIGHT),
     ])
     usable = reason.isNull()
-    order = Window.partitionBy(S.AD_ID, usable).orderBy(S.PAYLOAD)
+    order = Window.partitionBy(S.DS, S.AD_ID, usable).orderBy(S.PAYLOAD)
     rn = F.row_number().over(order)
     df = df.withColumn(S.REASON, reason).withColumn("_rn", rn)
     df = df.withColumn(S.REASON, F.when(F.col(S.REASON).isNull() & (F.col("_rn") > 1), F.lit(R_DUPLICATE_AD))

@@ -40,7 +40,9 @@ def numeric_features(*, user_impressions: Column, user_clicks: Column, ad_impres
     """The model's numeric inputs (``schema.NUMERIC_FEATURES`` order) from raw counts.
 
     One function for training examples and for scoring, so both see the same transformation.
-    Rates are smoothed towards ``rate_prior`` with ``rate_prior_strength`` pseudo-impressions.
+    Rates are smoothed towards ``rate_prior`` with ``rate_prior_strength`` pseudo-impressions and count at
+    most as many clicks as impressions (several clicks on one impression, or a click whose impression fell
+    just outside the look-back window, never push a rate above 1).
     """
     ui, uc = F.coalesce(user_impressions, F.lit(0)), F.coalesce(user_clicks, F.lit(0))
     ai, ac = F.coalesce(ad_impressions, F.lit(0)), F.coalesce(ad_clicks, F.lit(0))
@@ -48,9 +50,9 @@ def numeric_features(*, user_impressions: Column, user_clicks: Column, ad_impres
     strength = F.lit(rate_prior_strength)
     cat = F.coalesce(category_clicks, F.lit(0))
     cols = {
-        S.USER_RATE: (uc + prior) / (ui + strength),
+        S.USER_RATE: (F.least(uc, ui) + prior) / (ui + strength),
         S.USER_LOG_IMPRESSIONS: F.log1p(ui),
-        S.AD_RATE: (ac + prior) / (ai + strength),
+        S.AD_RATE: (F.least(ac, ai) + prior) / (ai + strength),
         S.AD_LOG_IMPRESSIONS: F.log1p(ai),
         S.LOG_PRICE: F.log1p(F.greatest(F.coalesce(price, F.lit(0.0)), F.lit(0.0))),
         S.CATEGORY_MATCH: F.when(uc > 0, cat / uc).otherwise(F.lit(0.0)),
@@ -258,3 +260,24 @@ def ad_snapshot(ads: DataFrame, events: DataFrame, *, as_of: str) -> DataFrame:
             .withColumn(AD_IMPRESSIONS, F.coalesce(AD_IMPRESSIONS, F.lit(0)).cast("long"))
             .withColumn(AD_CLICKS, F.coalesce(AD_CLICKS, F.lit(0)).cast("long"))
             .withColumn(S.DS, F.lit(as_of).cast("date")))
+
+
+def ad_snapshots(ads: DataFrame, events: DataFrame, *, lookback_days: int) -> DataFrame:
+    """:func:`ad_snapshot` for every date of ``ads`` (the catalog of each date, with ``ds``) in one pass: the
+    counts of date ``d`` come from the events landed in ``[d - lookback_days, d]`` with an event time before
+    the end of ``d``, as a nightly run for ``d`` counts them."""
+    require_columns(ads, (*_AD_COLUMNS, S.DS), "ad_snapshots")
+    require_columns(events, (S.DS, S.AD_ID, S.EVENT_TYPE, S.EVENT_TIME), "ad_snapshots (events)")
+    daily = (events.where(F.col(S.AD_ID).isNotNull())
+             .groupBy(F.col(S.DS).alias("_landed"), S.AD_ID, F.to_date(S.EVENT_TIME).alias("_day"))
+             .agg(F.sum((F.col(S.EVENT_TYPE) == S.IMPRESSION).cast("long")).alias("_imp"),
+                  F.sum((F.col(S.EVENT_TYPE) == S.CLICK).cast("long")).alias("_clk")))
+    dates = ads.select(S.DS).distinct()
+    seen = ((F.col("_landed") >= F.date_sub(F.col(S.DS), lookback_days)) & (F.col("_landed") <= F.col(S.DS))
+            & (F.col("_day") <= F.col(S.DS)))
+    stats = (F.broadcast(dates).join(daily, seen, "inner").groupBy(S.DS, S.AD_ID)
+             .agg(F.sum("_imp").alias(AD_IMPRESSIONS), F.sum("_clk").alias(AD_CLICKS)))
+    return (ads.join(stats, [S.DS, S.AD_ID], "left")
+            .withColumn(AD_IMPRESSIONS, F.coalesce(AD_IMPRESSIONS, F.lit(0)).cast("long"))
+            .withColumn(AD_CLICKS, F.coalesce(AD_CLICKS, F.lit(0)).cast("long"))
+            .select(*ads.columns, AD_IMPRESSIONS, AD_CLICKS))

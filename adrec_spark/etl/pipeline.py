@@ -1,6 +1,6 @@
 """The ETL job: landing files for one date (or a backfill range) into the Delta tables.
 
-Extract (landing files, catalog snapshot) -> pure transforms (clean, features) -> load (one
+Extract (landing files, the catalog snapshot of each date) -> pure transforms (clean, features) -> load (one
 atomic partition replace per table). Counts are actions on persisted frames; no rows reach the driver.
 """
 
@@ -9,7 +9,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import reduce
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
@@ -27,6 +29,10 @@ log = logging.getLogger(__name__)
 
 class AccountingError(AdrecError):
     """clean + rejected + duplicates did not add up to the input: a bug, never silently accepted."""
+
+
+class RejectedFractionError(InputDataError):
+    """A date's share of rejected input rows is above ``etl.max_rejected_fraction``: nothing is written."""
 
 
 @dataclass
@@ -84,6 +90,90 @@ def _previous_event_ids(spark: SparkSession, cfg: AppConfig, first: dt.date,
             .select(S.EVENT_ID))
 
 
+def _previous_impressions(spark: SparkSession, cfg: AppConfig, first: dt.date,
+                          processing: list[str]) -> DataFrame | None:
+    """Clean impressions of the ``lookback_days`` before ``first`` (not the dates being replaced): what a
+    click or conversion of this run may follow."""
+    if tables.table_version(spark, cfg.storage, S.EVENTS_CLEAN) is None:
+        return None
+    lo = first - dt.timedelta(days=cfg.etl.lookback_days)
+    return (tables.read_table(spark, cfg.storage, S.EVENTS_CLEAN)
+            .where((F.col(S.DS) >= F.lit(lo.isoformat()).cast("date"))
+                   & (F.col(S.DS) < F.lit(first.isoformat()).cast("date"))
+                   & ~F.col(S.DS).cast("string").isin(processing)
+                   & (F.col(S.EVENT_TYPE) == S.IMPRESSION))
+            .select(S.DS, S.USER_ID, S.AD_ID, S.EVENT_TS))
+
+
+def _lookback_window(spark: SparkSession, cfg: AppConfig, last: str, first: str | None = None) -> DataFrame:
+    """Clean events landed from ``lookback_days`` before ``first`` (default: ``last``) to ``last``: what
+    features for the dates ``first..last`` may use."""
+    lo = dt.date.fromisoformat(first or last) - dt.timedelta(days=cfg.etl.lookback_days)
+    return (tables.read_table(spark, cfg.storage, S.EVENTS_CLEAN)
+            .where((F.col(S.DS) >= F.lit(lo.isoformat()).cast("date"))
+                   & (F.col(S.DS) <= F.lit(last).cast("date"))))
+
+
+def _training_examples(spark: SparkSession, cfg: AppConfig, processed: list[str],
+                       catalog: Callable[[str], DataFrame]) -> DataFrame:
+    """Training examples of the ``processed`` dates, each as a nightly run for it makes them (its own
+    look-back window, its own catalog): one pass over all dates when that gives the same rows, else one
+    pass per date."""
+    etl = cfg.etl
+    kw = dict(max_items=etl.history_max_items, max_chars=etl.history_max_chars,
+              attribution_hours=etl.attribution_hours, rate_prior=etl.rate_prior,
+              rate_prior_strength=etl.rate_prior_strength)
+    if _one_pass_is_exact(spark, cfg, processed):
+        return features.training_examples(_lookback_window(spark, cfg, processed[-1], processed[0]),
+                                          catalog(processed[-1]), target_ds=processed, **kw)
+    log.info("features of %d dates computed date by date (point in time: look-back windows, catalogs or "
+             "late events differ between them)", len(processed))
+    return reduce(DataFrame.unionByName, [features.training_examples(
+        _lookback_window(spark, cfg, d), catalog(d), target_ds=[d], **kw) for d in processed])
+
+
+def _one_pass_is_exact(spark: SparkSession, cfg: AppConfig, processed: list[str]) -> bool:
+    """Whether one pass over the window of all ``processed`` dates sees, for each date, exactly what a pass
+    over its own window would: one catalog snapshot serves every date, no event landed in the window of
+    the first date but before that of the last (the look-back is wider than the events), and no event
+    landed on a later date is earlier than an event of an earlier date plus the attribution window (no
+    late event is seen by, or labels, an impression of an earlier date)."""
+    if len(processed) == 1:
+        return True
+    dates = [dt.date.fromisoformat(d) for d in processed]
+    if len(set(landing.catalog_snapshots(spark, cfg.storage.raw_ads, dates).values())) > 1:
+        return False
+    stats = (_lookback_window(spark, cfg, processed[-1], processed[0]).groupBy(S.DS)
+             .agg(F.min(S.EVENT_TS).alias("lo"), F.max(S.EVENT_TS).alias("hi")).collect())
+    oldest_needed = dates[-1] - dt.timedelta(days=cfg.etl.lookback_days)
+    if any(r[S.DS] < oldest_needed for r in stats):
+        return False
+    span = {r[S.DS]: (r["lo"], r["hi"]) for r in stats if r[S.DS] >= dates[0]}
+    days = sorted(span)
+    slack = cfg.etl.attribution_hours * 3600.0
+    return all(span[d][1] + slack < min(span[e][0] for e in days[i + 1:]) for i, d in enumerate(days[:-1]))
+
+
+def _check_rejected_fraction(days: dict[str, DayMetrics], *, max_fraction: float, on_excess: str) -> None:
+    """Fail (before anything is written) or warn when a date rejects more than ``max_fraction`` of its input."""
+    over = [m for _, m in sorted(days.items()) if m.input_rows and m.rejected_rows / m.input_rows > max_fraction]
+    if not over:
+        return
+    lines = []
+    for m in over:
+        top = sorted(m.rejected_by_reason.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+        lines.append(f"{m.ds}: {m.rejected_rows} of {m.input_rows} input rows rejected "
+                     f"({m.rejected_rows / m.input_rows:.1%}); top reasons "
+                     + ", ".join(f"{reason} {n}" for reason, n in top))
+    msg = (f"rejected share above etl.max_rejected_fraction={max_fraction:g} on {len(over)} date(s): "
+           + "; ".join(lines))
+    if on_excess == "warn":
+        log.warning("%s; loaded anyway (etl.on_rejected_excess: warn)", msg)
+        return
+    raise RejectedFractionError(f"{msg}. Nothing was written: fix the input, or set "
+                                "etl.on_rejected_excess=warn to load such dates anyway")
+
+
 def _status_counts(marked: DataFrame) -> dict[str, DayMetrics]:
     out: dict[str, DayMetrics] = {}
     for row in marked.groupBy(S.DS, clean.STATUS, S.REASON).count().collect():
@@ -103,9 +193,12 @@ def _status_counts(marked: DataFrame) -> dict[str, DayMetrics]:
 def run_etl(spark: SparkSession, cfg: AppConfig, start: dt.date, end: dt.date | None = None) -> EtlResult:
     """Process landing dates ``start..end`` (one date when ``end`` is None) and replace their partitions.
 
-    A single date must have input; a backfill skips dates without input (with a warning). The ad catalog,
-    user profiles and ad snapshot are written as of the last processed date. A long run logs the tasks of its
-    running Spark stages every ``spark.progress_interval_s`` seconds.
+    A single date must have input; a backfill skips dates without input (with a warning). Each date is
+    processed as a nightly run for it would: its own catalog snapshot (the newest on or before it), its own
+    look-back window; the ``ads`` snapshot is written for every processed date (and the last date), user
+    profiles as of the last date. A date whose rejected share exceeds ``etl.max_rejected_fraction`` fails
+    the run before anything is written (or warns, with ``etl.on_rejected_excess: warn``). A long run logs the tasks
+    of its running Spark stages every ``spark.progress_interval_s`` seconds.
     """
     with progress(spark, "etl", every_s=cfg.spark.progress_interval_s):
         return _run_etl(spark, cfg, start, end)
@@ -119,20 +212,25 @@ def _run_etl(spark: SparkSession, cfg: AppConfig, start: dt.date, end: dt.date |
 
     raw = landing.read_events(spark, storage.raw_events, dates, storage.input_format, allow_missing=backfill)
     as_of = dates[-1]
-    ads_parsed = clean.parse_ads(landing.read_ads(spark, storage.raw_ads, as_of, storage.input_format),
-                                 ds=as_of, text_max_chars=etl.text_max_chars)
+    processed = sorted({str(r[S.DS]) for r in raw.select(S.DS).distinct().collect()})
+    if not processed:
+        raise InputDataError(f"no events for {start}{'..' + str(end) if end else ''}: the landing files hold "
+                             "only blank lines")
+    # Point in time: each date has the catalog of its newest snapshot on or before it.
+    catalog_dates = sorted({*processed, as_of.isoformat()})
+    ads_parsed = clean.parse_ads(
+        landing.read_ads(spark, storage.raw_ads, [dt.date.fromisoformat(d) for d in catalog_dates],
+                         storage.input_format), ds=None, text_max_chars=etl.text_max_chars)
     ads_parsed = ads_parsed.persist(StorageLevel.MEMORY_AND_DISK)
     ads_clean = clean.clean_ad_rows(ads_parsed)
 
     parsed = clean.parse_events(raw, text_max_chars=etl.text_max_chars,
                                 max_clock_skew_minutes=etl.max_clock_skew_minutes)
     parsed = clean.reject_unknown_ads(parsed, ads_clean)
-    processed = sorted({str(r[S.DS]) for r in raw.select(S.DS).distinct().collect()})
-    if not processed:
-        raise InputDataError(f"no events for {start}{'..' + str(end) if end else ''}: the landing files hold "
-                             "only blank lines")
     marked = clean.mark_duplicates(parsed, _previous_event_ids(spark, cfg, start, processed))
-    marked = marked.persist(StorageLevel.MEMORY_AND_DISK)
+    marked = clean.reject_events_without_impression(
+        marked, _previous_impressions(spark, cfg, start, processed), attribution_hours=etl.attribution_hours,
+        lookback_days=etl.lookback_days).persist(StorageLevel.MEMORY_AND_DISK)
 
     input_by_day = {str(r[S.DS]): int(r["count"]) for r in raw.groupBy(S.DS).count().collect()}
     days = _status_counts(marked)
@@ -145,10 +243,12 @@ def _run_etl(spark: SparkSession, cfg: AppConfig, start: dt.date, end: dt.date |
                 f" != input {n}")
         log.info("%s: input %d = clean %d + rejected %d + duplicates %d; rejected by reason %s", ds, n,
                  m.clean_rows, m.rejected_rows, m.duplicate_rows, m.rejected_by_reason)
+    _check_rejected_fraction(days, max_fraction=etl.max_rejected_fraction, on_excess=etl.on_rejected_excess)
 
+    latest_ads = ads_parsed.where(F.col(S.DS) == F.lit(as_of.isoformat()).cast("date"))
     ads_reasons = {r[S.REASON]: int(r["count"]) for r in
-                   ads_parsed.where(F.col(clean.STATUS) == clean.REJECTED).groupBy(S.REASON).count().collect()}
-    ads_total = ads_parsed.count()
+                   latest_ads.where(F.col(clean.STATUS) == clean.REJECTED).groupBy(S.REASON).count().collect()}
+    ads_total = latest_ads.count()
     ads_ok = ads_total - sum(ads_reasons.values())
     log.info("ad catalog %s: %d rows = %d clean + %d rejected %s", as_of, ads_total, ads_ok,
              sum(ads_reasons.values()), ads_reasons)
@@ -159,31 +259,28 @@ def _run_etl(spark: SparkSession, cfg: AppConfig, start: dt.date, end: dt.date |
         unit.write(clean.clean_event_rows(marked), S.EVENTS_CLEAN,
                    partition_col=S.DS, values=processed)
         rejected = clean.rejected_rows(marked, "events").unionByName(clean.rejected_rows(ads_parsed, "ads"))
-        unit.write(rejected, S.EVENTS_REJECTED, partition_col=S.DS,
-                   values=sorted({*processed, as_of.isoformat()}))
+        unit.write(rejected, S.EVENTS_REJECTED, partition_col=S.DS, values=catalog_dates)
         marked.unpersist()
 
-        # Features read the clean events back, with the look-back window before the first date.
-        lo = (start - dt.timedelta(days=etl.lookback_days)).isoformat()
-        window = (tables.read_table(spark, storage, S.EVENTS_CLEAN)
-                  .where((F.col(S.DS) >= F.lit(lo).cast("date"))
-                         & (F.col(S.DS) <= F.lit(as_of.isoformat()).cast("date"))))
-        examples = features.training_examples(
-            window, ads_clean, target_ds=processed, max_items=etl.history_max_items,
-            max_chars=etl.history_max_chars, attribution_hours=etl.attribution_hours,
-            rate_prior=etl.rate_prior, rate_prior_strength=etl.rate_prior_strength,
-        ).persist(StorageLevel.MEMORY_AND_DISK)
+        # Features read the clean events back. Each date sees what a nightly run for it sees: the events
+        # landed in its own look-back window and its own catalog, so a backfill equals nightly runs.
+        def catalog(d: str) -> DataFrame:
+            return ads_clean.where(F.col(S.DS) == F.lit(d).cast("date"))
+
+        examples = _training_examples(spark, cfg, processed, catalog).persist(StorageLevel.MEMORY_AND_DISK)
         # No split here: the training job splits the whole training data by time (adrec_spark.training.split).
         unit.write(examples, S.TRAINING_EXAMPLES, partition_col=S.DS, values=processed)
         for r in examples.groupBy(S.DS).count().collect():
             days[str(r[S.DS])].training_examples = int(r["count"])
         examples.unpersist()
 
-        profiles = features.user_profiles(window, ads_clean, as_of=as_of.isoformat(),
-                                          max_items=etl.history_max_items, max_chars=etl.history_max_chars)
+        profiles = features.user_profiles(_lookback_window(spark, cfg, as_of.isoformat()), catalog(as_of.isoformat()),
+                                          as_of=as_of.isoformat(), max_items=etl.history_max_items,
+                                          max_chars=etl.history_max_chars)
         unit.write(profiles, S.USER_PROFILES, partition_col=S.DS, values=[as_of.isoformat()])
-        unit.write(features.ad_snapshot(ads_clean, window, as_of=as_of.isoformat()), S.ADS,
-                   partition_col=S.DS, values=[as_of.isoformat()])
+        snapshots = features.ad_snapshots(ads_clean, _lookback_window(spark, cfg, catalog_dates[-1], catalog_dates[0]),
+                                          lookback_days=etl.lookback_days)
+        unit.write(snapshots, S.ADS, partition_col=S.DS, values=catalog_dates)
         users = tables.read_table(spark, storage, S.USER_PROFILES).where(
             F.col(S.DS) == F.lit(as_of.isoformat()).cast("date")).count()
         ads_parsed.unpersist()

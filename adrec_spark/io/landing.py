@@ -153,17 +153,33 @@ def read_events(spark: SparkSession, root: str, dates: Sequence[dt.date], fmt: s
                     required=(S.EVENT_ID, S.USER_ID, S.EVENT_TYPE, S.EVENT_TIME))
 
 
-def latest_catalog_date(spark: SparkSession, root: str, as_of: dt.date) -> dt.date:
-    """The newest ad-catalog snapshot on or before ``as_of``."""
-    dates = [d for d in list_landing_dates(spark, root) if d <= as_of]
+def latest_catalog_date(spark: SparkSession, root: str, as_of: dt.date,
+                        snapshots: Sequence[dt.date] | None = None) -> dt.date:
+    """The newest ad-catalog snapshot on or before ``as_of`` (among ``snapshots`` when given)."""
+    dates = [d for d in (list_landing_dates(spark, root) if snapshots is None else snapshots) if d <= as_of]
     if not dates:
         raise InputDataError(f"no ad catalog snapshot on or before {as_of} under {root}/date=YYYY-MM-DD/")
-    return dates[-1]
+    return max(dates)
 
 
-def read_ads(spark: SparkSession, root: str, as_of: dt.date, fmt: str) -> DataFrame:
-    snapshot = latest_catalog_date(spark, root, as_of)
-    folders = landing_folders(spark, root, [snapshot], what="ad catalog")
-    log.info("ad catalog snapshot %s for %s", snapshot, as_of)
-    return read_raw(spark, folders, fmt, (*S.RAW_AD_COLUMNS, *S.OPTIONAL_AD_COLUMNS),
-                    required=(S.AD_ID, S.TITLE))
+def catalog_snapshots(spark: SparkSession, root: str, dates: Sequence[dt.date]) -> dict[dt.date, dt.date]:
+    """For each date, the catalog snapshot it uses: the newest on or before it."""
+    available = list_landing_dates(spark, root)
+    return {d: latest_catalog_date(spark, root, d, available) for d in sorted(set(dates))}
+
+
+def read_ads(spark: SparkSession, root: str, as_of: dt.date | Sequence[dt.date], fmt: str) -> DataFrame:
+    """The catalog as of each date: for every date in ``as_of``, the rows of the newest snapshot on or before
+    it, with ``ds`` set to that date (point in time: a backfill sees each day's own prices, texts and
+    flights). Each snapshot is read once."""
+    serves = catalog_snapshots(spark, root, [as_of] if isinstance(as_of, dt.date) else as_of)
+    dates = sorted(serves)
+    snapshots = sorted(set(serves.values()))
+    folders = landing_folders(spark, root, snapshots, what="ad catalog")
+    for d in dates:
+        log.info("ad catalog snapshot %s for %s", serves[d], d)
+    raw = read_raw(spark, folders, fmt, (*S.RAW_AD_COLUMNS, *S.OPTIONAL_AD_COLUMNS),
+                   required=(S.AD_ID, S.TITLE))
+    mapping = spark.createDataFrame([(snap, d) for d, snap in serves.items()], "_snapshot date, _serves date")
+    return (raw.join(F.broadcast(mapping), raw[S.DS] == mapping["_snapshot"], "inner")
+            .withColumn(S.DS, F.col("_serves")).drop("_snapshot", "_serves"))

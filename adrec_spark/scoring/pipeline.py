@@ -137,7 +137,8 @@ def build_ad_index(ads: DataFrame, cfg: AppConfig, settings: UdfSettings, *, wit
                           rows[features.AD_CLICKS].to_numpy(), categories=rows[S.CATEGORY].astype(str).tolist())
     by_id = rows.set_index(S.AD_ID).loc[index.ad_ids]
     info = AdInfo(position=index.position, embeddings=index.embeddings,
-                  advertiser=by_id[S.ADVERTISER_ID].astype(str).tolist(), title=by_id[S.TITLE].astype(str).tolist())
+                  advertiser=by_id[S.ADVERTISER_ID].astype(str).tolist(), title=by_id[S.TITLE].astype(str).tolist(),
+                  category=by_id[S.CATEGORY].astype(str).tolist())
     return index, info
 
 
@@ -289,10 +290,10 @@ def rerank(scores: DataFrame, users: DataFrame, info: AdInfo, cfg: AppConfig) ->
     """Top-K per user after the diversity re-rank, with reasons (grouped by user, in applyInPandas)."""
     sc = cfg.score
     u = users.select(F.col("_key").alias(S.USER_ID), S.STRATEGY, "recent_clicked_ad_ids", "recent_queries")
-    joined = scores.select(S.USER_ID, S.AD_ID, S.SCORE).join(u, S.USER_ID)
+    joined = scores.select(S.USER_ID, S.AD_ID, S.SCORE, "candidate_source").join(u, S.USER_ID)
     binfo = scores.sparkSession.sparkContext.broadcast(info)
     fn = partial(_rerank_one, binfo=binfo, k=sc.top_k, max_per_advertiser=sc.max_per_advertiser,
-                 duplicate_similarity=sc.duplicate_similarity)
+                 duplicate_similarity=sc.duplicate_similarity, reason_min_similarity=sc.reason_min_similarity)
     return joined.groupBy(S.USER_ID).applyInPandas(fn, RECS_SCHEMA)
 
 
