@@ -157,10 +157,13 @@ def test_scoring_writes_pinned_scores_and_recommendations(spark, world) -> None:
         {(cfg.mlflow.model_name, 1)}
     assert scores.groupBy(S.USER_ID, S.AD_ID).count().where("count > 1").count() == 0
     # the cascade scores at most top_n + prior_n ads per user (popular_pool for users without history)
-    popular = scored.users_by_strategy.get("popular", 0)
-    bound = (scored.users - popular) * (cfg.score.retrieval_top_n + cfg.score.prior_top_n) + \
-        popular * cfg.score.popular_pool
+    cold = scored.users_by_strategy.get("popular", 0) + scored.users_by_strategy.get("shown", 0)
+    bound = (scored.users - cold) * (cfg.score.retrieval_top_n + cfg.score.prior_top_n) + \
+        cold * cfg.score.popular_pool
     assert scored.pairs_scored <= bound < scored.all_pairs
+    # users without history share model inputs (same ad, empty history, same features): scored once each
+    assert scored.inputs_scored is not None and 0 < scored.inputs_scored < scored.pairs_scored
+    assert scored.pairs_saved == scored.pairs_scored - scored.inputs_scored
     r = recs.toPandas()
     assert (r.groupby(S.USER_ID)[S.RANK].max() <= cfg.score.top_k).all()
     assert not r.duplicated([S.USER_ID, S.AD_ID]).any()
@@ -169,7 +172,10 @@ def test_scoring_writes_pinned_scores_and_recommendations(spark, world) -> None:
     for user, group in r.groupby(S.USER_ID):
         assert not set(group[S.AD_ID]) & set(profiles.loc[user, "clicked_ad_ids"]), user
     popular_users = profiles.index[profiles[S.HISTORY_TEXT].eq("") & profiles["recent_queries"].map(len).eq(0)]
-    assert set(r[r[S.USER_ID].isin(popular_users)][S.STRATEGY]) <= {"popular"}
+    assert set(r[r[S.USER_ID].isin(popular_users)][S.STRATEGY]) <= {"popular", "shown"}
+    # users without history do not all get the same list
+    cold_lists = r[r[S.USER_ID].isin(popular_users)].groupby(S.USER_ID)[S.AD_ID].apply(tuple)
+    assert len(cold_lists) < 2 or cold_lists.nunique() > 1
     assert (r.groupby(S.USER_ID)[S.SCORE].apply(lambda s: s.notna().all())).all()
 
 
