@@ -224,6 +224,48 @@ def test_all_candidates_mode_scores_every_unclicked_eligible_pair(spark, world) 
     assert result.pairs_scored == expected
 
 
+def _evaluate_cli(spark, cfg, monkeypatch, capsys) -> str:
+    from adrec_spark import cli
+
+    monkeypatch.setattr(cli, "_session", lambda cfg, job: spark)
+    monkeypatch.setattr(cli, "load", lambda args: cfg)
+    assert cli.main(["evaluate"]) == 0
+    return capsys.readouterr().out
+
+
+def test_evaluate_prints_samples_names_the_report_after_the_data_and_flags_metrics(spark, world, monkeypatch,
+                                                                                 capsys) -> None:
+    cfg = replace(world["cfg"], "evaluate.baselines=[random, item_rate]", "evaluate.bootstrap_samples=50",
+                  f"evaluate.report_dir={world['tmp'] / 'reports-cli'}")
+    out = _evaluate_cli(spark, cfg, monkeypatch, capsys)
+    assert f"A few users' recommendations of {LAST}:" in out and "history:" in out  # the demo's samples
+    assert f"evaluation-{LAST}.html" in out
+    assert "small_n" in out  # a few dozen test users: too few to tell methods apart, and it says so
+    m = _table(spark, cfg, S.EVAL_METRICS).where(F.col("eval_date") == LAST)
+    assert {"n_rows", "n_positives", "n_users", "ci_low", "ci_high", "flag"} <= set(m.columns)
+    auc = m.where((F.col("method") == "model v1") & (F.col("metric") == "auc")).first()
+    assert auc["n_rows"] > auc["n_positives"] > 0 and auc["ci_low"] <= auc["value"] <= auc["ci_high"]
+    methods = {r[0] for r in m.select("method").distinct().collect()}
+    recs = _table(spark, cfg, S.RECOMMENDATIONS).where(F.col(S.SCORE_DATE) == LAST)
+    if recs.where(F.col(S.STRATEGY).isin("shown", "popular")).limit(1).count():
+        assert "model v1 [cold users]" in methods  # cold users' coverage and personalization on their own
+
+
+def test_evaluate_without_recommendations_is_named_after_the_test_data(spark, world, monkeypatch, capsys) -> None:
+    import shutil
+
+    lake = world["tmp"] / "lakehouse-norecs"
+    shutil.copytree(world["cfg"].storage.lakehouse, lake,
+                    ignore=lambda d, names: [n for n in names if n in (S.RECOMMENDATIONS, S.EVAL_METRICS)])
+    cfg = replace(world["cfg"], f"storage.lakehouse={lake}", "evaluate.baselines=[random]",
+                  "evaluate.bootstrap_samples=20", f"evaluate.report_dir={world['tmp'] / 'reports-norecs'}")
+    test = _table(spark, cfg, S.TRAINING_EXAMPLES).where(F.col(S.SPLIT) == S.TEST)
+    last_test_day = test.agg(F.max(S.DS)).first()[0]
+    out = _evaluate_cli(spark, cfg, monkeypatch, capsys)
+    assert f"evaluation-{last_test_day}.html" in out  # not today's date
+    assert "No recommendations to show" in out
+
+
 def test_unknown_alias_fails_before_any_work(spark, world) -> None:
     cfg = replace(world["cfg"], "score.model_alias=no-such-alias")
     before = _table(spark, cfg, S.USER_AD_SCORES).count()
