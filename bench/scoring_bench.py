@@ -66,7 +66,8 @@ cfg = bench_config(Path({work!r}), *{overrides!r})
 spark = build_spark(cfg)
 r = run_scoring(spark, cfg, dt.date.fromisoformat({date!r}))
 print(json.dumps({{"pairs": r.pairs_scored, "seconds": r.seconds, "stages": r.stage_seconds,
-                  "users": r.users, "eligible_ads": r.eligible_ads}}))
+                  "users": r.users, "eligible_ads": r.eligible_ads, "inputs_scored": r.inputs_scored,
+                  "pairs_saved": r.pairs_saved}}))
 """
 
 SPARK_UDF = """
