@@ -197,27 +197,49 @@ def cmd_score(args: argparse.Namespace, cfg: AppConfig) -> int:
     r = run_scoring(_session(cfg, "score"), cfg, args.date)
     print(f"scored {r.score_date} with {r.model_name} v{r.model_version}: {r.users} users {r.users_by_strategy}, "
           f"{r.eligible_ads} eligible ads, {r.pairs_scored} pairs ({r.pairs_scored / max(r.all_pairs, 1):.1%} of "
-          f"all), {r.recommendations} recommendations in {r.seconds:.0f}s ({r.pairs_per_second:.0f} pairs/s)")
+          f"all; {r.pairs_saved} took the score of an identical input), {r.recommendations} recommendations in "
+          f"{r.seconds:.0f}s ({r.pairs_per_second:.0f} pairs/s)")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace, cfg: AppConfig) -> int:
     from adrec_spark.evaluation.pipeline import run_evaluation
 
-    r = run_evaluation(_session(cfg, "evaluate"), cfg, args.date)
-    print(headline(r.table, r.beyond, r.comparison))
-    print(f"report: {r.report_path.resolve()}")
+    spark = _session(cfg, "evaluate")
+    r = run_evaluation(spark, cfg, args.date)
+    print(headline(r.table, r.beyond, r.comparison, r.info))
+    print("\n" + recommendation_samples(spark, cfg, dt.date.fromisoformat(r.eval_date)))
+    print(f"\nreport: {r.report_path.resolve()}")
     return 0
 
 
-def headline(table, beyond, comparison=None) -> str:
-    """The method-by-metric table a person reads first (then beyond-accuracy, then the paired comparison)."""
+def _flagged(frame, cols, info):
+    """``frame[cols]`` as text, a flagged value followed by its flags in brackets."""
+    def cell(method, col, v):
+        text = "-" if v != v else f"{v:.4f}"  # NaN != NaN
+        flag = getattr((info or {}).get((str(method), str(col))), "flag", "")
+        return f"{text} [{flag}]" if flag else text
+
+    out = frame[cols].astype(object).copy()
+    for method in frame.index:
+        for col in cols:
+            out.loc[method, col] = cell(method, col, float(frame.loc[method, col]))
+    return out.to_string()
+
+
+def headline(table, beyond, comparison=None, info=None) -> str:
+    """The method-by-metric table a person reads first (then beyond-accuracy, then the paired comparison).
+    With ``info`` (the evaluation's per-metric n, interval and flags) a flagged value says so next to it."""
     cols = [c for c in ("auc", "log_loss", "ndcg@5", "ndcg@10", "hit_rate@10", "mrr", "map@10") if c in table.columns]
-    text = table[cols].to_string(float_format=lambda v: f"{v:.4f}", na_rep="-")
+    text = _flagged(table, cols, info)
     if beyond is not None:
         bcols = [c for c in ("coverage", "ild_category", "ild_embedding", "personalization", "novelty",
                              "gini_advertiser") if c in beyond.columns]
-        text += "\n\n" + beyond[bcols].to_string(float_format=lambda v: f"{v:.4f}", na_rep="-")
+        text += "\n\n" + _flagged(beyond, bcols, info)
+    if info and any(getattr(i, "flag", "") for i in info.values()):
+        text += ("\n\nflags: degenerate = fixed by construction (e.g. hit rate@K when every user has <= K "
+                 "candidates); empty_input = scored on empty inputs; small_n = too few users or positives to tell "
+                 "methods apart; undefined = not defined on this data. Intervals: eval_metrics and the report.")
     if comparison is not None and not comparison.empty:
         diff = next(c for c in comparison.columns if c.startswith("ndcg_diff@"))
         k = diff.partition("@")[2]
@@ -263,13 +285,23 @@ def cmd_demo(args: argparse.Namespace, cfg: AppConfig) -> int:
     print(f"      {scored.pairs_scored} pairs for {scored.users} users in {scored.seconds:.0f}s", flush=True)
     print("[5/5] evaluating against the baselines ...", flush=True)
     ev = run_evaluation(spark, cfg, last)
-    print("\n" + headline(ev.table, ev.beyond, ev.comparison))
-    print("\nA few users' recommendations:")
-    print(sample_recommendations(spark, cfg, last))
+    print("\n" + headline(ev.table, ev.beyond, ev.comparison, ev.info))
+    print("\n" + recommendation_samples(spark, cfg, last))
     print(f"\nreport:    {ev.report_path.resolve()}")
     print(f"tables:    {Path(cfg.storage.lakehouse).resolve()}/<table> (Delta)")
     print(f"MLflow UI: make mlflow-ui  (then open http://127.0.0.1:5000; store {cfg.mlflow.tracking_uri})")
     return 0
+
+
+def recommendation_samples(spark, cfg: AppConfig, date: dt.date, users: int = 3) -> str:
+    """What ``demo`` and ``evaluate`` print: a heading and a few users' lists of ``date`` (or why there are none)."""
+    from adrec_spark import schema as S
+    from adrec_spark.io import tables
+
+    if tables.table_version(spark, cfg.storage, S.RECOMMENDATIONS) is None:
+        return f"No recommendations to show for {date} (run the scoring job)."
+    text = sample_recommendations(spark, cfg, date, users)
+    return f"A few users' recommendations of {date}:\n{text}" if text else f"No recommendations of {date} to show."
 
 
 def sample_recommendations(spark, cfg: AppConfig, date: dt.date, users: int = 3) -> str:

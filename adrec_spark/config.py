@@ -277,6 +277,27 @@ class ChaosConfig:
 
 
 @dataclass(frozen=True)
+class ColdStartConfig:
+    """Users without a usable history. ``explore``: users who were shown ads get the best ads (by the upper
+    confidence bound below) of the categories they were shown, and the rest of their candidates (all of them
+    for users about whom nothing is known) are drawn from the ``pool_size`` ads with the highest upper
+    confidence bound on their click rate, with probability proportional to that bound, seeded per (user,
+    date) so a rerun draws the same. ``popular``: every such user gets the most clicked ads (the old way)."""
+
+    strategy: Literal["explore", "popular"] = "explore"
+    pool_size: int = 200
+    # The bound: smoothed rate + ucb_z * sqrt(rate (1 - rate) / (impressions + etl.rate_prior_strength)).
+    ucb_z: float = 1.0
+    # Share of a shown user's candidates taken from the categories they were shown (the rest is explored).
+    shown_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        _check(self.pool_size >= 1, "score.cold_start.pool_size", "must be >= 1")
+        _check(self.ucb_z >= 0, "score.cold_start.ucb_z", "must be >= 0")
+        _check(0 <= self.shown_fraction <= 1, "score.cold_start.shown_fraction", "must be in [0, 1]")
+
+
+@dataclass(frozen=True)
 class ScoreConfig:
     model_alias: str = "champion"
     model_version: int | None = None
@@ -297,6 +318,7 @@ class ScoreConfig:
     # "Because you clicked X" only when X's embedding has at least this cosine similarity with the ad.
     reason_min_similarity: float = 0.5
     popular_pool: int = 50
+    cold_start: ColdStartConfig = field(default_factory=ColdStartConfig)
     chaos: ChaosConfig = field(default_factory=ChaosConfig)
 
     def __post_init__(self) -> None:
@@ -323,8 +345,18 @@ class EvaluateConfig:
     als_max_iter: int = 10
     als_reg: float = 0.1
     seed: int = 7
+    # Intervals: bootstrap resamples over users (ranking and pointwise metrics; DeLong for AUC) and their level.
+    bootstrap_samples: int = 500
+    confidence: float = 0.95
+    # A metric resting on fewer users (ranking) or positives (click metrics) than this is flagged small_n.
+    min_users: int = 30
+    min_positives: int = 30
 
     def __post_init__(self) -> None:
+        _check(self.bootstrap_samples >= 0, "evaluate.bootstrap_samples", "must be >= 0 (0: no bootstrap)")
+        _check(0 < self.confidence < 1, "evaluate.confidence", "must be in (0, 1)")
+        _check(self.min_users >= 0 and self.min_positives >= 0, "evaluate.min_users",
+               "min_users and min_positives must be >= 0")
         _check(len(self.ks) > 0 and all(k >= 1 for k in self.ks), "evaluate.ks", "must be positive integers")
         _check(0 < self.threshold < 1, "evaluate.threshold", "must be in (0, 1)")
         _check(self.calibration_bins >= 2, "evaluate.calibration_bins", "must be >= 2")

@@ -106,7 +106,8 @@ r = run_scoring(spark, cfg, dt.date.fromisoformat({date!r}))
 cores = spark.sparkContext.defaultParallelism
 # partitions: the job's scoring repartition (adrec_spark/scoring/pipeline.py, twice the parallelism)
 print(json.dumps({{"pairs": r.pairs_scored, "seconds": r.seconds, "stages": r.stage_seconds,
-                  "users": r.users, "eligible_ads": r.eligible_ads,
+                  "users": r.users, "eligible_ads": r.eligible_ads, "inputs_scored": r.inputs_scored,
+                  "pairs_saved": r.pairs_saved,
                   "settings": {{"cores": cores, "partitions": cores * 2, "processes": cores,
                                "torch_threads": cfg.score.torch_threads, "batch_size": cfg.score.batch_size,
                                "output": "delta"}}}}))

@@ -137,3 +137,25 @@ def test_headline_prints_the_table_and_the_paired_comparison(report_inputs) -> N
     assert text.endswith("paired over users:\nmodel v2 - logistic_regression: NDCG@10 +0.0027 (95% interval "
                          "-0.0069 .. +0.0124; users better 70, worse 60)")
     assert "paired" not in headline(table, None)
+
+
+def test_report_and_headline_flag_metrics_that_mean_nothing(tmp_path, report_inputs) -> None:
+    from adrec_spark.cli import headline
+    from adrec_spark.evaluation.uncertainty import MetricInfo
+
+    table, curves, beyond = report_inputs
+    table = table.assign(**{"hit_rate@10": [1.0, 1.0, 1.0]})
+    info = {(m, "hit_rate@10"): MetricInfo(n_users=12.0, flag="degenerate,small_n") for m in METHODS}
+    info[(METHODS[0], "auc")] = MetricInfo(n_rows=1000.0, n_positives=13.0, n_users=12.0, ci_low=0.65, ci_high=0.95,
+                                           flag="small_n")
+    info[(METHODS[1], "auc")] = MetricInfo(flag="empty_input")
+    text = write_report(tmp_path / "r.html", title="t", table=table, curves=curves, info=info).read_text("utf-8")
+    assert '<span class="ci">[0.6500, 0.9500]</span>' in text
+    assert text.count("&#9888; degenerate") == 3 and "&#9888; small_n" in text and "&#9888; empty_input" in text
+    assert "fixed by construction" in text and "too few users or positives" in text  # the legend says why
+    # a degenerate value is never the best of its column (hit rate 1.0 for all: no highlight there)
+    assert not any("1.0000" in c for c in re.findall(r'<td class="best">(.*?)</td>', text))
+    shown = headline(table, beyond, None, info)
+    assert "1.0000 [degenerate,small_n]" in shown and "0.8100 [small_n]" in shown
+    assert "0.6400 [empty_input]" in shown and "flags: degenerate = fixed by construction" in shown
+    assert "[" not in headline(table, beyond)  # nothing flagged without info

@@ -175,10 +175,13 @@ def test_scoring_writes_pinned_scores_and_recommendations(spark, world) -> None:
         {(cfg.mlflow.model_name, 1)}
     assert scores.groupBy(S.USER_ID, S.AD_ID).count().where("count > 1").count() == 0
     # the cascade scores at most top_n + prior_n ads per user (popular_pool for users without history)
-    popular = scored.users_by_strategy.get("popular", 0)
-    bound = (scored.users - popular) * (cfg.score.retrieval_top_n + cfg.score.prior_top_n) + \
-        popular * cfg.score.popular_pool
+    cold = scored.users_by_strategy.get("popular", 0) + scored.users_by_strategy.get("shown", 0)
+    bound = (scored.users - cold) * (cfg.score.retrieval_top_n + cfg.score.prior_top_n) + \
+        cold * cfg.score.popular_pool
     assert scored.pairs_scored <= bound < scored.all_pairs
+    # users without history share model inputs (same ad, empty history, same features): scored once each
+    assert scored.inputs_scored is not None and 0 < scored.inputs_scored < scored.pairs_scored
+    assert scored.pairs_saved == scored.pairs_scored - scored.inputs_scored
     r = recs.toPandas()
     assert (r.groupby(S.USER_ID)[S.RANK].max() <= cfg.score.top_k).all()
     assert not r.duplicated([S.USER_ID, S.AD_ID]).any()
@@ -187,7 +190,10 @@ def test_scoring_writes_pinned_scores_and_recommendations(spark, world) -> None:
     for user, group in r.groupby(S.USER_ID):
         assert not set(group[S.AD_ID]) & set(profiles.loc[user, "clicked_ad_ids"]), user
     popular_users = profiles.index[profiles[S.HISTORY_TEXT].eq("") & profiles["recent_queries"].map(len).eq(0)]
-    assert set(r[r[S.USER_ID].isin(popular_users)][S.STRATEGY]) <= {"popular"}
+    assert set(r[r[S.USER_ID].isin(popular_users)][S.STRATEGY]) <= {"popular", "shown"}
+    # users without history do not all get the same list
+    cold_lists = r[r[S.USER_ID].isin(popular_users)].groupby(S.USER_ID)[S.AD_ID].apply(tuple)
+    assert len(cold_lists) < 2 or cold_lists.nunique() > 1
     assert (r.groupby(S.USER_ID)[S.SCORE].apply(lambda s: s.notna().all())).all()
 
 
@@ -234,6 +240,48 @@ def test_all_candidates_mode_scores_every_unclicked_eligible_pair(spark, world) 
     assert result.eligible_ads == len(live) < len(ads)  # some ads are off their flight
     expected = sum(len(set(live) - set(clicked)) for clicked in users["clicked_ad_ids"])
     assert result.pairs_scored == expected
+
+
+def _evaluate_cli(spark, cfg, monkeypatch, capsys) -> str:
+    from adrec_spark import cli
+
+    monkeypatch.setattr(cli, "_session", lambda cfg, job: spark)
+    monkeypatch.setattr(cli, "load", lambda args: cfg)
+    assert cli.main(["evaluate"]) == 0
+    return capsys.readouterr().out
+
+
+def test_evaluate_prints_samples_names_the_report_after_the_data_and_flags_metrics(spark, world, monkeypatch,
+                                                                                 capsys) -> None:
+    cfg = replace(world["cfg"], "evaluate.baselines=[random, item_rate]", "evaluate.bootstrap_samples=50",
+                  f"evaluate.report_dir={world['tmp'] / 'reports-cli'}")
+    out = _evaluate_cli(spark, cfg, monkeypatch, capsys)
+    assert f"A few users' recommendations of {LAST}:" in out and "history:" in out  # the demo's samples
+    assert f"evaluation-{LAST}.html" in out
+    assert "small_n" in out  # a few dozen test users: too few to tell methods apart, and it says so
+    m = _table(spark, cfg, S.EVAL_METRICS).where(F.col("eval_date") == LAST)
+    assert {"n_rows", "n_positives", "n_users", "ci_low", "ci_high", "flag"} <= set(m.columns)
+    auc = m.where((F.col("method") == "model v1") & (F.col("metric") == "auc")).first()
+    assert auc["n_rows"] > auc["n_positives"] > 0 and auc["ci_low"] <= auc["value"] <= auc["ci_high"]
+    methods = {r[0] for r in m.select("method").distinct().collect()}
+    recs = _table(spark, cfg, S.RECOMMENDATIONS).where(F.col(S.SCORE_DATE) == LAST)
+    if recs.where(F.col(S.STRATEGY).isin("shown", "popular")).limit(1).count():
+        assert "model v1 [cold users]" in methods  # cold users' coverage and personalization on their own
+
+
+def test_evaluate_without_recommendations_is_named_after_the_test_data(spark, world, monkeypatch, capsys) -> None:
+    import shutil
+
+    lake = world["tmp"] / "lakehouse-norecs"
+    shutil.copytree(world["cfg"].storage.lakehouse, lake,
+                    ignore=lambda d, names: [n for n in names if n in (S.RECOMMENDATIONS, S.EVAL_METRICS)])
+    cfg = replace(world["cfg"], f"storage.lakehouse={lake}", "evaluate.baselines=[random]",
+                  "evaluate.bootstrap_samples=20", f"evaluate.report_dir={world['tmp'] / 'reports-norecs'}")
+    test = _table(spark, cfg, S.TRAINING_EXAMPLES).where(F.col(S.SPLIT) == S.TEST)
+    last_test_day = test.agg(F.max(S.DS)).first()[0]
+    out = _evaluate_cli(spark, cfg, monkeypatch, capsys)
+    assert f"evaluation-{last_test_day}.html" in out  # not today's date
+    assert "No recommendations to show" in out
 
 
 def test_unknown_alias_fails_before_any_work(spark, world) -> None:

@@ -414,18 +414,20 @@ def test_concurrent_runs_for_the_same_date_end_with_one_consistent_result(spark,
 
 
 def test_a_long_scoring_run_logs_its_progress_against_the_planned_pairs(spark, lake) -> None:
-    """Scoring a date with a pause per batch and a progress line every 0.5 s: the driver logs the pairs scored
-    of the candidates' count (the rows the date ends with), a rate and an ETA while it runs, then a closing
-    line with every pair."""
+    """Scoring a date with a pause per batch and a progress line every 0.5 s: the driver logs the distinct pairs
+    scored of their count (identical model inputs are scored once), a rate and an ETA while it runs, then a
+    closing line with every distinct pair."""
     lakehouse = lake.copy(lake.scored, "progress")
     log = finish(start_scoring(lake, lakehouse, D2, *SLOW_WRITES, "spark.progress_interval_s=0.5", name="progress"))
-    n = len(lake.reference[S.USER_AD_SCORES, D2])
+    pairs = len(lake.reference[S.USER_AD_SCORES, D2])
+    n = int(re.search(rf"{pairs} pairs, (\d+) distinct model inputs scored", log).group(1))
+    assert 0 < n <= pairs
     lines = [(int(d.replace(",", "")), int(t.replace(",", "")), rest)
-             for d, t, rest in re.findall(r"scoring: ([\d,]+)/([\d,]+) pairs \([\d.]+%\), (.*)", log)]
-    assert any(0 < done < n and total == n and re.match(r"[\d.,]+ pairs/s, ETA \w+, elapsed", rest)
+             for d, t, rest in re.findall(r"scoring: ([\d,]+)/([\d,]+) distinct pairs \([\d.]+%\), (.*)", log)]
+    assert any(0 < done < n and total == n and re.match(r"[\d.,]+ distinct pairs/s, ETA \w+, elapsed", rest)
                for done, total, rest in lines), log[-3000:]
     assert {total for done, total, _ in lines if done > 0} == {n}
-    assert f"scoring: {n:,} pairs in " in log
+    assert f"scoring: {n:,} distinct pairs in " in log
 
 
 # --- 4. bounded memory -----------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import math
 import re
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -31,9 +31,19 @@ from adrec_spark.evaluation.metrics import (
     score_curves,
 )
 from adrec_spark.evaluation.report import write_report
+from adrec_spark.evaluation.uncertainty import (
+    EMPTY_INPUT,
+    SMALL_N,
+    UNDEFINED,
+    IntervalSettings,
+    MetricInfo,
+    click_info,
+    ranking_info,
+)
 from adrec_spark.io import fs, tables
 from adrec_spark.progress import Progress, progress
 from adrec_spark.registry import registry
+from adrec_spark.scoring.candidates import COLD_STRATEGIES, PERSONALIZED, QUERY
 from adrec_spark.scoring.udf import (
     UdfSettings,
     embed_udf,
@@ -47,6 +57,11 @@ from adrec_spark.training import split as split_mod
 log = logging.getLogger(__name__)
 
 MODEL = "model"
+# Methods that read nothing but the history text: on rows without history their score means nothing.
+TEXT_ONLY_METHODS = frozenset({"pretrained"})
+EMPTY_INPUT_SHARE = 0.5  # flagged empty_input when at least this share of the test rows has no history
+COLD_USERS, WARM_USERS = "[cold users]", "[users with history]"
+Info = dict[tuple[str, str], MetricInfo]  # (method, metric column) -> n, interval, flags
 
 
 @dataclass
@@ -61,6 +76,7 @@ class EvaluationResult:
     seconds: float
     comparison: pd.DataFrame | None = None  # the model minus each baseline, per user (paired_comparisons)
     report_location: str = ""  # where the report is in evaluate.report_dir (a path or a storage URI)
+    info: Info | None = None  # per (method, metric): n, interval and flags (uncertainty.MetricInfo)
 
 
 def _test_rows(spark: SparkSession, cfg: AppConfig, model: registry.ResolvedModel) -> tuple[DataFrame, DataFrame, int]:
@@ -124,8 +140,32 @@ def per_user_item(df: DataFrame, score_col: str) -> DataFrame:
     return df.groupBy(S.USER_ID, S.AD_ID).agg(F.max(S.LABEL).alias(S.LABEL), F.avg(score_col).alias(score_col))
 
 
+def interval_settings(cfg: AppConfig) -> IntervalSettings:
+    ev = cfg.evaluate
+    return IntervalSettings(samples=ev.bootstrap_samples, confidence=ev.confidence, seed=ev.seed,
+                            min_users=ev.min_users, min_positives=ev.min_positives)
+
+
+def _empty_history_share(df: DataFrame) -> float:
+    empty = F.length(F.coalesce(F.col(S.HISTORY_TEXT), F.lit(""))) == 0
+    return float(df.agg(F.avg(empty.cast("double"))).first()[0] or 0.0)
+
+
+def _method_info(df: DataFrame, m: str, rank_col: str, click: dict, ranking: dict, cfg: AppConfig,
+                 empty_share: float) -> dict[str, MetricInfo]:
+    """n, interval and flags of every metric of one method (see :mod:`uncertainty`)."""
+    settings = interval_settings(cfg)
+    out = click_info(df, click, score_col=m, probabilities=B.PROBABILISTIC.get(m, False),
+                     threshold=cfg.evaluate.threshold, settings=settings)
+    out |= ranking_info(per_user_item(df, rank_col), ranking, score_col=rank_col, ks=cfg.evaluate.ks,
+                        settings=settings)
+    if m in TEXT_ONLY_METHODS and empty_share >= EMPTY_INPUT_SHARE:
+        out = {k: v.flagged(EMPTY_INPUT) for k, v in out.items()}
+    return out
+
+
 def method_metrics(df: DataFrame, methods: list[str],
-                   cfg: AppConfig) -> tuple[pd.DataFrame, dict, dict[str, DataFrame]]:
+                   cfg: AppConfig) -> tuple[pd.DataFrame, dict, dict[str, DataFrame], Info]:
     """One row of click and ranking metrics per method, each method's curves, and each method's per-user
     NDCG@K (K: the largest cut-off; persisted frames, from the same ranking as the table, for
     :func:`paired_comparisons`, which unpersists them; on an error here they are unpersisted before it propagates).
@@ -136,9 +176,13 @@ def method_metrics(df: DataFrame, methods: list[str],
     rows each row has its own user features (a user's click rate moves with every rating, and a row's own
     label is never in its own rate), which only adds noise to the order. A ``<method> [by probability]`` row
     keeps the ranking by the full probability for comparison.
+
+    The fourth value holds each metric's n, interval and flags (:mod:`uncertainty`); a text-only baseline is
+    flagged ``empty_input`` when most test rows have no history.
     """
     ev = cfg.evaluate
-    rows, curves, per_user = {}, {}, {}
+    rows, curves, per_user, info = {}, {}, {}, {}
+    empty_share = _empty_history_share(df) if TEXT_ONLY_METHODS & set(methods) else 0.0
     try:
         for m in methods:
             prob = B.PROBABILISTIC.get(m, False)
@@ -150,14 +194,19 @@ def method_metrics(df: DataFrame, methods: list[str],
                                                                       score_col=rank_col, ks=ev.ks)
             curves[m] = score_curves(df, score_col=m, calibration_bins=ev.calibration_bins, probabilities=prob)
             rows[m] = {**click, **ranking}
+            info |= {(m, k): v for k, v in _method_info(df, m, rank_col, click, ranking, cfg, empty_share).items()}
             if rank_col != m:
-                rows[f"{m} [by probability]"] = ranking_metrics(per_user_item(df, m), score_col=m, ks=ev.ks)
+                by_prob = f"{m} [by probability]"
+                rows[by_prob] = ranking_metrics(per_user_item(df, m), score_col=m, ks=ev.ks)
+                info |= {(by_prob, k): v for k, v in ranking_info(
+                    per_user_item(df, m), rows[by_prob], score_col=m, ks=ev.ks,
+                    settings=interval_settings(cfg)).items()}
             log.info("%s: AUC %.4f, NDCG@%d %.4f (%.1fs)", m, click["auc"], max(ev.ks),
                      ranking.get(f"ndcg@{max(ev.ks)}", float("nan")), time.perf_counter() - t)
     except BaseException:
         release(per_user)
         raise
-    return pd.DataFrame.from_dict(rows, orient="index"), curves, per_user
+    return pd.DataFrame.from_dict(rows, orient="index"), curves, per_user, info
 
 
 def release(frames: dict[str, DataFrame]) -> None:
@@ -204,7 +253,8 @@ def _popular_recs(spark: SparkSession, cfg: AppConfig, users: DataFrame, ads: Da
 def beyond_metrics(spark: SparkSession, cfg: AppConfig, score_date: dt.date, settings: UdfSettings,
                    model: registry.ResolvedModel) -> pd.DataFrame | None:
     """Coverage, diversity, personalization, novelty and advertiser fairness of the model's lists of
-    ``score_date`` (and, for contrast, of the popularity baseline's)."""
+    ``score_date`` (and, for contrast, of the popularity baseline's); also for the users without history
+    (``[cold users]``: strategies shown and popular) and with history (``[users with history]``) apart."""
     ds = F.lit(score_date.isoformat()).cast("date")
     if tables.table_version(spark, cfg.storage, S.RECOMMENDATIONS) is None:
         log.warning("no recommendations table: skipping beyond-accuracy metrics (run the scoring job)")
@@ -221,6 +271,12 @@ def beyond_metrics(spark: SparkSession, cfg: AppConfig, score_date: dt.date, set
     popularity = train.where(F.col(S.LABEL) == 1).groupBy(S.AD_ID).agg(F.countDistinct(S.USER_ID).alias("n_users"))
     total_users = train.select(S.USER_ID).distinct().count()
     out = {f"{MODEL} v{model.version}": beyond_accuracy(recs, ads, popularity=popularity, total_users=total_users)}
+    # Users without history on their own: one list for all of them shows as coverage and personalization near 0.
+    for label, strategies in ((COLD_USERS, COLD_STRATEGIES), (WARM_USERS, (PERSONALIZED, QUERY))):
+        part = recs.where(F.col(S.STRATEGY).isin(*strategies))
+        if part.limit(1).count():
+            out[f"{MODEL} v{model.version} {label}"] = beyond_accuracy(part, ads, popularity=popularity,
+                                                                      total_users=total_users)
     users = tables.read_table(spark, cfg.storage, S.USER_PROFILES).where(F.col(S.DS) == ds)
     k = int(recs.agg(F.max(S.RANK)).first()[0])
     if not cfg.privacy.pseudonymize_user_ids:
@@ -248,6 +304,74 @@ def _metric_rows(*frames: pd.DataFrame | None) -> list[tuple[str, str, int | Non
                 v = float(value) if value is not None else float("nan")
                 out.append((str(method), name, int(k) if k else None, v))
     return out
+
+
+EVAL_EXTRA_COLUMNS = (("n_rows", "double"), ("n_positives", "double"), ("n_users", "double"), ("ci_low", "double"),
+                      ("ci_high", "double"), ("flag", "string"))
+
+
+def frame_info(frame: pd.DataFrame | None, *, min_users: int) -> Info:
+    """n and flags of beyond-accuracy or paired-comparison rows (their own ``n_users`` column; the paired
+    difference's interval from its ``ci_low``/``ci_high`` columns)."""
+    out: Info = {}
+    if frame is None:
+        return out
+    for method, row in frame.iterrows():
+        n_users = float(row.get("n_users", math.nan))
+        base = MetricInfo(n_rows=float(row.get("n_recommendations", math.nan)), n_users=n_users)
+        for metric, value in row.items():
+            name, _, k = str(metric).partition("@")
+            info = base
+            if name == "ndcg_diff":
+                info = replace(base, ci_low=float(row[f"ndcg_diff_ci_low@{k}"]),
+                               ci_high=float(row[f"ndcg_diff_ci_high@{k}"]))
+            if metric not in ("n_users", "n_recommendations"):
+                info = info.flagged(*([SMALL_N] if not n_users >= min_users else []),
+                                    *([UNDEFINED] if not math.isfinite(float(value)) else []))
+            out[(str(method), str(metric))] = info
+    return out
+
+
+def eval_rows(frames: list[pd.DataFrame | None], info: Info) -> list[tuple]:
+    """``eval_metrics`` rows past the run's columns: (method, metric, k, value, n_rows, n_positives, n_users,
+    ci_low, ci_high, flag)."""
+    rows = []
+    for frame in frames:
+        if frame is None:
+            continue
+        for method, row in frame.iterrows():
+            for metric, value in row.items():
+                name, _, k = str(metric).partition("@")
+                v = float(value) if value is not None else float("nan")
+                i = info.get((str(method), str(metric)), MetricInfo())
+                rows.append((str(method), name, int(k) if k else None, v, i.n_rows, i.n_positives, i.n_users,
+                             i.ci_low, i.ci_high, i.flag))
+    return rows
+
+
+def _add_eval_columns(spark: SparkSession, cfg: AppConfig) -> None:
+    """An ``eval_metrics`` table written before the n/interval/flag columns gets them (null in old rows)."""
+    if tables.table_version(spark, cfg.storage, S.EVAL_METRICS) is None:
+        return
+    have = set(tables.read_table(spark, cfg.storage, S.EVAL_METRICS).columns)
+    missing = [f"{c} {t}" for c, t in EVAL_EXTRA_COLUMNS if c not in have]
+    if missing:
+        path = cfg.storage.table_path(S.EVAL_METRICS).replace("`", "``")
+        spark.sql(f"ALTER TABLE delta.`{path}` ADD COLUMNS ({', '.join(missing)})")
+        log.info("eval_metrics: added columns %s", missing)
+
+
+def _test_last_date(spark: SparkSession, cfg: AppConfig) -> dt.date | None:
+    """The last date of the test split: what the evaluation evaluated when there are no recommendations."""
+    _, test, _ = _test_rows(spark, cfg)
+    return test.agg(F.max(S.DS)).first()[0]
+
+
+def _with_version(table: pd.DataFrame, curves: dict, info: Info, version: int) -> tuple[pd.DataFrame, dict, Info]:
+    """The model's rows named ``model v<version>`` (and ``... [by probability]``)."""
+    names = {MODEL: f"{MODEL} v{version}", f"{MODEL} [by probability]": f"{MODEL} v{version} [by probability]"}
+    return (table.rename(index=names), {names.get(k, k): v for k, v in curves.items()},
+            {(names.get(m, m), metric): v for (m, metric), v in info.items()})
 
 
 def _mlflow_key(method: str) -> str:
@@ -282,16 +406,18 @@ def run_evaluation(spark: SparkSession, cfg: AppConfig, score_date: dt.date | No
                   counter=rows_scored) as scoring:
         df, version = scored_test_set(spark, cfg, settings, model, progress=scoring)
         try:
-            table, curves, per_user = method_metrics(df, methods, cfg)
+            table, curves, per_user, info = method_metrics(df, methods, cfg)
             comparison = paired_comparisons(per_user, k=max(cfg.evaluate.ks), label=f"{MODEL} v{model.version}")
         finally:
             df.unpersist()
-    table = table.rename(index={MODEL: f"{MODEL} v{model.version}",
-                                f"{MODEL} [by probability]": f"{MODEL} v{model.version} [by probability]"})
-    curves = {(f"{MODEL} v{model.version}" if k == MODEL else k): v for k, v in curves.items()}
+    table, curves, info = _with_version(table, curves, info, model.version)
     score_date = score_date or _latest_score_date(spark, cfg)
     beyond = beyond_metrics(spark, cfg, score_date, settings, model) if score_date else None
-    eval_date = score_date or dt.date.today()
+    for frame in (beyond, comparison):
+        info |= frame_info(frame, min_users=cfg.evaluate.min_users)
+    # Named after the data it evaluated (the recommendations' date, else the test split's last day), never
+    # today's wall-clock date; the clock only when the test split has no date at all.
+    eval_date = score_date or _test_last_date(spark, cfg) or dt.date.today()
 
     with mlflow.start_run(run_name=f"evaluate-{model.name}-v{model.version}") as run:
         mlflow.set_tags({"adrec.job": "evaluate", "adrec.model_version": str(model.version)})
@@ -306,7 +432,7 @@ def run_evaluation(spark: SparkSession, cfg: AppConfig, score_date: dt.date | No
             _local_report_path(cfg.evaluate.report_dir, report_name),
             title=f"adrec-spark evaluation: {model.name} v{model.version}",
             subtitle=f"test split of training_examples v{version}; recommendations of {score_date or 'n/a'}",
-            table=table, curves=curves, beyond=beyond, comparison=comparison,
+            table=table, curves=curves, beyond=beyond, comparison=comparison, info=info,
             notes=[f"{int(table.iloc[0].get('n', 0))} test rows. Ranking metrics rank each user's own test "
                    "impressions by score; users without a click in test are skipped. The model and the logistic "
                    "regression rank by their logit less the user-only terms (equal for all of a user's ads when the "
@@ -318,16 +444,17 @@ def run_evaluation(spark: SparkSession, cfg: AppConfig, score_date: dt.date | No
             fs.upload_file(report, report_location)
         mlflow.log_text(table.to_csv(), "eval_table.csv")
         run_id = run.info.run_id
-    rows = [(eval_date, run_id, model.name, model.version, version, m, metric, k, v)
-            for m, metric, k, v in _metric_rows(table, beyond, comparison)]
+    rows = [(eval_date, run_id, model.name, model.version, version, *r)
+            for r in eval_rows([table, beyond, comparison], info)]
     out = spark.createDataFrame(rows, "eval_date date, run_id string, model_name string, model_version int, "
                                       "training_examples_version long, method string, metric string, k int, "
-                                      "value double")
+                                      "value double, " + ", ".join(f"{c} {t}" for c, t in EVAL_EXTRA_COLUMNS))
+    _add_eval_columns(spark, cfg)
     tables.write_partitions(out, cfg.storage, S.EVAL_METRICS, partition_col="eval_date",
                             values=[eval_date.isoformat()])
     result = EvaluationResult(run_id=run_id, eval_date=eval_date.isoformat(), model_name=model.name,
                               model_version=model.version, table=table, beyond=beyond, report_path=report,
                               report_location=report_location,
-                              seconds=time.perf_counter() - t0, comparison=comparison)
+                              seconds=time.perf_counter() - t0, comparison=comparison, info=info)
     log.info("evaluation written: %s (%.0fs)", report_location, result.seconds)
     return result

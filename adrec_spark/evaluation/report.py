@@ -40,6 +40,8 @@ table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ddd; padding: 4px 8px; text-align: right; }
 th { background: #f4f4f4; } td.method, th.method { text-align: left; }
 td.best { background: #d9f2d9; font-weight: bold; }
+td .ci { color: #666; font-size: 0.8em; font-weight: normal; }
+td .flag { color: #a00; font-size: 0.8em; font-weight: bold; }
 .plots img { max-width: 100%; margin: 0.5em 0; border: 1px solid #eee; }
 .legend { color: #666; font-size: 0.85em; }
 """
@@ -55,6 +57,7 @@ def write_report(
     notes: Sequence[str] = (),
     subtitle: str = "",
     comparison: pd.DataFrame | None = None,
+    info: Mapping[tuple[str, str], object] | None = None,
 ) -> Path:
     """Write the report and return its path.
 
@@ -69,10 +72,14 @@ def write_report(
         notes: free-text lines shown under the heading.
         comparison: optional paired differences of the model against each baseline (one row each), shown
             as they are (no highlight).
+        info: optional per (method, metric column) :class:`~adrec_spark.evaluation.uncertainty.MetricInfo`:
+            its interval is shown under the number and its flags next to it; a flagged ``degenerate`` or
+            ``empty_input`` value is never highlighted as the best.
     """
     path = Path(path)
+    info = info or {}
     colors = _method_colors([*table.index, *curves, *(beyond.index if beyond is not None else [])])
-    sections = [_section("Metrics", _table_html(table) + _legend())]
+    sections = [_section("Metrics", _table_html(table, info=info) + _legend() + _flag_legend(info))]
     if comparison is not None and not comparison.empty:
         sections.append(_section("The model against each baseline, paired over users",
                                  _table_html(comparison, highlight=False)
@@ -82,7 +89,7 @@ def write_report(
     plots = [_roc_plot(curves, colors), _pr_plot(curves, colors), _calibration_plot(curves, colors),
              _bar_plot(table, _ranking_columns(table), colors, "Ranking and AUC")]
     if beyond is not None:
-        sections.append(_section("Beyond accuracy", _table_html(beyond)))
+        sections.append(_section("Beyond accuracy", _table_html(beyond, info=info)))
         plots.append(_small_multiples(beyond, [c for c in BEYOND_PLOT_METRICS if c in beyond.columns], colors))
     sections.append(_section("Plots", '<div class="plots">' + "".join(p for p in plots if p) + "</div>"))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -115,14 +122,54 @@ def _legend() -> str:
             f"{MISSING} = not available.</p>")
 
 
-def _table_html(df: pd.DataFrame, *, highlight: bool = True) -> str:
-    best = {col: best_rows(df[col], str(col)) if highlight else set() for col in df.columns}
+FLAG_TEXT = {
+    "degenerate": "fixed by construction (every ranked user has at most K candidates): says nothing",
+    "empty_input": "most of its inputs are empty (no history): says nothing",
+    "small_n": "too few users or positives to tell methods apart",
+    "undefined": "not defined on this data (e.g. one class only)",
+}
+_UNTRUSTED = ("degenerate", "empty_input")
+
+
+def _flags(info: Mapping[tuple[str, str], object], method: object, metric: object) -> list[str]:
+    flag = getattr(info.get((str(method), str(metric))), "flag", "") or ""
+    return [f for f in flag.split(",") if f]
+
+
+def _flag_legend(info: Mapping[tuple[str, str], object]) -> str:
+    used = sorted({f for key in info for f in _flags(info, *key)})
+    if not used:
+        return ""
+    items = "".join(f"<li><b>{html.escape(f)}</b>: {html.escape(FLAG_TEXT.get(f, f))}</li>" for f in used)
+    return ('<p class="legend">Under a number: its interval (evaluate.confidence); next to it, its flags:</p>'
+            f'<ul class="legend">{items}</ul>')
+
+
+def _annotated(text: str, info: Mapping[tuple[str, str], object], method: object, metric: object) -> str:
+    i = info.get((str(method), str(metric)))
+    lo, hi = getattr(i, "ci_low", math.nan), getattr(i, "ci_high", math.nan)
+    if text != MISSING and isinstance(lo, float) and math.isfinite(lo) and math.isfinite(hi):
+        text += f'<br><span class="ci">[{lo:.4f}, {hi:.4f}]</span>'
+    flags = _flags(info, method, metric)
+    if flags:
+        text += " " + " ".join(f'<span class="flag" title="{html.escape(FLAG_TEXT.get(f, f))}">&#9888; '
+                               f"{html.escape(f)}</span>" for f in flags)
+    return text
+
+
+def _table_html(df: pd.DataFrame, *, highlight: bool = True,
+                info: Mapping[tuple[str, str], object] | None = None) -> str:
+    info = info or {}
+    trusted = {col: df[col].where([not set(_flags(info, m, col)) & set(_UNTRUSTED) for m in df.index])
+               for col in df.columns}
+    best = {col: best_rows(trusted[col], str(col)) if highlight else set() for col in df.columns}
     index_name = html.escape(str(df.index.name or "method"))
     head = f'<tr><th class="method">{index_name}</th>' + "".join(
         f"<th>{html.escape(str(c))}</th>" for c in df.columns) + "</tr>"
     rows = []
     for label, row in df.iterrows():
-        cells = "".join(_cell(format_value(row[col], str(col)), best=label in best[col]) for col in df.columns)
+        cells = "".join(_cell(_annotated(format_value(row[col], str(col)), info, label, col), best=label in best[col])
+                        for col in df.columns)
         rows.append(f'<tr><td class="method">{html.escape(str(label))}</td>{cells}</tr>')
     return "<table>\n<thead>" + head + "</thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody>\n</table>"
 

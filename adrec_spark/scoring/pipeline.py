@@ -12,13 +12,14 @@ import datetime as dt
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
 
 import numpy as np
-from pyspark.sql import DataFrame, SparkSession
+from pyspark import StorageLevel
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
@@ -61,10 +62,17 @@ class ScoringResult:
     recommendations: int
     seconds: float
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    # Distinct model inputs the cross-encoder scored: pairs with the same input are scored once.
+    inputs_scored: int | None = None
 
     @property
     def pairs_per_second(self) -> float:
         return self.pairs_scored / max(self.seconds, 1e-9)
+
+    @property
+    def pairs_saved(self) -> int:
+        """Pairs whose score was joined from an identical input instead of scored again."""
+        return 0 if self.inputs_scored is None else self.pairs_scored - self.inputs_scored
 
 
 def with_strategy(users: DataFrame) -> DataFrame:
@@ -78,6 +86,58 @@ def with_strategy(users: DataFrame) -> DataFrame:
     text = F.when(has_history, F.col(S.HISTORY_TEXT)).otherwise(
         F.array_join(F.transform("recent_queries", lambda q: F.concat(F.lit("searched: "), q)), " | "))
     return users.withColumn(S.STRATEGY, strategy).withColumn("retrieval_text", text)
+
+
+def shown_categories(events: DataFrame, ads: DataFrame) -> DataFrame:
+    """``(user_id, shown_categories)``: per user, impressions per category of the ads shown (events of ads not
+    in ``ads`` count under ``unknown``)."""
+    require_columns(events, (S.USER_ID, S.AD_ID, S.EVENT_TYPE), "shown_categories")
+    require_columns(ads, (S.AD_ID, S.CATEGORY), "shown_categories (ads)")
+    shown = (events.where(F.col(S.EVENT_TYPE) == S.IMPRESSION).select(S.USER_ID, S.AD_ID)
+             .join(ads.select(S.AD_ID, S.CATEGORY).dropDuplicates([S.AD_ID]), S.AD_ID, "left"))
+    return (shown.groupBy(S.USER_ID, F.coalesce(S.CATEGORY, F.lit("unknown")).alias(S.CATEGORY)).count()
+            .groupBy(S.USER_ID)
+            .agg(F.map_from_entries(F.collect_list(F.struct(S.CATEGORY, "count"))).alias("shown_categories")))
+
+
+def with_shown_categories(users: DataFrame, shown: DataFrame) -> DataFrame:
+    """Users without history or searches (``popular``) who were shown ads become ``shown``, with the
+    categories of those impressions in ``shown_categories`` (null for everyone else)."""
+    require_columns(users, (S.USER_ID, S.STRATEGY), "with_shown_categories")
+    require_columns(shown, (S.USER_ID, "shown_categories"), "with_shown_categories (shown)")
+    cold = F.col(S.STRATEGY) == C.POPULAR
+    joined = users.join(shown.withColumnRenamed("shown_categories", "_shown"), S.USER_ID, "left")
+    has_shown = cold & F.col("_shown").isNotNull() & (F.size("_shown") > 0)
+    return (joined.withColumn("shown_categories", F.when(has_shown, F.col("_shown")))
+            .withColumn(S.STRATEGY, F.when(has_shown, F.lit(C.SHOWN)).otherwise(F.col(S.STRATEGY))).drop("_shown"))
+
+
+def _cold_users(spark: SparkSession, cfg: AppConfig, users: DataFrame, score_date: dt.date) -> DataFrame:
+    """``users`` with the ``shown`` strategy where it applies: impressions over the ETL look-back window up to
+    ``score_date`` (read only for the users without history; the ``popular`` cold-start strategy skips it)."""
+    if cfg.score.cold_start.strategy == "popular" or tables.table_version(spark, cfg.storage, S.EVENTS_CLEAN) is None:
+        return users.withColumn("shown_categories", F.lit(None).cast("map<string,bigint>"))
+    lo = F.lit((score_date - dt.timedelta(days=cfg.etl.lookback_days)).isoformat()).cast("date")
+    hi = F.lit(score_date.isoformat()).cast("date")
+    events = (tables.read_table(spark, cfg.storage, S.EVENTS_CLEAN)
+              .where((F.col(S.DS) >= lo) & (F.col(S.DS) <= hi))
+              .join(users.where(F.col(S.STRATEGY) == C.POPULAR).select(S.USER_ID), S.USER_ID, "left_semi"))
+    ads = tables.read_table(spark, cfg.storage, S.ADS).where(F.col(S.DS) == hi)
+    return with_shown_categories(users, shown_categories(events, ads))
+
+
+def score_distinct_inputs(pairs: DataFrame, score: Column, *, input_cols: Sequence[str],
+                          partitions: int) -> DataFrame:
+    """``pairs`` with ``score``: the model's score of each distinct model input, joined back to every pair
+    with that input. ``score`` is a column over ``input_cols`` (the UDF call); pairs whose inputs are equal
+    (e.g. an ad for every user without history: same ad text, empty history, same numeric features) are
+    scored once. The join is null-safe, so a null input still gets its score."""
+    require_columns(pairs, input_cols, "score_distinct_inputs")
+    names = {c: f"_in{i}" for i, c in enumerate(input_cols)}
+    distinct = (pairs.select(*input_cols).dropDuplicates().repartition(partitions)
+                .withColumn(S.SCORE, score).select(*[F.col(c).alias(names[c]) for c in input_cols], S.SCORE))
+    cond = [pairs[c].eqNullSafe(distinct[names[c]]) for c in input_cols]
+    return pairs.join(distinct, cond, "inner").drop(*names.values())
 
 
 def eligible_ads(ads: DataFrame, serve_date: dt.date) -> DataFrame:
@@ -124,7 +184,8 @@ def build_ad_index(ads: DataFrame, cfg: AppConfig, settings: UdfSettings, *, wit
     numeric = list(S.NUMERIC_FEATURES)
     body = partial(ad_index_partition, settings=settings, numeric_features=numeric,
                    match_feature=S.CATEGORY_MATCH, levels=levels)
-    meta = (S.AD_ID, S.ADVERTISER_ID, S.TITLE, S.CATEGORY, features.AD_CLICKS)  # passed through as they are
+    meta = (S.AD_ID, S.ADVERTISER_ID, S.TITLE, S.CATEGORY, features.AD_CLICKS,  # passed through as they are
+            features.AD_IMPRESSIONS)
     inputs = _neutral_user_features(ads, cfg).select(*meta, S.AD_TEXT,
                                                      *[F.col(c).cast("float").alias(c) for c in numeric])
     schema = StructType(inputs.select(*meta).schema.fields + AD_INDEX_FIELDS)
@@ -133,8 +194,12 @@ def build_ad_index(ads: DataFrame, cfg: AppConfig, settings: UdfSettings, *, wit
     if rows.empty:
         raise InputDataError(empty_message)
     prior = np.stack(rows["prior"].to_numpy()) if with_prior else np.zeros(len(rows))
+    ucb = C.click_rate_ucb(rows[features.AD_CLICKS].to_numpy(), rows[features.AD_IMPRESSIONS].to_numpy(),
+                           z=cfg.score.cold_start.ucb_z, prior=cfg.etl.rate_prior,
+                           strength=cfg.etl.rate_prior_strength)
     index = C.build_index(rows[S.AD_ID].tolist(), np.stack(rows["embedding"].to_numpy()), prior,
-                          rows[features.AD_CLICKS].to_numpy(), categories=rows[S.CATEGORY].astype(str).tolist())
+                          rows[features.AD_CLICKS].to_numpy(), categories=rows[S.CATEGORY].astype(str).tolist(),
+                          ucb=ucb)
     by_id = rows.set_index(S.AD_ID).loc[index.ad_ids]
     info = AdInfo(position=index.position, embeddings=index.embeddings,
                   advertiser=by_id[S.ADVERTISER_ID].astype(str).tolist(), title=by_id[S.TITLE].astype(str).tolist(),
@@ -143,41 +208,31 @@ def build_ad_index(ads: DataFrame, cfg: AppConfig, settings: UdfSettings, *, wit
 
 
 def candidate_pairs(users: DataFrame, ads: DataFrame, index: C.AdIndex, cfg: AppConfig,
-                    settings: UdfSettings, *, counter: Any = None) -> DataFrame:
-    """(user_id, ad_id, source) to score: the cascade, or every eligible pair the user has not clicked.
-    ``counter`` (a Spark accumulator) gets the number of cascade candidates as their tasks finish."""
+                    settings: UdfSettings, score_date: dt.date | None = None) -> DataFrame:
+    """(user_id, ad_id, source) to score: the cascade, or every eligible pair the user has not clicked."""
     if cfg.score.candidates == "all":
         return (users.select(S.USER_ID, "clicked_ad_ids").crossJoin(ads.select(S.AD_ID))
                 .where(~F.array_contains("clicked_ad_ids", F.col(S.AD_ID)))
                 .select(S.USER_ID, S.AD_ID, F.lit("all").alias("source")))
     spark = users.sparkSession
     bindex = spark.sparkContext.broadcast(index)
-    embedded = users.withColumn("embedding", F.when(F.col(S.STRATEGY) != C.POPULAR,
+    embedded = users.withColumn("embedding", F.when(~F.col(S.STRATEGY).isin(*C.COLD_STRATEGIES),
                                                     embed_udf(settings)(F.col("retrieval_text"))))
     sc = cfg.score
+    cs = sc.cold_start
+    cold = C.ColdStart(strategy=cs.strategy, pool_size=cs.pool_size, shown_fraction=cs.shown_fraction,
+                       date=score_date.isoformat() if score_date else "")
 
     def body(frames):
-        for out in C.retrieve_partition(frames, bindex.value, top_n=sc.retrieval_top_n, prior_n=sc.prior_top_n,
-                                        popular_n=sc.popular_pool):
-            if counter is not None:
-                counter.add(len(out))
-            yield out
+        return C.retrieve_partition(frames, bindex.value, top_n=sc.retrieval_top_n, prior_n=sc.prior_top_n,
+                                    popular_n=sc.popular_pool, cold=cold)
 
+    shown = (F.col("shown_categories") if "shown_categories" in embedded.columns
+             else F.lit(None).cast("map<string,bigint>"))
     return (embedded.select(S.USER_ID, "embedding", "clicked_ad_ids", S.STRATEGY,
                             F.col(features.CATEGORY_CLICKS).alias("category_clicks"),
-                            F.col(features.USER_CLICKS).alias("user_clicks"))
+                            F.col(features.USER_CLICKS).alias("user_clicks"), shown.alias("shown_categories"))
             .mapInPandas(body, CANDIDATE_SCHEMA))
-
-
-def planned_pairs(by_strategy: dict[str, int], n_ads: int, cfg: AppConfig) -> int:
-    """At most this many pairs get scored (known on the driver without a Spark job): every eligible ad per user
-    with ``candidates: all``; else the cascade's budget per user (fewer when the user clicked some of them)."""
-    sc = cfg.score
-    if sc.candidates == "all":
-        return sum(by_strategy.values()) * n_ads
-    personal = min(max(sc.retrieval_top_n + sc.prior_top_n, sc.popular_pool), n_ads)
-    return sum(n * (min(sc.popular_pool, n_ads) if strategy == C.POPULAR else personal)
-               for strategy, n in by_strategy.items())
 
 
 def _user_key(cfg: AppConfig) -> F.Column:
@@ -202,7 +257,8 @@ def run_scoring(spark: SparkSession, cfg: AppConfig, score_date: dt.date) -> Sco
     def count_users() -> tuple[DataFrame, dict[str, int]]:
         spark.sparkContext.addJobTag(tag)  # this thread's Spark jobs, so that an error can cancel them
         try:
-            users = with_strategy(tables.read_table(spark, cfg.storage, S.USER_PROFILES).where(F.col(S.DS) == ds))
+            users = _cold_users(spark, cfg, with_strategy(
+                tables.read_table(spark, cfg.storage, S.USER_PROFILES).where(F.col(S.DS) == ds)), score_date)
             return users, {r[S.STRATEGY]: int(r["count"]) for r in users.groupBy(S.STRATEGY).count().collect()}
         finally:
             spark.sparkContext.removeJobTag(tag)
@@ -232,7 +288,7 @@ def run_scoring(spark: SparkSession, cfg: AppConfig, score_date: dt.date) -> Sco
     ads = eligible_ads(ads, score_date + dt.timedelta(days=1))
 
     model_dir = registry.ensure_local_model(cfg.mlflow, model, fs.local_cache_dir(cfg.storage.staging, "models"))
-    scored_pairs, candidates = spark.sparkContext.accumulator(0), spark.sparkContext.accumulator(0)  # progress
+    scored_pairs = spark.sparkContext.accumulator(0)  # distinct inputs the UDF scored, for the progress lines
     settings = UdfSettings(model_file=ship_model_dir(spark.sparkContext, model_dir), precision=sc.precision,
                            batch_size=sc.batch_size, threads=sc.torch_threads, chaos=sc.chaos,
                            progress=scored_pairs)
@@ -246,27 +302,31 @@ def run_scoring(spark: SparkSession, cfg: AppConfig, score_date: dt.date) -> Sco
     stages["ad_index"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    pairs = candidate_pairs(users, ads, index, cfg, settings, counter=candidates)
-    bound = planned_pairs(by_strategy, n_ads, cfg)
+    pairs = candidate_pairs(users, ads, index, cfg, settings, score_date)
     parts = spark.sparkContext.defaultParallelism * 2
-    scored = (pair_features(pairs, users, ads, rate_prior=cfg.etl.rate_prior,
-                            rate_prior_strength=cfg.etl.rate_prior_strength)
-              .repartition(parts)
-              .withColumn(S.SCORE, score_udf(settings)(F.col(S.AD_TEXT), F.col(S.HISTORY_TEXT),
-                                                       numeric_struct(list(S.NUMERIC_FEATURES))).cast("double")))
+    # Cached: the distinct inputs are counted and scored from it, and the scores joined back to it.
+    featured = pair_features(pairs, users, ads, rate_prior=cfg.etl.rate_prior,
+                             rate_prior_strength=cfg.etl.rate_prior_strength).persist(StorageLevel.MEMORY_AND_DISK)
+    n_inputs = featured.select(*S.MODEL_INPUT_COLUMNS).dropDuplicates().count()
+    score = score_udf(settings)(F.col(S.AD_TEXT), F.col(S.HISTORY_TEXT),
+                                numeric_struct(list(S.NUMERIC_FEATURES))).cast("double")
+    scored = score_distinct_inputs(featured, score, input_cols=S.MODEL_INPUT_COLUMNS, partitions=parts)
     out = scored.select(ds.alias(S.SCORE_DATE), _user_key(cfg).alias(S.USER_ID), S.AD_ID, S.SCORE,
                         F.col("source").alias("candidate_source"), F.lit(model.name).alias(S.MODEL_NAME),
                         F.lit(model.version).alias(S.MODEL_VERSION))
     # Scores and recommendations are two commits: an error before both are in puts the scores back.
     with tables.partition_unit(spark, cfg.storage) as unit:
-        # The candidates' stage ends before scoring starts (a shuffle between them): the exact count by then.
-        with progress(spark, "scoring", total=lambda: candidates.value or bound, unit="pairs",
+        # The UDF scores each distinct model input once: progress counts those against their number.
+        with progress(spark, "scoring", total=n_inputs, unit="distinct pairs",
                       every_s=cfg.spark.progress_interval_s, counter=scored_pairs):
             unit.write(out, S.USER_AD_SCORES, partition_col=S.SCORE_DATE, values=[score_date.isoformat()],
                        description=f"{model.uri} scores {score_date}")
         stages["score_pairs"] = time.perf_counter() - t
         written = tables.read_table(spark, cfg.storage, S.USER_AD_SCORES).where(F.col(S.SCORE_DATE) == ds)
         n_pairs = written.count()
+        featured.unpersist()
+        log.info("%d pairs, %d distinct model inputs scored: %d pairs (%.1f%%) took the score of an identical "
+                 "input", n_pairs, n_inputs, n_pairs - n_inputs, 100.0 * (n_pairs - n_inputs) / max(n_pairs, 1))
 
         t = time.perf_counter()
         recs = rerank(written, users.withColumn("_key", _user_key(cfg)), info, cfg)
@@ -279,7 +339,7 @@ def run_scoring(spark: SparkSession, cfg: AppConfig, score_date: dt.date) -> Sco
     result = ScoringResult(score_date=score_date.isoformat(), model_name=model.name, model_version=model.version,
                            users=n_users, users_by_strategy=by_strategy, eligible_ads=n_ads, pairs_scored=n_pairs,
                            all_pairs=n_users * n_ads, recommendations=n_recs,
-                           seconds=time.perf_counter() - t0, stage_seconds=stages)
+                           seconds=time.perf_counter() - t0, stage_seconds=stages, inputs_scored=n_inputs)
     log.info("scored %d pairs for %d users x %d ads (%s) in %.1fs (%.0f pairs/s end to end; stages %s); "
              "%d recommendations", n_pairs, n_users, n_ads, by_strategy, result.seconds,
              result.pairs_per_second, {k: round(v, 1) for k, v in stages.items()}, n_recs)
