@@ -478,3 +478,40 @@ def task_gpu_addresses(resources: Mapping[str, object] | None) -> list[str]:
 
 def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+class ModelCache:
+    """A Python worker's loaded scorers, bounded to the models of one folder (one model version): loading
+    another folder evicts the others first and frees their memory (GPU memory too), so a long-lived worker
+    that scores version 2 after version 1 does not hold both."""
+
+    def __init__(self) -> None:
+        self._items: dict[tuple, object] = {}
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def folders(self) -> list[str]:
+        """The model folders held (one, or none)."""
+        return list(dict.fromkeys(str(k[0]) for k in self._items))
+
+    def get(self, key: tuple, load: Callable[[], object]) -> object:
+        """The item for ``key`` (its first element is the model folder), loaded by ``load`` when missing."""
+        if key in self._items:
+            return self._items[key]
+        stale = [k for k in self._items if k[0] != key[0]]
+        if stale:
+            self.evict(stale)
+        self._items[key] = load()
+        return self._items[key]
+
+    def evict(self, keys: Sequence[tuple] | None = None) -> None:
+        import gc
+
+        gone = list(self._items) if keys is None else list(keys)
+        for k in gone:
+            del self._items[k]
+        gc.collect()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
+        log.info("evicted %d cached model(s) from pid %d: %s", len(gone), os.getpid(), [k[0] for k in gone])

@@ -35,10 +35,13 @@ from adrec_spark.scoring.udf import (
     AD_INDEX_FIELDS,
     UdfSettings,
     ad_index_partition,
+    check_profile_supported,
     embed_udf,
-    numeric_struct,
-    score_udf,
+    score_pairs,
+    scoring_profile,
     ship_model_dir,
+    token_columns,
+    with_token_ids,
 )
 
 log = logging.getLogger(__name__)
@@ -88,19 +91,21 @@ def eligible_ads(ads: DataFrame, serve_date: dt.date) -> DataFrame:
 
 
 def pair_features(pairs: DataFrame, users: DataFrame, ads: DataFrame, *, rate_prior: float,
-                  rate_prior_strength: float) -> DataFrame:
-    """Model inputs per (user, ad) pair, with the same numeric features as training."""
+                  rate_prior_strength: float, tokens: bool = False) -> DataFrame:
+    """Model inputs per (user, ad) pair, with the same numeric features as training: the texts, or with
+    ``tokens`` their token columns (:func:`with_token_ids`: prefix ``history`` on users, ``ad`` on ads)."""
     require_columns(pairs, (S.USER_ID, S.AD_ID), "pair_features")
-    u = users.select(S.USER_ID, S.HISTORY_TEXT, features.USER_IMPRESSIONS, features.USER_CLICKS,
+    hist, ad = (token_columns("history"), token_columns("ad")) if tokens else ([S.HISTORY_TEXT], [S.AD_TEXT])
+    u = users.select(S.USER_ID, *hist, features.USER_IMPRESSIONS, features.USER_CLICKS,
                      features.CATEGORY_CLICKS)
-    a = ads.select(S.AD_ID, S.AD_TEXT, S.CATEGORY, S.PRICE, features.AD_IMPRESSIONS, features.AD_CLICKS)
+    a = ads.select(S.AD_ID, *ad, S.CATEGORY, S.PRICE, features.AD_IMPRESSIONS, features.AD_CLICKS)
     df = pairs.join(u, S.USER_ID).join(a, S.AD_ID)
     feats = features.numeric_features(
         user_impressions=F.col(features.USER_IMPRESSIONS), user_clicks=F.col(features.USER_CLICKS),
         ad_impressions=F.col(features.AD_IMPRESSIONS), ad_clicks=F.col(features.AD_CLICKS),
         price=F.col(S.PRICE), category_clicks=F.try_element_at(features.CATEGORY_CLICKS, F.col(S.CATEGORY)),
         rate_prior=rate_prior, rate_prior_strength=rate_prior_strength)
-    return df.select(*pairs.columns, S.HISTORY_TEXT, S.AD_TEXT, *feats)
+    return df.select(*pairs.columns, *hist, *ad, *feats)
 
 
 def _neutral_user_features(ads: DataFrame, cfg: AppConfig) -> DataFrame:
@@ -215,8 +220,10 @@ def run_scoring(spark: SparkSession, cfg: AppConfig, score_date: dt.date) -> Sco
     ads = eligible_ads(ads, score_date + dt.timedelta(days=1))
 
     model_dir = registry.ensure_local_model(cfg.mlflow, model, Path(cfg.storage.staging) / "models")
+    check_profile_supported(spark.sparkContext.master, sc.gpu)
     settings = UdfSettings(model_file=ship_model_dir(spark.sparkContext, model_dir), precision=sc.precision,
-                           batch_size=sc.batch_size, threads=sc.torch_threads, chaos=sc.chaos)
+                           batch_size=sc.batch_size, threads=sc.torch_threads, token_budget=sc.token_budget,
+                           chaos=sc.chaos)
     stages["setup"] = time.perf_counter() - t0
     t = time.perf_counter()
     # The index holds every eligible ad (collected to the driver): its size is their count, and no ads is an
@@ -229,11 +236,13 @@ def run_scoring(spark: SparkSession, cfg: AppConfig, score_date: dt.date) -> Sco
     t = time.perf_counter()
     pairs = candidate_pairs(users, ads, index, cfg, settings)
     parts = spark.sparkContext.defaultParallelism * 2
-    scored = (pair_features(pairs, users, ads, rate_prior=cfg.etl.rate_prior,
-                            rate_prior_strength=cfg.etl.rate_prior_strength)
-              .repartition(parts)
-              .withColumn(S.SCORE, score_udf(settings)(F.col(S.AD_TEXT), F.col(S.HISTORY_TEXT),
-                                                       numeric_struct(list(S.NUMERIC_FEATURES))).cast("double")))
+    # Each history and each ad text is tokenized once; the scoring stage assembles pairs from the ids and is
+    # the only stage that asks for GPUs (score.gpu).
+    feats = pair_features(pairs, with_token_ids(users, settings, text_col=S.HISTORY_TEXT, prefix="history"),
+                          with_token_ids(ads, settings, text_col=S.AD_TEXT, prefix="ad"),
+                          rate_prior=cfg.etl.rate_prior, rate_prior_strength=cfg.etl.rate_prior_strength, tokens=True)
+    scored = score_pairs(feats.repartition(parts), settings, numeric_features=list(S.NUMERIC_FEATURES),
+                         out_col=S.SCORE, profile=scoring_profile(sc.gpu))
     out = scored.select(ds.alias(S.SCORE_DATE), _user_key(cfg).alias(S.USER_ID), S.AD_ID, S.SCORE,
                         F.col("source").alias("candidate_source"), F.lit(model.name).alias(S.MODEL_NAME),
                         F.lit(model.version).alias(S.MODEL_VERSION))
