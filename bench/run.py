@@ -1,4 +1,4 @@
-"""`make bench` entry point: python bench/run.py {etl|training|scoring|quality|ceiling|profile|all}.
+"""`make bench` entry point: python bench/run.py {etl|training|scoring|quality|ceiling|profile|scorer|all}.
 
 Each benchmark prints its table and writes bench/results/<name>.json. They run on this machine's CPUs
 (2 cores here); numbers in the README come from these commands.
@@ -14,6 +14,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def main(argv: list[str]) -> int:
     what = argv[0] if argv else "all"
+    if what == "scorer":  # no Spark: runs on a bare GPU machine too (options: bench/run.py scorer --help)
+        from bench import scorer_bench
+
+        scorer_bench.run(argv[1:])
+        return 0
     if what not in ("etl", "training", "scoring", "quality", "ceiling", "profile", "all"):
         print(__doc__)
         return 2

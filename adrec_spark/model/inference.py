@@ -209,7 +209,7 @@ class Scorer:
         self.special = SpecialIds.of(tokenizer)
         if precision == "auto" and not device.startswith("cuda"):
             precision = calibrated_cpu_precision(model, self.special, threads=torch.get_num_threads(),
-                                                 cache_key=str(model_dir or ""), cache_dir=precision_cache)
+                                                 cache_key=model_cache_key(model_dir), cache_dir=precision_cache)
         self.precision = resolve_precision(precision, device)
         self.model = prepare_model(model, device=device if self.precision != "int8" else "cpu",
                                    precision=self.precision)
@@ -361,6 +361,32 @@ def calibration_pairs(vocab_size: int, special: SpecialIds, *, n: int = 32, toke
     ads = [rng.integers(low, vocab_size, k) for k in ad_len]
     hist = [rng.integers(low, vocab_size, max(1, tokens - 3 - k)) for k in ad_len]
     return TokenIds.from_lists(ads), TokenIds.from_lists(hist)
+
+
+def model_cache_key(model_dir: str | Path | None) -> str:
+    """A saved model's identity by content (its spec, head weights and encoder config), so that the same
+    model shipped to another folder (each run's SparkFiles) finds its calibration; "" for no folder."""
+    import hashlib
+
+    if model_dir is None or not Path(model_dir).is_dir():
+        return ""
+    d = Path(model_dir)
+    h = hashlib.sha256()
+    for part in ("spec.json", "head.pt", "encoder/config.json"):
+        if (d / part).is_file():
+            h.update((d / part).read_bytes())
+    return h.hexdigest()[:24]
+
+
+def cached_cpu_precision(model_dir: str | Path, *, threads: int, cache_dir: str | Path | None = None) -> str | None:
+    """The precision ``auto`` chose for this model, host and thread count, if it was measured here."""
+    import json
+
+    file = _precision_cache_file(cache_dir, f"{model_cache_key(model_dir)}|{threads}")
+    try:
+        return str(json.loads(file.read_text())["precision"])
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def _precision_cache_file(cache_dir: str | Path | None, key: str) -> Path:
