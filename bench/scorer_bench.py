@@ -41,7 +41,7 @@ def _texts(rng: np.random.Generator, users: int, ads: int) -> tuple[list[str], l
         words = " ".join(rng.choice(WORDS, rng.integers(1, 4)))
         return f"{words.title()} ({rng.integers(1950, 2000)})"
 
-    hist = ["clicked: " + " | ".join(title() for _ in range(rng.integers(10, 17))) for _ in range(users)]
+    hist = ["clicked: " + " | ".join(title() for _ in range(rng.integers(12, 20))) for _ in range(users)]
     ad_texts = [" ".join(rng.choice(WORDS, rng.integers(14, 30))) for _ in range(ads)]
     return hist, ad_texts
 

@@ -140,3 +140,23 @@ def test_a_new_model_version_evicts_the_old_one(saved, tmp_path, monkeypatch) ->
     monkeypatch.setattr("gc.collect", lambda: freed.append(True))
     cache.evict()
     assert len(cache) == 0 and freed
+
+
+@pytest.mark.slow
+def test_on_a_cluster_only_the_profiled_stage_gets_the_gpu(saved) -> None:
+    """A real standalone cluster (local-cluster) whose executor has one (fake) GPU: a plain stage's tasks get
+    none, the scoring profile's tasks get it (two at a time with 0.5 each), and score_pairs runs with it."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    jars = ",".join(str(p) for p in sorted((root / ".jars").glob("*.jar")))
+    out = subprocess.run([sys.executable, str(root / "tests" / "scripts" / "gpu_stage_profile.py"), str(saved),
+                          jars], capture_output=True, text=True, timeout=900, cwd=root)
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["plain"] == ["", ""]
+    assert seen["profiled"] == ["0", "0"]
+    assert len(seen["scores"]) == 2 and all(0 < s < 1 for s in seen["scores"])
