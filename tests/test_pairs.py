@@ -115,6 +115,14 @@ def test_token_ids_from_arrow_with_nulls_and_full_counts() -> None:
         TokenIds.from_lists([[1, 2]], [1])
 
 
+def test_take_repeats_and_reorders_texts() -> None:
+    t = TokenIds.from_lists([[1, 2, 3], [], [4], [5, 6]], [3, 0, 9, 2])
+    got = t.take(np.array([3, 1, 0, 0, 2]))
+    assert got.lists() == [[5, 6], [], [1, 2, 3], [1, 2, 3], [4]]
+    assert got.counts.tolist() == [2, 0, 3, 3, 9]
+    assert len(t.take(np.array([], dtype=np.int64))) == 0
+
+
 def test_token_budget_batches_cover_each_index_once_within_the_budget() -> None:
     rng = np.random.default_rng(0)
     lengths = rng.integers(3, 200, 500)
