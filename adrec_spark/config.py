@@ -298,6 +298,31 @@ class ColdStartConfig:
 
 
 @dataclass(frozen=True)
+class ScoreGpuConfig:
+    """GPUs for the cross-encoder stage only (Spark stage-level scheduling): with ``task_amount`` set, the
+    scoring stage's tasks each ask for that share of a GPU (0.25: four tasks share one) and ``task_cpus``
+    cores, while every other stage asks for none. Needs a cluster (standalone, YARN, Kubernetes) whose
+    executors have GPUs (``spark.executor.resource.gpu.*``). With ``executor_amount`` the stage also asks for
+    executors with that many GPUs (found by ``discovery_script``), which needs dynamic allocation."""
+
+    task_amount: float | None = None
+    task_cpus: int = 1
+    executor_amount: int | None = None
+    executor_cores: int | None = None
+    discovery_script: str | None = None
+
+    def __post_init__(self) -> None:
+        a = self.task_amount
+        _check(a is None or (0 < a <= 1) or float(a).is_integer(), "score.gpu.task_amount",
+               "must be a fraction in (0, 1] (tasks sharing a GPU) or a whole number of GPUs")
+        _check(self.task_cpus >= 1, "score.gpu.task_cpus", "must be >= 1")
+        _check(self.executor_amount is None or self.executor_amount >= 1, "score.gpu.executor_amount", "must be >= 1")
+        _check(self.executor_amount is None or a is not None, "score.gpu.executor_amount",
+               "needs score.gpu.task_amount (the GPU share of each scoring task)")
+        _check(self.executor_cores is None or self.executor_cores >= 1, "score.gpu.executor_cores", "must be >= 1")
+
+
+@dataclass(frozen=True)
 class ScoreConfig:
     model_alias: str = "champion"
     model_version: int | None = None
@@ -308,10 +333,13 @@ class ScoreConfig:
     # user-ad category affinity and interpolated at each user's own (1: one neutral prior for everyone).
     prior_affinity_levels: int = 5
     top_k: int = 10
-    # 'auto' is bf16 on a GPU and, on CPU, the fastest precision that kept quality when measured: bf16 where
-    # the CPU has native bf16 (AMX, AVX512-BF16), else int8 dynamic quantization.
+    # 'auto' is bf16 on a GPU and, on CPU, measured once per host (cached under the temp dir): the fastest of
+    # fp32, bf16 and int8 on a calibration batch whose scores track fp32's (correlation >= 0.999).
     precision: Literal["auto", "fp32", "bf16", "int8"] = "auto"
     batch_size: int = 64
+    # Padded tokens per forward pass (pairs x the longest pair of the micro-batch); null: batch_size * 128.
+    # On a GPU raise both (e.g. batch_size 1024, token_budget 65536).
+    token_budget: int | None = None
     torch_threads: int | None = 1
     max_per_advertiser: int = 2
     duplicate_similarity: float = 0.95
@@ -320,8 +348,10 @@ class ScoreConfig:
     popular_pool: int = 50
     cold_start: ColdStartConfig = field(default_factory=ColdStartConfig)
     chaos: ChaosConfig = field(default_factory=ChaosConfig)
+    gpu: ScoreGpuConfig = field(default_factory=ScoreGpuConfig)
 
     def __post_init__(self) -> None:
+        _check(self.token_budget is None or self.token_budget >= 1, "score.token_budget", "must be >= 1")
         for key in ("retrieval_top_n", "top_k", "batch_size", "max_per_advertiser", "popular_pool",
                     "prior_affinity_levels"):
             _check(getattr(self, key) >= 1, f"score.{key}", "must be >= 1")

@@ -1,4 +1,4 @@
-"""`make bench` entry point: python bench/run.py {etl|training|scoring|quality|ceiling|profile|all|report}.
+"""`make bench` entry point: python bench/run.py {etl|training|scoring|quality|ceiling|profile|scorer|all|report}.
 
 Each benchmark prints its table and writes bench/results/<name>.json with the machine and the command;
 ``scoring`` takes options for a smaller run (``python bench/run.py scoring --help``). ``report`` regenerates
@@ -15,6 +15,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def main(argv: list[str]) -> int:
     what, rest = (argv[0], argv[1:]) if argv else ("all", [])
+    if what == "scorer":  # no Spark: runs on a bare GPU machine too (options: bench/run.py scorer --help)
+        from bench import scorer_bench
+
+        scorer_bench.run(rest)
+        return 0
     if what not in ("etl", "training", "scoring", "quality", "ceiling", "profile", "all", "report"):
         print(__doc__)
         return 2

@@ -133,8 +133,10 @@ def test_identical_inputs_are_scored_once_with_the_scores_of_scoring_each(spark)
         return ad.str.len() + hist.fillna("").str.len() * 10 + x * 100
 
     cols = ["history_text", "ad_text", "x"]
-    out = score_distinct_inputs(pairs, fake_score(F.col("ad_text"), F.col("history_text"), F.col("x")),
-                                input_cols=cols, partitions=2).toPandas()
+    def score(df):
+        return df.withColumn(S.SCORE, fake_score(F.col("ad_text"), F.col("history_text"), F.col("x")))
+
+    out = score_distinct_inputs(pairs, score, input_cols=cols, partitions=2).toPandas()
     assert calls.value == 5  # distinct inputs, not the 9 pairs
     assert len(out) == 9 and sorted(out.columns) == sorted([*pairs.columns, S.SCORE])
     want = {(u, a): len(ad) + len(h or "") * 10 + x * 100 for u, a, h, ad, x in rows}  # scoring each pair

@@ -21,7 +21,7 @@ from adrec_spark.config import replace
 from adrec_spark.data.generator import GeneratorSpec, generate
 from adrec_spark.errors import InputDataError, ModelResolutionError
 from adrec_spark.etl.pipeline import run_etl
-from adrec_spark.model.inference import Scorer, resolve_precision
+from adrec_spark.model.inference import Scorer, cached_cpu_precision, resolve_precision
 from adrec_spark.registry import registry
 from adrec_spark.scoring.pipeline import pair_features, run_scoring
 from adrec_spark.training.pipeline import run_training
@@ -206,7 +206,9 @@ def test_spark_scores_equal_in_process_scores(spark, world) -> None:
                           rate_prior_strength=cfg.etl.rate_prior_strength).toPandas()
     model = registry.resolve(cfg.mlflow, alias="champion")
     local = registry.download_model_dir(cfg.mlflow, model, world["tmp"] / "inproc-model")
-    precision = resolve_precision(cfg.score.precision, "cpu")  # what the job ran ("auto": bf16 or int8 here)
+    precision = cfg.score.precision  # what the job ran ("auto": measured and cached on this host)
+    if precision == "auto":
+        precision = cached_cpu_precision(local, threads=cfg.score.torch_threads) or resolve_precision("auto", "cpu")
     want = Scorer(local, precision=precision).score(pairs[S.AD_TEXT], pairs[S.HISTORY_TEXT],
                                                     pairs[list(S.NUMERIC_FEATURES)].to_numpy())
     # bf16 sums depend a little on the micro-batch shapes (dynamic padding), fp32 and int8 hardly at all

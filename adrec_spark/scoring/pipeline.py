@@ -12,14 +12,14 @@ import datetime as dt
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
 from pyspark import StorageLevel
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
@@ -37,10 +37,13 @@ from adrec_spark.scoring.udf import (
     AD_INDEX_FIELDS,
     UdfSettings,
     ad_index_partition,
+    check_profile_supported,
     embed_udf,
-    numeric_struct,
-    score_udf,
+    score_pairs,
+    scoring_profile,
     ship_model_dir,
+    token_columns,
+    with_token_ids,
 )
 
 log = logging.getLogger(__name__)
@@ -126,18 +129,20 @@ def _cold_users(spark: SparkSession, cfg: AppConfig, users: DataFrame, score_dat
     return with_shown_categories(users, shown_categories(events, ads))
 
 
-def score_distinct_inputs(pairs: DataFrame, score: Column, *, input_cols: Sequence[str],
+def score_distinct_inputs(pairs: DataFrame, score: Callable[[DataFrame], DataFrame], *, input_cols: Sequence[str],
                           partitions: int) -> DataFrame:
-    """``pairs`` with ``score``: the model's score of each distinct model input, joined back to every pair
-    with that input. ``score`` is a column over ``input_cols`` (the UDF call); pairs whose inputs are equal
-    (e.g. an ad for every user without history: same ad text, empty history, same numeric features) are
-    scored once. The join is null-safe, so a null input still gets its score."""
+    """``pairs`` with ``S.SCORE``: the model's score of each distinct model input, joined back to every pair
+    with that input. ``score`` maps a frame holding ``input_cols`` (plus other columns it must keep) to the
+    same rows with ``S.SCORE`` (the scoring stage); pairs whose inputs are equal (e.g. an ad for every user
+    without history: same ad, empty history, same numeric features) are scored once. The join is null-safe,
+    so a null input still gets its score."""
     require_columns(pairs, input_cols, "score_distinct_inputs")
     names = {c: f"_in{i}" for i, c in enumerate(input_cols)}
-    distinct = (pairs.select(*input_cols).dropDuplicates().repartition(partitions)
-                .withColumn(S.SCORE, score).select(*[F.col(c).alias(names[c]) for c in input_cols], S.SCORE))
-    cond = [pairs[c].eqNullSafe(distinct[names[c]]) for c in input_cols]
-    return pairs.join(distinct, cond, "inner").drop(*names.values())
+    distinct = (pairs.select(*input_cols).dropDuplicates()
+                .select(*input_cols, *[F.col(c).alias(names[c]) for c in input_cols]).repartition(partitions))
+    scored = score(distinct).select(*names.values(), S.SCORE)
+    cond = [pairs[c].eqNullSafe(scored[names[c]]) for c in input_cols]
+    return pairs.join(scored, cond, "inner").drop(*names.values())
 
 
 def eligible_ads(ads: DataFrame, serve_date: dt.date) -> DataFrame:
@@ -149,19 +154,21 @@ def eligible_ads(ads: DataFrame, serve_date: dt.date) -> DataFrame:
 
 
 def pair_features(pairs: DataFrame, users: DataFrame, ads: DataFrame, *, rate_prior: float,
-                  rate_prior_strength: float) -> DataFrame:
-    """Model inputs per (user, ad) pair, with the same numeric features as training."""
+                  rate_prior_strength: float, tokens: bool = False) -> DataFrame:
+    """Model inputs per (user, ad) pair, with the same numeric features as training: the texts, or with
+    ``tokens`` their token columns (:func:`with_token_ids`: prefix ``history`` on users, ``ad`` on ads)."""
     require_columns(pairs, (S.USER_ID, S.AD_ID), "pair_features")
-    u = users.select(S.USER_ID, S.HISTORY_TEXT, features.USER_IMPRESSIONS, features.USER_CLICKS,
+    hist, ad = (token_columns("history"), token_columns("ad")) if tokens else ([S.HISTORY_TEXT], [S.AD_TEXT])
+    u = users.select(S.USER_ID, *hist, features.USER_IMPRESSIONS, features.USER_CLICKS,
                      features.CATEGORY_CLICKS)
-    a = ads.select(S.AD_ID, S.AD_TEXT, S.CATEGORY, S.PRICE, features.AD_IMPRESSIONS, features.AD_CLICKS)
+    a = ads.select(S.AD_ID, *ad, S.CATEGORY, S.PRICE, features.AD_IMPRESSIONS, features.AD_CLICKS)
     df = pairs.join(u, S.USER_ID).join(a, S.AD_ID)
     feats = features.numeric_features(
         user_impressions=F.col(features.USER_IMPRESSIONS), user_clicks=F.col(features.USER_CLICKS),
         ad_impressions=F.col(features.AD_IMPRESSIONS), ad_clicks=F.col(features.AD_CLICKS),
         price=F.col(S.PRICE), category_clicks=F.try_element_at(features.CATEGORY_CLICKS, F.col(S.CATEGORY)),
         rate_prior=rate_prior, rate_prior_strength=rate_prior_strength)
-    return df.select(*pairs.columns, S.HISTORY_TEXT, S.AD_TEXT, *feats)
+    return df.select(*pairs.columns, *hist, *ad, *feats)
 
 
 def _neutral_user_features(ads: DataFrame, cfg: AppConfig) -> DataFrame:
@@ -288,10 +295,11 @@ def run_scoring(spark: SparkSession, cfg: AppConfig, score_date: dt.date) -> Sco
     ads = eligible_ads(ads, score_date + dt.timedelta(days=1))
 
     model_dir = registry.ensure_local_model(cfg.mlflow, model, fs.local_cache_dir(cfg.storage.staging, "models"))
+    check_profile_supported(spark.sparkContext.master, sc.gpu)
     scored_pairs = spark.sparkContext.accumulator(0)  # distinct inputs the UDF scored, for the progress lines
     settings = UdfSettings(model_file=ship_model_dir(spark.sparkContext, model_dir), precision=sc.precision,
-                           batch_size=sc.batch_size, threads=sc.torch_threads, chaos=sc.chaos,
-                           progress=scored_pairs)
+                           batch_size=sc.batch_size, threads=sc.torch_threads, token_budget=sc.token_budget,
+                           chaos=sc.chaos, progress=scored_pairs)
     stages["setup"] = time.perf_counter() - t0
     t = time.perf_counter()
     # The index holds every eligible ad (collected to the driver): its size is their count, and no ads is an
@@ -304,13 +312,19 @@ def run_scoring(spark: SparkSession, cfg: AppConfig, score_date: dt.date) -> Sco
     t = time.perf_counter()
     pairs = candidate_pairs(users, ads, index, cfg, settings, score_date)
     parts = spark.sparkContext.defaultParallelism * 2
-    # Cached: the distinct inputs are counted and scored from it, and the scores joined back to it.
-    featured = pair_features(pairs, users, ads, rate_prior=cfg.etl.rate_prior,
-                             rate_prior_strength=cfg.etl.rate_prior_strength).persist(StorageLevel.MEMORY_AND_DISK)
-    n_inputs = featured.select(*S.MODEL_INPUT_COLUMNS).dropDuplicates().count()
-    score = score_udf(settings)(F.col(S.AD_TEXT), F.col(S.HISTORY_TEXT),
-                                numeric_struct(list(S.NUMERIC_FEATURES))).cast("double")
-    scored = score_distinct_inputs(featured, score, input_cols=S.MODEL_INPUT_COLUMNS, partitions=parts)
+    # Each history and each ad text is tokenized once; the scoring stage assembles pairs from the ids and is
+    # the only stage that asks for GPUs (score.gpu). Cached: the distinct model inputs are counted and scored
+    # from it (identical inputs once), and the scores joined back to it.
+    featured = pair_features(pairs, with_token_ids(users, settings, text_col=S.HISTORY_TEXT, prefix="history"),
+                             with_token_ids(ads, settings, text_col=S.AD_TEXT, prefix="ad"),
+                             rate_prior=cfg.etl.rate_prior, rate_prior_strength=cfg.etl.rate_prior_strength,
+                             tokens=True).persist(StorageLevel.MEMORY_AND_DISK)
+    inputs = [*token_columns("ad"), *token_columns("history"), *S.NUMERIC_FEATURES]
+    n_inputs = featured.select(*inputs).dropDuplicates().count()
+    profile = scoring_profile(sc.gpu)
+    scored = score_distinct_inputs(
+        featured, partial(score_pairs, settings=settings, numeric_features=list(S.NUMERIC_FEATURES), out_col=S.SCORE,
+                          profile=profile), input_cols=inputs, partitions=parts)
     out = scored.select(ds.alias(S.SCORE_DATE), _user_key(cfg).alias(S.USER_ID), S.AD_ID, S.SCORE,
                         F.col("source").alias("candidate_source"), F.lit(model.name).alias(S.MODEL_NAME),
                         F.lit(model.version).alias(S.MODEL_VERSION))

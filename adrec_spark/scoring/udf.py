@@ -3,8 +3,13 @@
 The model folder reaches executors with ``SparkContext.addFile`` in local mode and as a zip with
 ``SparkContext.addArchive`` on a cluster (:func:`ship_model_dir`; no tracking server access needed there)
 and is loaded once per Python worker: a module-level cache keyed by (path, device, precision) survives
-across batches and tasks while Spark reuses the worker. Each task scores on the GPU Spark assigned to it
-(``TaskContext.resources()``), in bf16; without one, on CPU in the configured precision.
+across batches and tasks while Spark reuses the worker, and holds one model version at a time. Each task
+scores on the GPU Spark assigned to it (``TaskContext.resources()``, mapped to a torch ordinal), in bf16;
+without one, on CPU in the configured precision.
+
+Texts are tokenized once each (:func:`token_ids_udf`, on the users' and the ads' rows) and travel to the
+scoring stage as ``list<int32>`` columns; :func:`score_pairs` assembles the pairs from those ids in a
+``mapInArrow`` stage that alone may carry a GPU :class:`ResourceProfile` (:func:`scoring_profile`).
 """
 
 from __future__ import annotations
@@ -21,16 +26,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from pyspark import SparkContext
-from pyspark.sql import Column
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.functions import pandas_udf
-from pyspark.sql.types import ArrayType, DoubleType, FloatType, StructField, StructType
+from pyspark.sql.types import ArrayType, DoubleType, FloatType, IntegerType, StructField, StructType
 
-from adrec_spark.config import ChaosConfig
+from adrec_spark.config import ChaosConfig, ScoreGpuConfig
+from adrec_spark.model.inference import ModelCache
 
 log = logging.getLogger(__name__)
 
-_SCORERS: dict[tuple[str, str, str, int | None, int], Any] = {}
+_SCORERS = ModelCache()  # one model version per worker: a new one evicts the old and frees its memory
+_TOKENIZERS = ModelCache()
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,7 @@ class UdfSettings:
     precision: str = "auto"
     batch_size: int = 64
     threads: int | None = 1
+    token_budget: int | None = None
     chaos: ChaosConfig = field(default_factory=ChaosConfig)
     # A Spark accumulator (or anything with ``add``) the scoring UDF adds each batch's pair count to; the
     # driver's progress line reads it (adrec_spark.progress). None: nothing counted.
@@ -88,19 +96,36 @@ def task_device() -> str:
 
 
 def get_scorer(s: UdfSettings, device: str | None = None) -> Any:
-    """This worker's cached Scorer for the settings (loaded on first use)."""
+    """This worker's cached Scorer for the settings (loaded on first use; another model folder evicts it)."""
     from adrec_spark.model.inference import Scorer
 
     device = device or task_device()
     path = _model_path(s.model_file)
-    key = (path, device, s.precision, s.threads, s.batch_size)
-    if key not in _SCORERS:
+    key = (path, device, s.precision, s.threads, s.batch_size, s.token_budget)
+
+    def load() -> Any:
         t0 = time.perf_counter()
-        _SCORERS[key] = Scorer(path, device=device, precision=s.precision, batch_size=s.batch_size,
-                               threads=s.threads)
-        log.info("loaded model %s on %s (%s) in pid %d in %.1fs", path, device, _SCORERS[key].precision,
-                 os.getpid(), time.perf_counter() - t0)
-    return _SCORERS[key]
+        scorer = Scorer(path, device=device, precision=s.precision, batch_size=s.batch_size, threads=s.threads,
+                        token_budget=s.token_budget)
+        log.info("loaded model %s on %s (%s) in pid %d in %.1fs", path, device, scorer.precision, os.getpid(),
+                 time.perf_counter() - t0)
+        return scorer
+
+    return _SCORERS.get(key, load)
+
+
+def get_tokenizer(s: UdfSettings) -> tuple[Any, int]:
+    """This worker's (tokenizer, max_length) of the model, without loading its weights."""
+    path = _model_path(s.model_file)
+
+    def load() -> tuple[Any, int]:
+        from adrec_spark.model.encoder import load_tokenizer
+        from adrec_spark.model.relevance import ModelSpec
+
+        spec = ModelSpec.from_json((Path(path) / "spec.json").read_text())
+        return load_tokenizer(Path(path) / "tokenizer"), spec.max_length
+
+    return _TOKENIZERS.get((path,), load)  # type: ignore[return-value]
 
 
 def _chaos(c: ChaosConfig) -> None:
@@ -217,3 +242,113 @@ def pretrained_cosine_udf(base_model: str, *, batch_size: int = 64, max_length: 
 
 def numeric_struct(columns: list[str]) -> Column:
     return F.struct(*[F.col(c).cast("float").alias(c) for c in columns])
+
+
+TOKENS, TOKEN_COUNT = "tokens", "token_count"
+TOKEN_IDS_TYPE = StructType([StructField(TOKENS, ArrayType(IntegerType())), StructField(TOKEN_COUNT, IntegerType())])
+
+
+def token_ids_udf(s: UdfSettings) -> Any:
+    """``token_ids(text) -> struct<tokens: array<int>, token_count: int>``: the model tokenizer's ids of each
+    text (no special tokens; kept up to what a pair can use) and its full token count. Applied once per user
+    and once per ad, so the scoring stage only assembles pairs from ids."""
+
+    @pandas_udf(TOKEN_IDS_TYPE)  # type: ignore[call-overload]
+    def token_ids(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+        from adrec_spark.model.pairs import tokenize_texts
+
+        tokenizer, max_length = get_tokenizer(s)
+        for texts in batches:
+            ids = tokenize_texts(tokenizer, texts.tolist(), max_length)
+            yield pd.DataFrame({TOKENS: np.split(ids.values, ids.offsets[1:-1]) if len(ids) else [],
+                                TOKEN_COUNT: ids.counts.astype(np.int32)})
+
+    return token_ids
+
+
+def with_token_ids(df: DataFrame, s: UdfSettings, *, text_col: str, prefix: str) -> DataFrame:
+    """``df`` plus ``<prefix>_tokens`` (array<int>) and ``<prefix>_token_count`` of ``text_col``."""
+    from adrec_spark.frames import require_columns
+
+    require_columns(df, (text_col,), "with_token_ids")
+    tmp = f"_{prefix}_token_ids"
+    return (df.withColumn(tmp, token_ids_udf(s)(F.col(text_col)))
+            .withColumn(f"{prefix}_{TOKENS}", F.col(f"{tmp}.{TOKENS}"))
+            .withColumn(f"{prefix}_{TOKEN_COUNT}", F.col(f"{tmp}.{TOKEN_COUNT}")).drop(tmp))
+
+
+def token_columns(prefix: str) -> list[str]:
+    return [f"{prefix}_{TOKENS}", f"{prefix}_{TOKEN_COUNT}"]
+
+
+def score_partition(batches: Iterator[Any], *, settings: UdfSettings, numeric_features: list[str],
+                    keep: list[str], out_col: str) -> Iterator[Any]:
+    """mapInArrow body of the scoring stage: Arrow batches with ``ad_tokens``, ``history_tokens`` (and their
+    counts) and the numeric features -> the ``keep`` columns as they are plus ``out_col`` (click probability,
+    double). Pairs are assembled from the ids; one copy back from the device per Arrow batch."""
+    import pyarrow as pa
+
+    from adrec_spark.model.pairs import TokenIds
+
+    scorer = None
+    for rb in batches:
+        if rb.num_rows == 0:
+            continue
+        scorer = scorer or get_scorer(settings)
+        _chaos(settings.chaos)
+        col = rb.column
+        ads = TokenIds.from_arrow(col(f"ad_{TOKENS}"), col(f"ad_{TOKEN_COUNT}"))
+        hist = TokenIds.from_arrow(col(f"history_{TOKENS}"), col(f"history_{TOKEN_COUNT}"))
+        numeric = np.stack([col(c).to_numpy(zero_copy_only=False) for c in numeric_features], axis=1)
+        probs = scorer.score_ids(ads, hist, numeric.astype(np.float32))
+        if settings.progress is not None:
+            settings.progress.add(len(probs))
+        yield pa.RecordBatch.from_arrays([*(col(c) for c in keep), pa.array(probs.astype(np.float64))],
+                                         names=[*keep, out_col])
+
+
+def score_pairs(pairs: DataFrame, settings: UdfSettings, *, numeric_features: list[str], out_col: str = "score",
+                profile: Any = None) -> DataFrame:
+    """The cross-encoder stage: ``pairs`` (token columns of :func:`with_token_ids` with prefixes ``ad`` and
+    ``history``, and the numeric features) -> their other columns plus ``out_col``. ``profile`` (a
+    :func:`scoring_profile`) asks for GPUs for this stage only."""
+    from functools import partial
+
+    from adrec_spark.frames import require_columns
+
+    inputs = [*token_columns("ad"), *token_columns("history"), *numeric_features]
+    require_columns(pairs, inputs, "score_pairs")
+    keep = [c for c in pairs.columns if c not in inputs]
+    schema = StructType([*(f for f in pairs.schema.fields if f.name in keep), StructField(out_col, DoubleType())])
+    cast = [F.col(c).cast("float").alias(c) if c in numeric_features else F.col(c) for c in pairs.columns]
+    body = partial(score_partition, settings=settings, numeric_features=numeric_features, keep=keep,
+                   out_col=out_col)
+    return pairs.select(*cast).mapInArrow(body, schema, profile=profile)
+
+
+def scoring_profile(gpu: ScoreGpuConfig) -> Any:
+    """The stage-level ResourceProfile of the scoring stage (None without ``task_amount``): each task asks for
+    ``task_amount`` of a GPU and ``task_cpus`` cores; with ``executor_amount``, executors with that many GPUs
+    (and ``executor_cores`` cores) found by ``discovery_script``."""
+    if gpu.task_amount is None:
+        return None
+    from pyspark.resource import ExecutorResourceRequests, ResourceProfileBuilder, TaskResourceRequests
+
+    builder = ResourceProfileBuilder().require(
+        TaskResourceRequests().cpus(gpu.task_cpus).resource("gpu", float(gpu.task_amount)))
+    if gpu.executor_amount is not None:
+        ereq = ExecutorResourceRequests().resource("gpu", gpu.executor_amount,
+                                                   discoveryScript=gpu.discovery_script or "")
+        if gpu.executor_cores:
+            ereq = ereq.cores(gpu.executor_cores)
+        builder = builder.require(ereq)
+    return builder.build
+
+
+def check_profile_supported(master: str, gpu: ScoreGpuConfig) -> None:
+    """A GPU profile needs a cluster: Spark's local mode cannot schedule resources per stage."""
+    from adrec_spark.errors import ConfigError
+
+    if gpu.task_amount is not None and master.startswith("local") and not master.startswith("local-cluster"):
+        raise ConfigError(f"config 'score.gpu.task_amount': GPUs per stage need a cluster (standalone, YARN, "
+                          f"Kubernetes); master {master!r} cannot schedule them (set it to null)")

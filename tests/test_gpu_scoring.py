@@ -1,0 +1,162 @@
+"""The scoring stage in Spark: token columns made once per text, pairs scored from ids in a mapInArrow stage
+that alone carries the GPU resource profile, and the bounded per-worker model cache."""
+
+from __future__ import annotations
+
+import re
+import weakref
+
+import numpy as np
+import pytest
+from pyspark.sql import functions as F
+
+from adrec_spark import schema as S
+from adrec_spark.config import ScoreGpuConfig
+from adrec_spark.errors import ConfigError
+from adrec_spark.etl import features
+from adrec_spark.model.encoder import load_tokenizer
+from adrec_spark.model.inference import ModelCache, Scorer
+from adrec_spark.model.relevance import ModelSpec, build_model
+from adrec_spark.scoring import udf
+from adrec_spark.scoring.pipeline import pair_features
+from adrec_spark.scoring.udf import (
+    UdfSettings,
+    check_profile_supported,
+    score_pairs,
+    scoring_profile,
+    with_token_ids,
+)
+from tests.tiny_bert import make_tiny_bert
+
+NUMERIC = list(S.NUMERIC_FEATURES)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("gpu-scoring")
+    tiny = make_tiny_bert(tmp / "tiny")
+    spec = ModelSpec(NUMERIC, [0.0] * 6, [1.0] * 6, max_length=24)
+    model, tok = build_model(tiny, spec, seed=3).eval(), load_tokenizer(tiny)
+    model.save(tmp / "m", tok)
+    return tmp / "m"
+
+
+def _frames(spark):
+    users = spark.createDataFrame(
+        [("u1", "clicked: travel flights hotel deal", 3, 1, {"travel": 1}),
+         ("u2", "", 0, 0, {}),
+         ("u3", "clicked: " + "coffee pizza wine " * 12, 9, 4, {"food": 2}),  # longer than the pair limit
+         ("u4", None, 1, 0, {})],
+        f"{S.USER_ID} string, {S.HISTORY_TEXT} string, {features.USER_IMPRESSIONS} long, "
+        f"{features.USER_CLICKS} long, {features.CATEGORY_CLICKS} map<string,long>")
+    ads = spark.createDataFrame(
+        [("a1", "great cheap flights deal", "travel", 120.0, 40, 3),
+         ("a2", "best coffee " * 20, "food", 4.5, 10, 0),
+         ("a3", "   ", "food", None, 0, 0)],
+        f"{S.AD_ID} string, {S.AD_TEXT} string, {S.CATEGORY} string, {S.PRICE} double, "
+        f"{features.AD_IMPRESSIONS} long, {features.AD_CLICKS} long")
+    pairs = users.select(S.USER_ID).crossJoin(ads.select(S.AD_ID)).withColumn("source", F.lit("all"))
+    return users, ads, pairs
+
+
+def _scored(spark, saved, profile=None):
+    users, ads, pairs = _frames(spark)
+    settings = UdfSettings(model_file=str(saved), precision="fp32", batch_size=4)
+    feats = pair_features(pairs, with_token_ids(users, settings, text_col=S.HISTORY_TEXT, prefix="history"),
+                          with_token_ids(ads, settings, text_col=S.AD_TEXT, prefix="ad"), rate_prior=0.05,
+                          rate_prior_strength=10.0, tokens=True)
+    texts = pair_features(pairs, users, ads, rate_prior=0.05, rate_prior_strength=10.0)
+    return score_pairs(feats.repartition(2), settings, numeric_features=NUMERIC, out_col=S.SCORE,
+                       profile=profile), texts
+
+
+def test_scores_from_token_columns_equal_scoring_the_texts(spark, saved) -> None:
+    scored, texts = _scored(spark, saved)
+    got = scored.toPandas().sort_values([S.USER_ID, S.AD_ID]).reset_index(drop=True)
+    ref = texts.toPandas().sort_values([S.USER_ID, S.AD_ID]).reset_index(drop=True)
+    assert list(got.columns) == [S.USER_ID, S.AD_ID, "source", S.SCORE] and len(got) == 12
+    want = Scorer(saved, precision="fp32").score(ref[S.AD_TEXT], ref[S.HISTORY_TEXT], ref[NUMERIC].to_numpy())
+    np.testing.assert_allclose(got[S.SCORE].to_numpy(), want, atol=1e-5)
+
+
+def _profiled_nodes(df) -> list[str]:
+    plan = df._jdf.queryExecution().analyzed().toString()
+    return [line for line in plan.splitlines() if "Profile:" in line]
+
+
+def test_only_the_scoring_stage_asks_for_a_gpu(spark, saved) -> None:
+    profile = scoring_profile(ScoreGpuConfig(task_amount=0.25, task_cpus=2))
+    scored, _ = _scored(spark, saved, profile=profile)
+    out = scored.select(S.USER_ID, S.AD_ID, S.SCORE).where(F.col(S.SCORE) > 0)  # downstream work: no GPU
+    nodes = _profiled_nodes(out)
+    assert len(nodes) == 1 and "MapInArrow" in nodes[0]
+    assert re.search(r"task resources: .*cpus, amount: 2\.0.*gpu, amount: 0\.25", nodes[0])
+    assert "executor resources: ," in nodes[0]  # a task-only profile: the default executors are reused
+    assert _profiled_nodes(_scored(spark, saved)[0]) == []  # without score.gpu.task_amount: no profile
+    assert scoring_profile(ScoreGpuConfig()) is None
+
+
+def test_executor_gpus_in_the_profile_when_asked() -> None:
+    p = scoring_profile(ScoreGpuConfig(task_amount=0.5, executor_amount=2, executor_cores=8,
+                                       discovery_script="/opt/gpus.sh"))
+    gpu = p.executorResources["gpu"]
+    assert (gpu.amount, gpu.discoveryScript) == (2, "/opt/gpus.sh")
+    assert p.executorResources["cores"].amount == 8
+    assert p.taskResources["gpu"].amount == 0.5
+
+
+def test_gpu_config_checks() -> None:
+    with pytest.raises(ConfigError, match="task_amount"):
+        ScoreGpuConfig(task_amount=1.5)
+    with pytest.raises(ConfigError, match=r"needs score\.gpu\.task_amount"):
+        ScoreGpuConfig(executor_amount=1)
+    assert ScoreGpuConfig(task_amount=2).task_amount == 2
+    with pytest.raises(ConfigError, match="need a cluster"):
+        check_profile_supported("local[2]", ScoreGpuConfig(task_amount=0.25))
+    check_profile_supported("local[2]", ScoreGpuConfig())
+    check_profile_supported("spark://host:7077", ScoreGpuConfig(task_amount=0.25))
+    check_profile_supported("local-cluster[1,1,1024]", ScoreGpuConfig(task_amount=0.25))
+
+
+def test_a_new_model_version_evicts_the_old_one(saved, tmp_path, monkeypatch) -> None:
+    import shutil
+
+    v2 = tmp_path / "v2"
+    shutil.copytree(saved, v2)
+    cache = ModelCache()
+    monkeypatch.setattr(udf, "_SCORERS", cache)
+    monkeypatch.setattr(udf, "_model_path", lambda f: f)
+    a = udf.get_scorer(UdfSettings(model_file=str(saved), precision="fp32"), device="cpu")
+    assert udf.get_scorer(UdfSettings(model_file=str(saved), precision="fp32"), device="cpu") is a
+    udf.get_scorer(UdfSettings(model_file=str(saved), precision="bf16"), device="cpu")  # same version: kept
+    assert len(cache) == 2
+    held = weakref.ref(a.model)
+    del a
+    b = udf.get_scorer(UdfSettings(model_file=str(v2), precision="fp32"), device="cpu")
+    assert cache.folders() == [str(v2)]
+    assert held() is None  # version 1's weights are gone from the worker
+    assert udf.get_scorer(UdfSettings(model_file=str(v2), precision="fp32"), device="cpu") is b
+    freed = []
+    monkeypatch.setattr("gc.collect", lambda: freed.append(True))
+    cache.evict()
+    assert len(cache) == 0 and freed
+
+
+@pytest.mark.slow
+def test_on_a_cluster_only_the_profiled_stage_gets_the_gpu(saved) -> None:
+    """A real standalone cluster (local-cluster) whose executor has one (fake) GPU: a plain stage's tasks get
+    none, the scoring profile's tasks get it (two at a time with 0.5 each), and score_pairs runs with it."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    jars = ",".join(str(p) for p in sorted((root / ".jars").glob("*.jar")))
+    out = subprocess.run([sys.executable, str(root / "tests" / "scripts" / "gpu_stage_profile.py"), str(saved),
+                          jars], capture_output=True, text=True, timeout=900, cwd=root)
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["plain"] == ["", ""]
+    assert seen["profiled"] == ["0", "0"]
+    assert len(seen["scores"]) == 2 and all(0 < s < 1 for s in seen["scores"])
