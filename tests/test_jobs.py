@@ -24,6 +24,7 @@ from adrec_spark.etl.pipeline import run_etl
 from adrec_spark.model.inference import Scorer, cached_cpu_precision, resolve_precision
 from adrec_spark.registry import registry
 from adrec_spark.scoring.pipeline import pair_features, run_scoring
+from adrec_spark.training import split as split_mod
 from adrec_spark.training.pipeline import run_training
 from tests.conftest import ROOT, make_config
 from tests.tiny_bert import make_tiny_bert
@@ -279,7 +280,9 @@ def test_evaluate_without_recommendations_is_named_after_the_test_data(spark, wo
                     ignore=lambda d, names: [n for n in names if n in (S.RECOMMENDATIONS, S.EVAL_METRICS)])
     cfg = replace(world["cfg"], f"storage.lakehouse={lake}", "evaluate.baselines=[random]",
                   "evaluate.bootstrap_samples=20", f"evaluate.report_dir={world['tmp'] / 'reports-norecs'}")
-    test = _table(spark, cfg, S.TRAINING_EXAMPLES).where(F.col(S.SPLIT) == S.TEST)
+    examples = _table(spark, cfg, S.TRAINING_EXAMPLES)
+    cutoffs = split_mod.compute_cutoffs(examples, cfg.train.split, window_days=cfg.train.window_days)
+    test = split_mod.assign_split(examples, cutoffs).where(F.col(S.SPLIT) == S.TEST)
     last_test_day = test.agg(F.max(S.DS)).first()[0]
     out = _evaluate_cli(spark, cfg, monkeypatch, capsys)
     assert f"evaluation-{last_test_day}.html" in out  # not today's date

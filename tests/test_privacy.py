@@ -22,7 +22,7 @@ from adrec_spark.config import PrivacyConfig
 from adrec_spark.data.generator import GeneratorSpec, generate
 from adrec_spark.errors import ConfigError, InputDataError
 from adrec_spark.etl.pipeline import run_etl
-from adrec_spark.training.pipeline import export_splits
+from adrec_spark.training.pipeline import export_splits, split_training_data
 from tests.conftest import make_config
 from tests.leaks import files_holding
 
@@ -136,6 +136,7 @@ def forgotten(spark, tmp_path_factory):
     run_etl(spark, cfg, START, DAY2)
     # what a training run killed after its export leaves in storage.staging
     examples = spark.read.format("delta").load(cfg.storage.table_path(S.TRAINING_EXAMPLES))
+    examples, _ = split_training_data(examples, cfg.train.split, window_days=None)
     export_splits(examples, f"{cfg.storage.staging}/training/killed-run", partitions=2)
     _write_outputs(spark, cfg)
     versions = _versions(spark, cfg)
