@@ -15,12 +15,14 @@ import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
 from adrec_spark.errors import ConfigError
 from adrec_spark.schema import NUMERIC_FEATURES
+
+T = TypeVar("T")
 
 
 def _check(cond: bool, key: str, msg: str) -> None:
@@ -464,7 +466,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise ConfigError(f"config '{key}': expected a mapping of settings, got {value!r}")
-        return _build(tp, value, key)
+        return build_section(tp, value, key)
     if origin is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"config '{key}': expected a mapping, got {value!r}")
@@ -509,7 +511,9 @@ MOVED_KEYS = {
 }
 
 
-def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+def build_section(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
+    """The config dataclass ``cls`` from a mapping (YAML or JSON values coerced to the field types; unknown and
+    moved keys rejected with the key's full name ``prefix.key``)."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -621,7 +625,7 @@ def load_config_with_sources(files: Iterable[str | Path] = (),
         data = parse_override(item)
         merged = _deep_merge(merged, data)
         sources.update(dict.fromkeys(_leaf_keys(data), f"--set {item}"))
-    return _build(AppConfig, merged), sources
+    return build_section(AppConfig, merged), sources
 
 
 def load_config(files: Iterable[str | Path] = (), overrides: Iterable[str] = ()) -> AppConfig:
@@ -662,4 +666,4 @@ def replace(cfg: AppConfig, *overrides: str) -> AppConfig:
     merged = cfg.to_dict()
     for item in overrides:
         merged = _deep_merge(merged, parse_override(item))
-    return _build(AppConfig, merged)
+    return build_section(AppConfig, merged)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import fields
 
 import numpy as np
 import pandas as pd
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from adrec_spark import schema as S
+from adrec_spark.config import ModelConfig, TrainConfig
 from adrec_spark.errors import TrainingDataError
 from adrec_spark.model.data import PairDataset
 from adrec_spark.model.encoder import load_tokenizer
@@ -30,11 +32,15 @@ def splits(tmp_path_factory):
 
 
 def _params(tiny, splits, tmp, **kw) -> TrainParams:
-    base = dict(data_dir=str(splits), out_dir=str(tmp / "out"), base_model_dir=str(tiny),
-                checkpoint_dir=str(tmp / "ckpt"), max_length=48, epochs=3, batch_size=16, eval_batch_size=64,
-                learning_rate=5e-4, head_learning_rate=1e-2, warmup_ratio=0.1, log_every_steps=5,
-                precision="fp32", early_stopping_patience=0, shuffle_buffer_rows=100, zero_shot_baseline=False)
-    return TrainParams(**(base | kw))
+    """Settings by name, each sent to its section (``model`` or ``train``) or to the run's own fields."""
+    settings = dict(max_length=48, epochs=3, batch_size=16, eval_batch_size=64, learning_rate=5e-4,
+                    head_learning_rate=1e-2, warmup_ratio=0.1, log_every_steps=5, precision="fp32",
+                    early_stopping_patience=0, shuffle_buffer_rows=100, zero_shot_baseline=False) | kw
+    sections = {name: {k: settings.pop(k) for k in list(settings) if k in {f.name for f in fields(cls)}}
+                for name, cls in (("model", ModelConfig), ("train", TrainConfig))}
+    return TrainParams(data_dir=str(splits), out_dir=str(tmp / "out"), base_model_dir=str(tiny),
+                       checkpoint_dir=str(tmp / "ckpt"), model=ModelConfig(**sections["model"]),
+                       train=TrainConfig(**sections["train"]), **settings)
 
 
 def test_learns_and_saves_a_loadable_model(tiny, splits, tmp_path) -> None:

@@ -17,13 +17,16 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 
 from adrec_spark import schema as S
+from adrec_spark.config import ModelConfig, TrainConfig, build_section
 from adrec_spark.errors import TrainingDataError
 from adrec_spark.io import fs
 from adrec_spark.model.data import Batch, PairDataset
@@ -34,66 +37,63 @@ from adrec_spark.model.relevance import ModelSpec, RelevanceModel, build_model, 
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainParams:
-    """Everything one training process needs; JSON-serialisable so it crosses process boundaries."""
+    """Everything one training process needs: the run's locations and the typed ``train`` and ``model`` config
+    sections as they are; JSON-serialisable so it crosses process boundaries."""
 
     data_dir: str
     out_dir: str
     base_model_dir: str
     checkpoint_dir: str
+    train: TrainConfig = field(default_factory=TrainConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
     init_model_dir: str | None = None
     resume: bool = False
-    max_length: int = 256
-    pooling: str = "mean"
-    dropout: float = 0.1
-    numeric_hidden: int = 32
-    user_features: list[str] = field(default_factory=list)
-    loss: str = "bce"
-    # Weight of a pairwise logistic loss between rows of the same user with different labels, on the pair logit
-    # (what ranks a user's ads); batches then hold about users_per_batch users each. 0: pointwise loss only.
-    ranking_loss_weight: float = 0.0
-    users_per_batch: int = 4
-    learning_rate: float = 5e-5
-    head_learning_rate: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.06
-    max_grad_norm: float = 1.0
-    epochs: int = 2
-    batch_size: int = 32
-    eval_batch_size: int = 128
-    max_steps: int | None = None
-    max_train_rows: int | None = None
-    max_eval_rows: int | None = None
-    early_stopping_patience: int = 2
-    eval_every_steps: int | None = None
-    trainable: str = "all"
-    top_k_layers: int = 2
-    lora: bool = False
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.1
-    precision: str = "auto"
-    seed: int = 42
-    use_gpu: bool = False
-    log_every_steps: int = 20
-    shuffle_buffer_rows: int = 20000
     # Stop as if interrupted after this many steps (checkpoint kept): for time-boxed runs and resume tests.
     halt_after_steps: int | None = None
-    zero_shot_baseline: bool = True
-    # "linear": start the wide term at a logistic (bce) or ridge (mse) regression on the numeric features and
-    # the text path at zero, so fine-tuning learns the residual over that classical model; "random": no fit.
-    wide_init: str = "linear"
     tracking_uri: str | None = None
     run_id: str | None = None
-    extra: dict[str, object] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 
     @classmethod
     def from_json(cls, text: str) -> TrainParams:
-        return cls(**json.loads(text))
+        raw = json.loads(text)
+        return cls(**raw | {"train": build_section(TrainConfig, raw["train"], "train"),
+                            "model": build_section(ModelConfig, raw["model"], "model")})
+
+
+class EvalMetrics(TypedDict):
+    auc: float
+    log_loss: float
+    n: float
+
+
+class TrainSummary(TypedDict, total=False):
+    """What :func:`train_worker` returns (rank 0 has it all; ``test`` and ``model_dir`` only when finished,
+    ``halted`` only when stopped by ``halt_after_steps``, ``pretrained_test`` only with the zero-shot run)."""
+
+    rank: int
+    world_size: int
+    device: str
+    precision: str
+    train_rows: int
+    steps_per_epoch: int
+    total_steps: int
+    pretrained_test: dict[str, float]
+    global_step: int
+    epochs_run: int
+    best_valid_auc: float
+    initial_valid_auc: float
+    history: list[dict[str, float]]
+    stopped_early: bool
+    train_seconds: float
+    samples_per_sec: float
+    halted: bool
+    test: EvalMetrics
+    model_dir: str
 
 
 # --- helpers ------------------------------------------------------------------------------------------------
@@ -105,18 +105,16 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def binary_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+def binary_metrics(labels: np.ndarray, scores: np.ndarray) -> EvalMetrics:
     """AUC and log-loss of probabilities ``scores`` (NaN AUC when one class is missing)."""
     from sklearn.metrics import log_loss, roc_auc_score
 
     labels = np.asarray(labels, dtype=np.float64)
     scores = np.clip(np.asarray(scores, dtype=np.float64), 1e-7, 1 - 1e-7)
     two_classes = len(np.unique(labels)) == 2
-    return {
-        "auc": float(roc_auc_score(labels, scores)) if two_classes else float("nan"),
-        "log_loss": float(log_loss(labels, scores, labels=[0, 1])) if len(labels) else float("nan"),
-        "n": float(len(labels)),
-    }
+    return EvalMetrics(auc=float(roc_auc_score(labels, scores)) if two_classes else float("nan"),
+                       log_loss=float(log_loss(labels, scores, labels=[0, 1])) if len(labels) else float("nan"),
+                       n=float(len(labels)))
 
 
 def mean_ndcg_at_k(users: np.ndarray, items: np.ndarray, labels: np.ndarray, scores: np.ndarray, *,
@@ -159,23 +157,23 @@ def _dist_info() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
 
-def apply_trainable(model: RelevanceModel, p: TrainParams) -> RelevanceModel:
+def apply_trainable(model: RelevanceModel, t: TrainConfig) -> RelevanceModel:
     """Freeze what should not train; wrap the encoder with LoRA adapters when asked."""
-    if p.lora:
+    if t.lora:
         from peft import LoraConfig, get_peft_model
 
         targets = ["query", "key", "value"]
         model.encoder = get_peft_model(model.encoder, LoraConfig(
-            r=p.lora_r, lora_alpha=p.lora_alpha, lora_dropout=p.lora_dropout, target_modules=targets, bias="none"))
+            r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout, target_modules=targets, bias="none"))
         return model
-    if p.trainable == "head":
+    if t.trainable == "head":
         for param in model.encoder.parameters():
             param.requires_grad = False
-    elif p.trainable == "top_k":
+    elif t.trainable == "top_k":
         for param in model.encoder.parameters():
             param.requires_grad = False
         layers = model.encoder.encoder.layer
-        for layer in layers[max(0, len(layers) - p.top_k_layers):]:
+        for layer in layers[max(0, len(layers) - t.top_k_layers):]:
             for param in layer.parameters():
                 param.requires_grad = True
     return model
@@ -188,7 +186,7 @@ def merge_lora(model: RelevanceModel) -> RelevanceModel:
     return model
 
 
-def make_optimizer(model: nn.Module, p: TrainParams) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
     """AdamW; encoder and head get their own learning rates; no weight decay on biases and LayerNorms."""
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
@@ -200,17 +198,17 @@ def make_optimizer(model: nn.Module, p: TrainParams) -> torch.optim.Optimizer:
     if not groups:
         raise TrainingDataError("nothing to train: every parameter is frozen")
     return torch.optim.AdamW([
-        {"params": params, "lr": p.learning_rate if enc else p.head_learning_rate,
-         "weight_decay": 0.0 if no_decay else p.weight_decay}
+        {"params": params, "lr": t.learning_rate if enc else t.head_learning_rate,
+         "weight_decay": 0.0 if no_decay else t.weight_decay}
         for (enc, no_decay), params in groups.items()])
 
 
-def _loss_fn(p: TrainParams) -> nn.Module:
-    return nn.BCEWithLogitsLoss() if p.loss == "bce" else nn.MSELoss()
+def _loss_fn(loss: str) -> nn.Module:
+    return nn.BCEWithLogitsLoss() if loss == "bce" else nn.MSELoss()
 
 
-def _targets(batch: Batch, p: TrainParams) -> torch.Tensor:
-    if p.loss == "bce":
+def _targets(batch: Batch, loss: str) -> torch.Tensor:
+    if loss == "bce":
         return torch.from_numpy(batch.label)
     return torch.from_numpy(np.clip(batch.relevance / 2.0, 0.0, 1.0))
 
@@ -275,23 +273,23 @@ class TrainState:
     stopped_early: bool = False
 
 
-def save_checkpoint(path: str, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: object,
+def save_checkpoint(path: str, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: LRScheduler,
                     state: TrainState, best_state: dict[str, torch.Tensor] | None) -> None:
     """Write the checkpoint to ``path`` (a local path or a storage URI), whole or not at all."""
     buf = io.BytesIO()
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "state": asdict(state), "best": best_state,  # type: ignore
+                "scheduler": scheduler.state_dict(), "state": asdict(state), "best": best_state,
                 "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                         "python": random.getstate()}}, buf)
     fs.write_bytes(path, buf.getvalue())  # a temporary file, then a move: never a half checkpoint
 
 
 def load_checkpoint(path: str, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: object) -> tuple[TrainState, dict[str, torch.Tensor] | None]:
+                    scheduler: LRScheduler) -> tuple[TrainState, dict[str, torch.Tensor] | None]:
     ckpt = torch.load(io.BytesIO(fs.read_bytes(path)), map_location="cpu", weights_only=False)
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])  # type: ignore[attr-defined]
+    scheduler.load_state_dict(ckpt["scheduler"])
     torch.set_rng_state(ckpt["rng"]["torch"])
     np.random.set_state(ckpt["rng"]["numpy"])
     random.setstate(ckpt["rng"]["python"])
@@ -321,13 +319,6 @@ class _MetricSink:
                                                     if v is not None and math.isfinite(float(v))])
 
 
-def _eval_split(model: RelevanceModel, tokenizer: object, data: Batch, p: TrainParams, device: str,
-                precision: str) -> tuple[dict[str, float], np.ndarray]:
-    scores = predict(model, tokenizer, data, batch_size=p.eval_batch_size, device=device, precision=precision,
-                     max_length=p.max_length)
-    return binary_metrics(data.label, scores), scores
-
-
 def init_wide_from_linear(model: RelevanceModel, train: PairDataset, loss: str) -> dict[str, float]:
     """Set the model's wide term to a regression on the standardized numeric features of ``train`` (logistic
     on the labels for ``bce``, ridge on the graded relevance for ``mse``) and zero the fused head's output, so
@@ -351,23 +342,19 @@ def init_wide_from_linear(model: RelevanceModel, train: PairDataset, loss: str) 
     return {**dict(zip(model.spec.numeric_features, map(float, weight), strict=True)), "intercept": bias}
 
 
-def _check_data(train: PairDataset, p: TrainParams, world_size: int) -> None:
+def _check_data(train: PairDataset, batch_size: int, world_size: int) -> None:
     neg, pos = train.label_counts()
     if train.num_rows == 0:
         raise TrainingDataError(f"the training split at {train.path} is empty")
     if neg == 0 or pos == 0:
         raise TrainingDataError(f"the training split has a single class ({pos} positives, {neg} negatives): "
                                 "a click model needs both")
-    if train.steps_per_epoch(p.batch_size, world_size) == 0:
-        raise TrainingDataError(f"{train.num_rows} training rows are fewer than one batch of {p.batch_size} "
+    if train.steps_per_epoch(batch_size, world_size) == 0:
+        raise TrainingDataError(f"{train.num_rows} training rows are fewer than one batch of {batch_size} "
                                 f"per process ({world_size} processes)")
 
 
-def _unwrap(model: nn.Module) -> RelevanceModel:
-    return model.module if hasattr(model, "module") else model  # type: ignore[return-value]
-
-
-def train_worker(params_json: str) -> dict[str, object]:
+def train_worker(params_json: str) -> TrainSummary:
     """Entry point of one training process (rank from torchrun's environment). Returns rank 0's summary."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     p = TrainParams.from_json(params_json)
@@ -375,9 +362,9 @@ def train_worker(params_json: str) -> dict[str, object]:
     if world > 1:
         import torch.distributed as dist
 
-        dist.init_process_group("nccl" if p.use_gpu and torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if p.train.use_gpu and torch.cuda.is_available() else "gloo")
     try:
-        return _train(p, rank, world, local_rank)
+        return Trainer(p, rank=rank, world=world, local_rank=local_rank).run()
     finally:
         if world > 1:
             import torch.distributed as dist
@@ -385,178 +372,246 @@ def train_worker(params_json: str) -> dict[str, object]:
             dist.destroy_process_group()
 
 
-def _train(p: TrainParams, rank: int, world: int, local_rank: int) -> dict[str, object]:
-    from transformers import get_linear_schedule_with_warmup
-    from transformers.utils import logging as hf_logging
+@dataclass
+class _Splits:
+    train: PairDataset
+    valid: Batch
+    test: PairDataset
 
-    hf_logging.disable_progress_bar()
-    set_seed(p.seed)
-    device = f"cuda:{local_rank}" if p.use_gpu and torch.cuda.is_available() else "cpu"
-    if p.use_gpu and device == "cpu":
-        log.warning("use_gpu is set but CUDA is not available: training on CPU")
-    precision = resolve_train_precision(p.precision, device)
-    data = p.data_dir  # a local path or a storage URI
-    ranking = p.ranking_loss_weight > 0
-    train = PairDataset(fs.join(data, S.TRAIN), max_rows=p.max_train_rows, newest=True,  # the most recent rows
-                        extra_columns=(S.USER_ID,) if ranking else ())
-    _check_data(train, p, world)
-    valid = PairDataset(fs.join(data, S.VALID), max_rows=p.max_eval_rows).read_all()
-    test_set = PairDataset(fs.join(data, S.TEST), max_rows=p.max_eval_rows, extra_columns=(S.USER_ID, S.AD_ID))
 
-    if p.init_model_dir:
-        model, tokenizer = load_model(p.init_model_dir)
-        log.info("warm start from %s", p.init_model_dir)
-    else:
-        mean, std = train.numeric_stats()
-        spec = ModelSpec(list(S.NUMERIC_FEATURES), mean, std, max_length=p.max_length, pooling=p.pooling,
-                         numeric_hidden=p.numeric_hidden, dropout=p.dropout, base_model=p.base_model_dir,
-                         user_features=list(p.user_features))
-        model, tokenizer = build_model(p.base_model_dir, spec, seed=p.seed), load_tokenizer(p.base_model_dir)
-        if p.wide_init == "linear":
-            coefs = init_wide_from_linear(model, train, p.loss)
-            log.info("wide term initialised from a %s regression on the numeric features: %s",
-                     "ridge" if p.loss == "mse" else "logistic", {k: round(v, 3) for k, v in coefs.items()})
-    model = apply_trainable(model, p).to(device)
-    model.train()
-    steps_per_epoch = train.steps_per_epoch(p.batch_size, world)
-    total_steps = min(p.max_steps or 10**12, steps_per_epoch * p.epochs)
-    optimizer = make_optimizer(model, p)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(p.warmup_ratio * total_steps), total_steps)
-    ddp_model: nn.Module = model
-    if world > 1:
-        ddp_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[local_rank] if device.startswith("cuda") else None,
-            find_unused_parameters=p.trainable != "all" or p.lora)
+class Trainer:
+    """One training process in named steps, in the spirit of transformers' ``Trainer``: :meth:`load_data`,
+    :meth:`build_model`, :meth:`build_optimizer`, :meth:`resume`, :meth:`evaluate` (with early stopping and a
+    checkpoint), :meth:`train_epoch`, :meth:`finalise`; :meth:`run` chains them."""
 
-    ckpt_path = fs.join(p.checkpoint_dir, "last.pt")
-    state, best_state = TrainState(), None
-    if p.resume and fs.is_file(ckpt_path):
-        state, best_state = load_checkpoint(ckpt_path, model, optimizer, scheduler)
-        log.info("resumed from %s at epoch %d step %d (global step %d, best valid AUC %.4f)", ckpt_path,
-                 state.epoch, state.step_in_epoch, state.global_step, state.best_auc)
-    elif p.resume:
-        log.warning("resume asked but no checkpoint at %s: starting fresh", ckpt_path)
+    def __init__(self, p: TrainParams, *, rank: int = 0, world: int = 1, local_rank: int = 0) -> None:
+        self.p, self.t, self.rank, self.world, self.local_rank = p, p.train, rank, world, local_rank
+        self.device = f"cuda:{local_rank}" if p.train.use_gpu and torch.cuda.is_available() else "cpu"
+        if p.train.use_gpu and self.device == "cpu":
+            log.warning("use_gpu is set but CUDA is not available: training on CPU")
+        self.precision = resolve_train_precision(p.train.precision, self.device)
+        self.ranking = p.train.ranking_loss_weight > 0
+        self.ckpt_path = fs.join(p.checkpoint_dir, "last.pt")
+        self.state, self.best_state = TrainState(), None
+        self.sink = _MetricSink(p, rank)
+        self.loss_fn = _loss_fn(p.train.loss)
+        self.samples = 0
 
-    summary: dict[str, object] = {"rank": rank, "world_size": world, "device": device, "precision": precision,
-                                  "train_rows": train.num_rows, "steps_per_epoch": steps_per_epoch,
-                                  "total_steps": total_steps}
-    if rank == 0 and p.zero_shot_baseline and not p.init_model_dir and not state.global_step:
-        test_all = test_set.read_all()
-        zs = zero_shot_scores(p.base_model_dir, test_all, batch_size=p.eval_batch_size, max_length=p.max_length)
-        summary["pretrained_test"] = {"auc": binary_metrics(test_all.label, (zs + 1) / 2)["auc"]}
-        log.info("pretrained model before fine-tuning (zero-shot cosine): test AUC %.4f",
-                 summary["pretrained_test"]["auc"])  # type: ignore[index]
+    def run(self) -> TrainSummary:
+        from transformers.utils import logging as hf_logging
 
-    sink = _MetricSink(p, rank)
-    loss_fn = _loss_fn(p)
-    log.info("training: %d rows, %d processes, %d steps/epoch, %d steps, batch %d, %s on %s, trainable=%s%s",
-             train.num_rows, world, steps_per_epoch, total_steps, p.batch_size, precision, device, p.trainable,
-             " +LoRA" if p.lora else "")
+        hf_logging.disable_progress_bar()
+        set_seed(self.t.seed)
+        data = self.load_data()
+        self.build_model(data.train)
+        self.build_optimizer(data.train)
+        self.resume()
+        summary = TrainSummary(rank=self.rank, world_size=self.world, device=self.device, precision=self.precision,
+                               train_rows=data.train.num_rows, steps_per_epoch=self.steps_per_epoch,
+                               total_steps=self.total_steps)
+        if self.rank == 0 and self.t.zero_shot_baseline and not self.p.init_model_dir and not self.state.global_step:
+            summary["pretrained_test"] = self.zero_shot(data.test.read_all())
+        log.info("training: %d rows, %d processes, %d steps/epoch, %d steps, batch %d, %s on %s, trainable=%s%s",
+                 data.train.num_rows, self.world, self.steps_per_epoch, self.total_steps, self.t.batch_size,
+                 self.precision, self.device, self.t.trainable, " +LoRA" if self.t.lora else "")
+        if self.state.last_eval_step < 0:
+            # Step 0: the starting model (a logistic regression on the numeric features, or the warm start) is a
+            # candidate like any later state, so fine-tuning never returns a model worse on validation than it.
+            self.evaluate(data.valid)
+        t_start = time.perf_counter()
+        stop, halted = self.state.stopped_early, False
+        while not stop and not halted and self.state.epoch < self.t.epochs and \
+                self.state.global_step < self.total_steps:
+            stop, halted = self.train_epoch(data)
+        self.state.stopped_early = stop
+        elapsed = time.perf_counter() - t_start
+        summary |= TrainSummary(
+            global_step=self.state.global_step, epochs_run=self.state.epoch, best_valid_auc=self.state.best_auc,
+            initial_valid_auc=next((h["valid_auc"] for h in self.state.history if h["step"] == 0), float("nan")),
+            history=self.state.history, stopped_early=stop, train_seconds=elapsed,
+            samples_per_sec=self.samples / max(elapsed, 1e-9))
+        if halted:
+            return summary | TrainSummary(halted=True)
+        return self.finalise(data.test, summary) if self.rank == 0 else summary
 
-    def evaluate_and_checkpoint() -> bool:
-        """Validation AUC, early-stopping bookkeeping, checkpoint; True when training should stop."""
-        nonlocal best_state
+    # --- steps ---------------------------------------------------------------------------------------------
+
+    def load_data(self) -> _Splits:
+        t, data = self.t, self.p.data_dir  # a local path or a storage URI
+        train = PairDataset(fs.join(data, S.TRAIN), max_rows=t.max_train_rows, newest=True,  # the latest rows
+                            extra_columns=(S.USER_ID,) if self.ranking else ())
+        _check_data(train, t.batch_size, self.world)
+        valid = PairDataset(fs.join(data, S.VALID), max_rows=t.max_eval_rows).read_all()
+        test = PairDataset(fs.join(data, S.TEST), max_rows=t.max_eval_rows, extra_columns=(S.USER_ID, S.AD_ID))
+        return _Splits(train, valid, test)
+
+    def build_model(self, train: PairDataset) -> None:
+        """The warm start, or the pretrained encoder with fresh heads (the wide term fitted first, see
+        :func:`init_wide_from_linear`); frozen parts and LoRA per ``train.trainable``/``train.lora``."""
+        p, m = self.p, self.p.model
+        if p.init_model_dir:
+            model, self.tokenizer = load_model(p.init_model_dir)
+            log.info("warm start from %s", p.init_model_dir)
+        else:
+            mean, std = train.numeric_stats()
+            spec = ModelSpec(list(S.NUMERIC_FEATURES), mean, std, max_length=m.max_length, pooling=m.pooling,
+                             numeric_hidden=m.numeric_hidden, dropout=m.dropout, base_model=p.base_model_dir,
+                             user_features=list(m.user_features))
+            model, self.tokenizer = build_model(p.base_model_dir, spec, seed=self.t.seed), \
+                load_tokenizer(p.base_model_dir)
+            if self.t.wide_init == "linear":
+                coefs = init_wide_from_linear(model, train, self.t.loss)
+                log.info("wide term initialised from a %s regression on the numeric features: %s",
+                         "ridge" if self.t.loss == "mse" else "logistic", {k: round(v, 3) for k, v in coefs.items()})
+        self.model = apply_trainable(model, self.t).to(self.device)
+        self.model.train()
+        self.ddp_model: nn.Module = self.model
+        if self.world > 1:
+            self.ddp_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.local_rank] if self.device.startswith("cuda") else None,
+                find_unused_parameters=self.t.trainable != "all" or self.t.lora)
+
+    def build_optimizer(self, train: PairDataset) -> None:
+        """AdamW with linear warm-up and decay over ``min(max_steps, steps per epoch x epochs)`` steps."""
+        from transformers import get_linear_schedule_with_warmup
+
+        self.steps_per_epoch = train.steps_per_epoch(self.t.batch_size, self.world)
+        self.total_steps = min(self.t.max_steps or 10**12, self.steps_per_epoch * self.t.epochs)
+        self.optimizer = make_optimizer(self.model, self.t)
+        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, int(self.t.warmup_ratio * self.total_steps),
+                                                         self.total_steps)
+
+    def resume(self) -> None:
+        if not self.p.resume:
+            return
+        if not fs.is_file(self.ckpt_path):
+            log.warning("resume asked but no checkpoint at %s: starting fresh", self.ckpt_path)
+            return
+        self.state, self.best_state = load_checkpoint(self.ckpt_path, self.model, self.optimizer, self.scheduler)
+        log.info("resumed from %s at epoch %d step %d (global step %d, best valid AUC %.4f)", self.ckpt_path,
+                 self.state.epoch, self.state.step_in_epoch, self.state.global_step, self.state.best_auc)
+
+    def zero_shot(self, test: Batch) -> dict[str, float]:
+        """The pretrained model before fine-tuning (zero-shot cosine of history and ad) on the test rows."""
+        zs = zero_shot_scores(self.p.base_model_dir, test, batch_size=self.t.eval_batch_size,
+                              max_length=self.p.model.max_length)
+        auc = binary_metrics(test.label, (zs + 1) / 2)["auc"]
+        log.info("pretrained model before fine-tuning (zero-shot cosine): test AUC %.4f", auc)
+        return {"auc": auc}
+
+    def evaluate(self, valid: Batch) -> bool:
+        """Validation AUC on rank 0, early-stopping bookkeeping, the best state and a checkpoint; True when
+        training should stop (broadcast to every rank)."""
         stop = torch.zeros(1)
+        state = self.state
         state.last_eval_step = state.global_step
-        if rank == 0:
-            metrics, _ = _eval_split(model, tokenizer, valid, p, device, precision)
+        if self.rank == 0:
+            metrics = self.eval_metrics(valid)
             state.history.append({"epochs_done": state.epoch, "step": state.global_step, "valid_auc": metrics["auc"],
                                   "valid_log_loss": metrics["log_loss"]})
-            sink.log({"valid_auc": metrics["auc"], "valid_log_loss": metrics["log_loss"]}, state.global_step)
+            self.sink.log({"valid_auc": metrics["auc"], "valid_log_loss": metrics["log_loss"]}, state.global_step)
             improved = metrics["auc"] > state.best_auc + 1e-6 or math.isnan(state.best_auc)
             if improved:
                 state.best_auc = metrics["auc"]
                 state.evals_without_improvement = 0
-                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
             else:
                 state.evals_without_improvement += 1
             log.info("eval at step %d (epoch %d): valid AUC %.4f, log-loss %.4f%s", state.global_step,
                      state.epoch, metrics["auc"], metrics["log_loss"], " (best)" if improved else "")
-            save_checkpoint(ckpt_path, model, optimizer, scheduler, state, best_state)
-            if p.early_stopping_patience and state.evals_without_improvement >= p.early_stopping_patience:
-                log.info("early stopping: no validation improvement in %d evaluations", p.early_stopping_patience)
+            save_checkpoint(self.ckpt_path, self.model, self.optimizer, self.scheduler, state, self.best_state)
+            patience = self.t.early_stopping_patience
+            if patience and state.evals_without_improvement >= patience:
+                log.info("early stopping: no validation improvement in %d evaluations", patience)
                 stop[0] = 1
-        if world > 1:
+        if self.world > 1:
             import torch.distributed as dist
 
             dist.broadcast(stop, src=0)
         return bool(stop[0])
 
-    if state.last_eval_step < 0:
-        # Step 0: the starting model (a logistic regression on the numeric features, or the warm start) is a
-        # candidate like any later state, so fine-tuning never returns a model worse on validation than it.
-        evaluate_and_checkpoint()
-    t_start, samples, window_loss, window_n = time.perf_counter(), 0, 0.0, 0
-    stop = state.stopped_early
-    while not stop and state.epoch < p.epochs and state.global_step < total_steps:
-        batches: Iterator[Batch] = train.batches(
-            p.batch_size, shuffle=True, seed=p.seed, epoch=state.epoch, rank=rank, world_size=world,
-            buffer_rows=p.shuffle_buffer_rows, drop_last=True, group_col=S.USER_ID if ranking else None,
-            groups_per_batch=p.users_per_batch)
+    def eval_metrics(self, data: Batch) -> EvalMetrics:
+        return binary_metrics(data.label, self.predict(data))
+
+    def predict(self, data: Batch, *, device: str | None = None, precision: str | None = None) -> np.ndarray:
+        return predict(self.model, self.tokenizer, data, batch_size=self.t.eval_batch_size,
+                       device=device or self.device, precision=precision or self.precision,
+                       max_length=self.p.model.max_length)
+
+    def train_step(self, batch: Batch) -> float:
+        """One optimiser step on ``batch``; its loss."""
+        t = self.t
+        with _autocast(self.device, self.precision):
+            out = _forward(self.ddp_model, self.tokenizer, batch, self.device, self.p.model.max_length,
+                           return_parts=self.ranking)
+        logits = out.sum(dim=0) if self.ranking else out
+        target = _targets(batch, t.loss).to(self.device)
+        loss = self.loss_fn(logits.float() if t.loss == "bce" else torch.sigmoid(logits.float()), target)
+        if self.ranking:
+            groups = torch.from_numpy(np.unique(batch.extra[S.USER_ID].astype(str), return_inverse=True)[1])
+            loss = loss + t.ranking_loss_weight * pairwise_ranking_loss(out[0].float(), target,
+                                                                        groups.to(self.device))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        return float(loss.detach())
+
+    def train_epoch(self, data: _Splits) -> tuple[bool, bool]:
+        """The rest of the current epoch (resuming mid-epoch skips the batches already seen: the shuffle is
+        seeded), evaluating every ``eval_every_steps`` and at its end; returns (stop early, halted)."""
+        t, state = self.t, self.state
+        batches: Iterator[Batch] = data.train.batches(
+            t.batch_size, shuffle=True, seed=t.seed, epoch=state.epoch, rank=self.rank, world_size=self.world,
+            buffer_rows=t.shuffle_buffer_rows, drop_last=True, group_col=S.USER_ID if self.ranking else None,
+            groups_per_batch=t.users_per_batch)
+        t_start, samples0, window = time.perf_counter(), self.samples, []
+        stop = False
         for i, batch in enumerate(batches):
             if i < state.step_in_epoch:
-                continue  # resuming mid-epoch: the shuffle is seeded, so these are the batches already seen
-            with _autocast(device, precision):
-                out = _forward(ddp_model, tokenizer, batch, device, p.max_length, return_parts=ranking)
-            logits = out.sum(dim=0) if ranking else out
-            target = _targets(batch, p).to(device)
-            loss = loss_fn(logits.float() if p.loss == "bce" else torch.sigmoid(logits.float()), target)
-            if ranking:
-                groups = torch.from_numpy(np.unique(batch.extra[S.USER_ID].astype(str), return_inverse=True)[1])
-                loss = loss + p.ranking_loss_weight * pairwise_ranking_loss(out[0].float(), target,
-                                                                            groups.to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), p.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
+                continue
+            window.append(self.train_step(batch))
             state.global_step += 1
             state.step_in_epoch = i + 1
-            samples += len(batch) * world
-            window_loss += float(loss.detach())
-            window_n += 1
-            if state.global_step % p.log_every_steps == 0 or state.global_step == total_steps:
-                rate = samples / max(time.perf_counter() - t_start, 1e-9)
-                log.info("epoch %d step %d/%d: loss %.4f, %.1f samples/s, lr %.2e", state.epoch,
-                         state.global_step, total_steps, window_loss / window_n, rate, scheduler.get_last_lr()[0])
-                sink.log({"train_loss": window_loss / window_n, "samples_per_sec": rate}, state.global_step)
-                window_loss, window_n = 0.0, 0
-            if p.eval_every_steps and state.global_step % p.eval_every_steps == 0:
-                stop = evaluate_and_checkpoint()
-            if p.halt_after_steps and state.global_step >= p.halt_after_steps:
-                log.warning("halting after %d steps as asked; resume from %s", state.global_step, ckpt_path)
+            self.samples += len(batch) * self.world
+            if state.global_step % t.log_every_steps == 0 or state.global_step == self.total_steps:
+                rate = (self.samples - samples0) / max(time.perf_counter() - t_start, 1e-9)
+                log.info("epoch %d step %d/%d: loss %.4f, %.1f samples/s, lr %.2e", state.epoch, state.global_step,
+                         self.total_steps, float(np.mean(window)), rate, self.scheduler.get_last_lr()[0])
+                self.sink.log({"train_loss": float(np.mean(window)), "samples_per_sec": rate}, state.global_step)
+                window = []
+            if t.eval_every_steps and state.global_step % t.eval_every_steps == 0:
+                stop = self.evaluate(data.valid)
+            if self.p.halt_after_steps and state.global_step >= self.p.halt_after_steps:
+                log.warning("halting after %d steps as asked; resume from %s", state.global_step, self.ckpt_path)
                 if state.last_eval_step != state.global_step:
-                    evaluate_and_checkpoint()
-                return summary | {"halted": True, "global_step": state.global_step}
-            if stop or state.global_step >= total_steps:
+                    self.evaluate(data.valid)
+                return stop, True
+            if stop or state.global_step >= self.total_steps:
                 break
-        if state.step_in_epoch >= steps_per_epoch or state.global_step >= total_steps:
+        if state.step_in_epoch >= self.steps_per_epoch or state.global_step >= self.total_steps:
             state.epoch += 1
             state.step_in_epoch = 0
         if not stop and state.last_eval_step != state.global_step:
-            stop = evaluate_and_checkpoint()  # the checkpoint records the start of the next epoch
-    state.stopped_early = stop
-    elapsed = time.perf_counter() - t_start
-    summary |= {"global_step": state.global_step, "epochs_run": state.epoch, "best_valid_auc": state.best_auc,
-                "initial_valid_auc": next((h["valid_auc"] for h in state.history if h["step"] == 0), float("nan")),
-                "history": state.history, "stopped_early": stop, "train_seconds": elapsed,
-                "samples_per_sec": samples / max(elapsed, 1e-9)}
-    if rank != 0:
+            stop = self.evaluate(data.valid)  # the checkpoint records the start of the next epoch
+        return stop, False
+
+    def finalise(self, test: PairDataset, summary: TrainSummary) -> TrainSummary:
+        """Rank 0: the best state (LoRA merged) saved under ``out_dir/model``, its test predictions and metrics,
+        and ``summary.json``."""
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        self.model = merge_lora(self.model).to("cpu").eval()
+        out = Path(self.p.out_dir)
+        self.model.save(out / "model", self.tokenizer)
+        test_all = test.read_all()
+        scores = self.predict(test_all, device="cpu", precision="fp32")
+        np.savez(out / "test_predictions.npz", score=scores, label=test_all.label,
+                 user_id=test_all.extra[S.USER_ID].astype(str), ad_id=test_all.extra[S.AD_ID].astype(str))
+        summary |= TrainSummary(test=binary_metrics(test_all.label, scores), model_dir=str(out / "model"))
+        log.info("fine-tuned model: test AUC %.4f, log-loss %.4f on %d rows; best valid AUC %.4f (step 0: %.4f)",
+                 summary["test"]["auc"], summary["test"]["log_loss"], len(test_all), self.state.best_auc,
+                 summary["initial_valid_auc"])
+        (out / "summary.json").write_text(json.dumps(summary, default=float))
         return summary
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model = merge_lora(model)
-    model.to("cpu").eval()
-    out = Path(p.out_dir)
-    model.save(out / "model", tokenizer)
-    test_all = test_set.read_all()
-    test_metrics, test_scores = _eval_split(model, tokenizer, test_all, p, "cpu", "fp32")
-    np.savez(out / "test_predictions.npz", score=test_scores, label=test_all.label,
-             user_id=test_all.extra[S.USER_ID].astype(str), ad_id=test_all.extra[S.AD_ID].astype(str))
-    summary["test"] = test_metrics
-    summary["model_dir"] = str(out / "model")
-    log.info("fine-tuned model: test AUC %.4f, log-loss %.4f on %d rows; best valid AUC %.4f (step 0: %.4f)",
-             test_metrics["auc"], test_metrics["log_loss"], len(test_all), state.best_auc,
-             summary["initial_valid_auc"])
-    (out / "summary.json").write_text(json.dumps(summary, default=float))
-    return summary

@@ -23,7 +23,7 @@ from adrec_spark.frames import require_columns
 from adrec_spark.io import fs, tables
 from adrec_spark.model.data import PAIR_COLUMNS, Batch
 from adrec_spark.model.encoder import resolve_base_model
-from adrec_spark.model.training import TrainParams, binary_metrics, mean_ndcg_at_k, train_worker
+from adrec_spark.model.training import TrainParams, TrainSummary, binary_metrics, mean_ndcg_at_k, train_worker
 from adrec_spark.registry import registry
 from adrec_spark.training import split as split_mod
 
@@ -43,7 +43,7 @@ class TrainingResult:
     gate: registry.PromotionDecision
     table_version: int
     rows: dict[str, int]
-    summary: dict[str, object]
+    summary: TrainSummary
     cutoffs: split_mod.SplitCutoffs
 
 
@@ -97,7 +97,7 @@ def _distributor_local_mode(spark: SparkSession, run_on: str) -> bool:
     return spark.sparkContext.master.startswith("local")
 
 
-def _run_distributed(spark: SparkSession, cfg: AppConfig, params: TrainParams) -> dict[str, object]:
+def _run_distributed(spark: SparkSession, cfg: AppConfig, params: TrainParams) -> TrainSummary:
     from pyspark.ml.torch.distributor import TorchDistributor
 
     local_mode = _distributor_local_mode(spark, cfg.train.run_on)
@@ -112,23 +112,9 @@ def _run_distributed(spark: SparkSession, cfg: AppConfig, params: TrainParams) -
 
 def _params(cfg: AppConfig, *, data_dir: str, out_dir: str, base: str, init_dir: str | None, run_id: str,
             resume: bool) -> TrainParams:
-    t, m = cfg.train, cfg.model
-    return TrainParams(
-        data_dir=data_dir, out_dir=out_dir, base_model_dir=base, init_model_dir=init_dir,
-        checkpoint_dir=fs.join(t.checkpoint_dir, cfg.mlflow.model_name), resume=resume,
-        max_length=m.max_length, pooling=m.pooling, dropout=m.dropout, numeric_hidden=m.numeric_hidden,
-        user_features=list(m.user_features),
-        loss=t.loss, ranking_loss_weight=t.ranking_loss_weight, users_per_batch=t.users_per_batch,
-        learning_rate=t.learning_rate, head_learning_rate=t.head_learning_rate,
-        weight_decay=t.weight_decay, warmup_ratio=t.warmup_ratio, max_grad_norm=t.max_grad_norm, epochs=t.epochs,
-        batch_size=t.batch_size, eval_batch_size=t.eval_batch_size, max_steps=t.max_steps,
-        max_train_rows=t.max_train_rows, max_eval_rows=t.max_eval_rows,
-        early_stopping_patience=t.early_stopping_patience, eval_every_steps=t.eval_every_steps,
-        trainable=t.trainable, top_k_layers=t.top_k_layers, lora=t.lora, lora_r=t.lora_r, lora_alpha=t.lora_alpha,
-        lora_dropout=t.lora_dropout, precision=t.precision, seed=t.seed, use_gpu=t.use_gpu,
-        log_every_steps=t.log_every_steps, shuffle_buffer_rows=t.shuffle_buffer_rows,
-        zero_shot_baseline=t.zero_shot_baseline and init_dir is None, wide_init=t.wide_init,
-        tracking_uri=cfg.mlflow.tracking_uri, run_id=run_id)
+    return TrainParams(data_dir=data_dir, out_dir=out_dir, base_model_dir=base, init_model_dir=init_dir,
+                       checkpoint_dir=fs.join(cfg.train.checkpoint_dir, cfg.mlflow.model_name), resume=resume,
+                       train=cfg.train, model=cfg.model, tracking_uri=cfg.mlflow.tracking_uri, run_id=run_id)
 
 
 def gate_metrics(model_dir: str | Path, rows: Batch, *, k: int, batch_size: int) -> registry.GateMetrics:
@@ -181,7 +167,7 @@ def _promotion_gate(cfg: AppConfig, df: DataFrame, staging: str, work: Path,
     return decision, compared_on
 
 
-def _log_plots(run_id: str, summary: dict[str, object], out_dir: Path) -> None:
+def _log_plots(run_id: str, out_dir: Path) -> None:
     import matplotlib.pyplot as plt
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -258,13 +244,13 @@ def _train_and_register(spark: SparkSession, cfg: AppConfig, df: DataFrame, cuto
             params = _params(cfg, data_dir=staging, out_dir=str(work / "out"), base=base, init_dir=init_dir,
                              run_id=run_id, resume=resume)
             summary = _run_distributed(spark, cfg, params)
-            test = summary["test"]  # type: ignore[index]
-            pre = summary.get("pretrained_test", {}).get("auc")  # type: ignore[union-attr]
+            test = summary["test"]
+            pre = summary.get("pretrained_test", {}).get("auc")
             _log_run_metrics(summary, pre)
-            _log_plots(run_id, summary, work / "out")
+            _log_plots(run_id, work / "out")
             mlflow.log_dict(summary, "training_summary.json")
             decision, compared_on = _promotion_gate(cfg, df, staging, work, str(summary["model_dir"]))
-            model_uri = registry.log_pyfunc(summary["model_dir"])  # type: ignore[arg-type]
+            model_uri = registry.log_pyfunc(summary["model_dir"])
         finally:
             shutil.rmtree(work, ignore_errors=True)
             drop_staging(staging)
@@ -273,7 +259,7 @@ def _train_and_register(spark: SparkSession, cfg: AppConfig, df: DataFrame, cuto
         registry.set_alias(cfg.mlflow, cfg.train.challenger_alias, new_version)
         if decision.promote:
             registry.set_alias(cfg.mlflow, cfg.train.champion_alias, new_version)
-        tags = {**decision.tags(), "challenger_test_auc": f"{float(test['auc']):.6f}",  # type: ignore[index]
+        tags = {**decision.tags(), "challenger_test_auc": f"{test['auc']:.6f}",
                 "compared_on": f"{cfg.storage.table_path(S.TRAINING_EXAMPLES)}@v{version}: {compared_on}"}
         registry.tag_version(cfg.mlflow, new_version, tags)
         mlflow.set_tags({f"adrec.{k}": v for k, v in tags.items()} | {"adrec.model_version": str(new_version)})
@@ -283,18 +269,17 @@ def _train_and_register(spark: SparkSession, cfg: AppConfig, df: DataFrame, cuto
     log.info("registered %s v%d as %s; %s (%.0fs)", cfg.mlflow.model_name, new_version, cfg.train.challenger_alias,
              decision.reason, time.perf_counter() - t0)
     return TrainingResult(run_id=run_id, model_version=new_version, promoted=decision.promote,
-                          decision=decision.reason, test_auc=float(test["auc"]),  # type: ignore[index]
+                          decision=decision.reason, test_auc=test["auc"],
                           pretrained_test_auc=pre, gate=decision, table_version=version, rows=rows,
                           summary=summary, cutoffs=cutoffs)
 
 
-def _log_run_metrics(summary: dict[str, object], pretrained_auc: float | None) -> None:
+def _log_run_metrics(summary: TrainSummary, pretrained_auc: float | None) -> None:
     import mlflow
 
     test = summary["test"]
-    metrics = {"test_auc": test["auc"], "test_log_loss": test["log_loss"],  # type: ignore[index]
+    metrics = {"test_auc": test["auc"], "test_log_loss": test["log_loss"],
                "best_valid_auc": summary["best_valid_auc"], "initial_valid_auc": summary.get("initial_valid_auc"),
                "train_samples_per_sec": summary["samples_per_sec"], "train_seconds": summary["train_seconds"],
                "epochs_run": summary["epochs_run"], "pretrained_test_auc": pretrained_auc}
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items()  # type: ignore[arg-type]
-                        if v is not None and np.isfinite(float(v))})  # type: ignore[arg-type]
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(float(v))})
