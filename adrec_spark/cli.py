@@ -16,9 +16,10 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from adrec_spark.config import AppConfig, load_config
-from adrec_spark.errors import AdrecError, JobTerminated
+from adrec_spark.errors import AdrecError, InputDataError, JobTerminated
 from adrec_spark.logs import configure_logging
 from adrec_spark.termination import terminate_as_error
 
@@ -250,10 +251,52 @@ def headline(table, beyond, comparison=None, info=None) -> str:
     return text
 
 
-def cmd_forget_users(args: argparse.Namespace, cfg: AppConfig) -> int:
-    from adrec_spark.privacy import cmd_forget_users as run
+def read_user_ids(users: str | None, users_file: str | None) -> list[str]:
+    """Ids from ``--users a,b,c`` and/or ``--users-file`` (one per line, blank lines ignored), de-duplicated."""
+    ids: list[str] = []
+    if users:
+        ids += [u.strip() for u in users.split(",") if u.strip()]
+    if users_file:
+        path = Path(users_file)
+        if not path.is_file():
+            raise InputDataError(f"--users-file {users_file}: no such file")
+        ids += [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    if not ids:
+        raise InputDataError("no user ids given: use --users id1,id2 and/or --users-file FILE (one id per line)")
+    return list(dict.fromkeys(ids))
 
-    return run(args, cfg)
+
+def add_forget_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``forget-users`` command's arguments."""
+    from adrec_spark.io.erasure import DEFAULT_RETENTION_HOURS
+
+    parser.add_argument("--users", help="comma-separated user ids to forget")
+    parser.add_argument("--users-file", help="file with one user id per line (blank lines ignored)")
+    parser.add_argument("--vacuum", action="store_true",
+                        help="VACUUM every table afterwards, so older table versions lose the deleted rows too")
+    parser.add_argument("--retention-hours", type=float, default=DEFAULT_RETENTION_HOURS,
+                        help="VACUUM retention in hours (default 168; below that only while no job writes)")
+
+
+def cmd_forget_users(args: argparse.Namespace, cfg: AppConfig) -> int:
+    """``adrec forget-users --users u1,u2 [--users-file F] [--vacuum [--retention-hours H]]``."""
+    from adrec_spark.io.erasure import forget_users, vacuum_tables
+    from adrec_spark.privacy import pseudonym_salt
+
+    ids = read_user_ids(args.users, args.users_file)
+    pseudonym_salt(cfg.privacy)  # a missing salt fails here, before the session starts
+    if args.vacuum and args.retention_hours < 0:
+        raise InputDataError(f"--retention-hours must be >= 0, got {args.retention_hours}")
+    spark = _session(cfg, "forget-users")
+    deleted = forget_users(spark, cfg, ids)
+    for name, n in deleted.items():
+        print(f"{name}: deleted {n} row(s)")
+    if args.vacuum:
+        for name in vacuum_tables(spark, cfg, args.retention_hours):
+            print(f"{name}: vacuumed (retention {args.retention_hours:g} h)")
+    else:
+        print("older table versions still hold the deleted rows until VACUUM (rerun with --vacuum)")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace, cfg: AppConfig) -> int:
@@ -353,8 +396,6 @@ def _register_later_commands(sub: argparse._SubParsersAction, common: argparse.A
     p.add_argument("--days", type=int, default=14)
     p.add_argument("--seed", type=int, default=0)
     commands["demo"] = cmd_demo
-
-    from adrec_spark.privacy import add_forget_arguments
 
     p = sub.add_parser("forget-users", parents=[common], help="delete users from every table (right to be forgotten)")
     add_forget_arguments(p)

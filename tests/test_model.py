@@ -36,7 +36,7 @@ def _spec(**kw) -> ModelSpec:
 
 
 def test_model_code_never_imports_spark() -> None:
-    code = ("import sys, adrec_spark.model.training, adrec_spark.model.inference, adrec_spark.model.data; "
+    code = ("import sys, adrec_spark.model.trainer, adrec_spark.model.inference, adrec_spark.model.data; "
             "print('pyspark' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -16,12 +16,13 @@ import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import functions as F
 
-from adrec_spark import privacy
+from adrec_spark import cli, privacy
 from adrec_spark import schema as S
 from adrec_spark.config import PrivacyConfig
 from adrec_spark.data.generator import GeneratorSpec, generate
 from adrec_spark.errors import ConfigError, InputDataError
 from adrec_spark.etl.pipeline import run_etl
+from adrec_spark.io import erasure
 from adrec_spark.training.pipeline import export_splits, split_training_data
 from tests.conftest import make_config
 from tests.leaks import files_holding
@@ -143,7 +144,7 @@ def forgotten(spark, tmp_path_factory):
     before = _snapshot(spark, cfg)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(SALT_ENV, SALT)
-        deleted = privacy.forget_users(spark, cfg, list(VICTIMS))
+        deleted = erasure.forget_users(spark, cfg, list(VICTIMS))
     after = _snapshot(spark, cfg)
     return cfg, versions, before, deleted, after
 
@@ -219,7 +220,7 @@ def test_vacuum_removes_the_deleted_rows_from_old_versions(spark, forgotten) -> 
     key = "spark.databricks.delta.retentionDurationCheck.enabled"
     spark.conf.set(key, "true")
     try:
-        vacuumed = privacy.vacuum_tables(spark, cfg, retention_hours=0)
+        vacuumed = erasure.vacuum_tables(spark, cfg, retention_hours=0)
         assert spark.conf.get(key) == "true"  # the check is back on after the call
     finally:
         spark.conf.unset(key)
@@ -257,8 +258,8 @@ def test_without_a_salt_pseudonymous_rows_cannot_be_matched(spark, tmp_path, mon
     # one file with deletion vectors on: the delete masks rows in it, the purge must rewrite it
     (spark.createDataFrame(rows, SCORES_SCHEMA).coalesce(1).write.format("delta")
      .option("delta.enableDeletionVectors", "true").save(path))
-    with caplog.at_level("INFO", logger="adrec_spark.privacy"):
-        deleted = privacy.forget_users(spark, cfg, ["u1"])
+    with caplog.at_level("INFO", logger="adrec_spark.io.erasure"):
+        deleted = erasure.forget_users(spark, cfg, ["u1"])
     assert deleted == {S.USER_AD_SCORES: 2}
     assert "no pseudonym salt" in caplog.text and "events_clean: no table at" in caplog.text
     assert "user_ad_scores: purging deletion vectors" in caplog.text
@@ -266,7 +267,7 @@ def test_without_a_salt_pseudonymous_rows_cannot_be_matched(spark, tmp_path, mon
     left = sorted(r[0] for r in spark.read.format("delta").load(path).select(S.USER_ID).collect())
     assert left == sorted([sha_pseudonym("u1"), "u3"])
     # a second run finds nothing more
-    assert privacy.forget_users(spark, cfg, ["u1", "nobody"]) == {S.USER_AD_SCORES: 0}
+    assert erasure.forget_users(spark, cfg, ["u1", "nobody"]) == {S.USER_AD_SCORES: 0}
 
 
 def test_payloads_mentioning_finds_ids_in_json_and_in_quotes(spark) -> None:
@@ -294,7 +295,7 @@ def test_payloads_mentioning_finds_ids_in_json_and_in_quotes(spark) -> None:
         ('{"nested": {"user_id": "u1x"}, "other": "u1 "}', False),
     ]
     rejected = spark.createDataFrame([(p,) for p, _ in cases], "payload string")
-    got = {r[0] for r in privacy.payloads_mentioning(rejected, ids).collect()}
+    got = {r[0] for r in erasure.payloads_mentioning(rejected, ids).collect()}
     assert got == {p for p, named in cases if named}
 
 
@@ -307,13 +308,13 @@ def test_forget_users_command(spark, tmp_path, monkeypatch, capsys) -> None:
     ids = tmp_path / "ids.txt"
     ids.write_text("u2\n\n  \nu4\n")
     parser = argparse.ArgumentParser()
-    privacy.add_forget_arguments(parser)
+    cli.add_forget_arguments(parser)
     args = parser.parse_args(["--users", "u1, ,u2", "--users-file", str(ids), "--vacuum", "--retention-hours", "0"])
     assert (args.users_file, args.vacuum, args.retention_hours) == (str(ids), True, 0.0)
     sessions = []
     monkeypatch.setattr("adrec_spark.session.build_spark",
                         lambda cfg, app_name=None: sessions.append(app_name) or spark)
-    assert privacy.cmd_forget_users(args, cfg) == 0
+    assert cli.cmd_forget_users(args, cfg) == 0
     assert sessions == ["adrec-forget-users"]
     assert capsys.readouterr().out.splitlines() == [
         "user_ad_scores: deleted 3 row(s)", "user_ad_scores: vacuumed (retention 0 h)"]
@@ -325,19 +326,19 @@ def test_forget_users_command(spark, tmp_path, monkeypatch, capsys) -> None:
 def test_read_user_ids(tmp_path) -> None:
     f = tmp_path / "ids.txt"
     f.write_text("\ufeffu7\n\nu8 \n u7\n", encoding="utf-8")
-    assert privacy.read_user_ids("u1,u2, u1", str(f)) == ["u1", "u2", "u7", "u8"]
-    assert privacy.read_user_ids(None, str(f)) == ["u7", "u8"]
+    assert cli.read_user_ids("u1,u2, u1", str(f)) == ["u1", "u2", "u7", "u8"]
+    assert cli.read_user_ids(None, str(f)) == ["u7", "u8"]
     with pytest.raises(InputDataError, match="no user ids given"):
-        privacy.read_user_ids(" , ", None)
+        cli.read_user_ids(" , ", None)
     with pytest.raises(InputDataError, match="no such file"):
-        privacy.read_user_ids(None, str(tmp_path / "missing.txt"))
+        cli.read_user_ids(None, str(tmp_path / "missing.txt"))
 
 
 @pytest.mark.parametrize("ids, match", [([], "no user ids"), (["", "  "], "no user ids"),
                                         ("u1", "not a single string"), (["u1", 7], "#1 is a int")])
 def test_forget_users_rejects_bad_id_lists_before_any_work(tmp_path, ids, match) -> None:
     with pytest.raises(InputDataError, match=match):
-        privacy.forget_users(None, make_config(tmp_path), ids)  # type: ignore[arg-type]
+        erasure.forget_users(None, make_config(tmp_path), ids)  # type: ignore[arg-type]
 
 
 def test_pseudonymize_matches_hashlib(spark) -> None:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from adrec_spark.model.training import mean_ndcg_at_k
+from adrec_spark.model.trainer import mean_ndcg_at_k
 from adrec_spark.registry.registry import GateMetrics, decide_promotion
 
 MARGINS = dict(auc_margin=0.002, ndcg_margin=0.002, k=10, rows=500)

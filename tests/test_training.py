@@ -16,7 +16,7 @@ from adrec_spark.config import ModelConfig, TrainConfig
 from adrec_spark.errors import TrainingDataError
 from adrec_spark.model.data import PairDataset
 from adrec_spark.model.encoder import load_tokenizer
-from adrec_spark.model.training import TrainParams, train_worker
+from adrec_spark.model.trainer import TrainParams, train_worker
 from tests.pairs import make_pairs, write_splits
 from tests.tiny_bert import make_tiny_bert
 
@@ -136,7 +136,7 @@ def test_wide_term_starts_as_a_logistic_regression_on_the_numeric_features(tiny,
     from sklearn.linear_model import LogisticRegression
 
     from adrec_spark.model.relevance import ModelSpec, build_model
-    from adrec_spark.model.training import _forward, init_wide_from_linear
+    from adrec_spark.model.trainer import _forward, init_wide_from_linear
 
     data = PairDataset(splits / S.TRAIN)
     mean, std = data.numeric_stats()
@@ -153,7 +153,7 @@ def test_wide_term_starts_as_a_logistic_regression_on_the_numeric_features(tiny,
 
 
 def test_pairwise_ranking_loss_by_hand() -> None:
-    from adrec_spark.model.training import pairwise_ranking_loss
+    from adrec_spark.model.trainer import pairwise_ranking_loss
 
     scores = torch.tensor([2.0, 0.0, 1.0, 3.0], requires_grad=True)
     labels = torch.tensor([1.0, 0.0, 0.0, 1.0])

@@ -25,7 +25,8 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 from urllib.parse import urlparse
 
 from delta.exceptions import (
@@ -47,6 +48,8 @@ from adrec_spark.config import StorageConfig
 from adrec_spark.errors import InputDataError, JobTerminated, WriteConflictError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _CONFLICTS = (
     DeltaConcurrentModificationException, ConcurrentWriteException, MetadataChangedException,
@@ -195,28 +198,36 @@ def write_partitions(df: DataFrame, storage: StorageConfig, table: str, *, parti
         raise ValueError(f"write_partitions({table}): partition column '{partition_col}' not in DataFrame")
     path = storage.table_path(table)
     predicate = partition_predicate(partition_col, values)
+
+    def write() -> None:
+        with commit_lock(df.sparkSession, path, what=table):
+            (df.write.format("delta").mode("overwrite")
+             .option("replaceWhere", predicate)
+             .option("userMetadata", description or f"replace {predicate}")
+             .partitionBy(partition_col)
+             .save(path))
+
+    with_conflict_retries(write, what=f"{table}: commit ({predicate})", retries=storage.write_retries)
+    log.info("wrote %s (%s)", table, predicate)
+
+
+def with_conflict_retries(action: Callable[[], T], *, what: str, retries: int, advice: str = "") -> T:
+    """Run ``action`` (an idempotent Delta commit); retry it with jittered back-off, ``retries`` times at
+    most, when a concurrent writer's commit conflicts with it; then :class:`WriteConflictError`."""
     attempt = 0
     while True:
         try:
-            with commit_lock(df.sparkSession, path, what=table):
-                (df.write.format("delta").mode("overwrite")
-                 .option("replaceWhere", predicate)
-                 .option("userMetadata", description or f"replace {predicate}")
-                 .partitionBy(partition_col)
-                 .save(path))
-            log.info("wrote %s (%s)", table, predicate)
-            return
+            return action()
         except Exception as e:
-            if not _is_conflict(e) or attempt >= storage.write_retries:
-                if _is_conflict(e):
-                    raise WriteConflictError(
-                        f"{table}: commit kept conflicting with concurrent writers after "
-                        f"{attempt + 1} attempts ({predicate})") from e
+            if not _is_conflict(e):
                 raise
+            if attempt >= retries:
+                raise WriteConflictError(f"{what} kept conflicting with concurrent writers after {attempt + 1} "
+                                         f"attempts{'; ' + advice if advice else ''}") from e
             attempt += 1
             wait = min(10.0, 0.5 * 2 ** attempt) * (0.5 + random.random())
-            log.warning("%s: concurrent commit conflict (%s); retry %d/%d in %.1fs", table,
-                        type(e).__name__, attempt, storage.write_retries, wait)
+            log.warning("%s: concurrent commit conflict (%s); retry %d/%d in %.1fs", what, type(e).__name__,
+                        attempt, retries, wait)
             time.sleep(wait)
 
 

@@ -23,7 +23,7 @@ from adrec_spark.frames import require_columns
 from adrec_spark.io import fs, tables
 from adrec_spark.model.data import PAIR_COLUMNS, Batch
 from adrec_spark.model.encoder import resolve_base_model
-from adrec_spark.model.training import TrainParams, TrainSummary, binary_metrics, mean_ndcg_at_k, train_worker
+from adrec_spark.model.trainer import TrainParams, TrainSummary, binary_metrics, mean_ndcg_at_k, train_worker
 from adrec_spark.registry import registry
 from adrec_spark.training import split as split_mod
 
