@@ -141,7 +141,7 @@ class Tastes:
 class World:
     """The catalog and the users behind the logs, before any event is drawn."""
 
-    ads: pd.DataFrame  # the public catalog columns plus latent ones: _cat, _product, _brand, _tier, _quality
+    ads: pd.DataFrame  # public catalog columns, then latent ones: _cat, _product, _brand, _tier, _show_tier, _quality
     ad_attributes: np.ndarray  # (ads, styles) bool
     users: Tastes
 
