@@ -49,31 +49,58 @@ cfg = bench_config(work, *{overrides!r}, files={files!r})
 spark = build_spark(cfg)
 """
 EXPORT = HEAD + """
-from adrec_spark import schema as S
-from adrec_spark.io import tables
-from adrec_spark.training.pipeline import export_splits, split_training_data
-version = tables.table_version(spark, cfg.storage, S.TRAINING_EXAMPLES)
-table = tables.read_table(spark, cfg.storage, S.TRAINING_EXAMPLES, version=version).drop(S.SPLIT).cache()
-df, cutoffs = split_training_data(table, cfg.train.split, window_days=cfg.train.window_days)
-rows = export_splits(df, str(work / "offline-export"), partitions=1)
-print(json.dumps({{"table_version": version, "cutoffs": cutoffs.to_tags(), "split": cutoffs.describe(),
-                  "rows": rows}}))
+from bench.quality_gpu import export_for_offline
+print(json.dumps(export_for_offline(spark, cfg, str(work / "offline-export"))))
 """
 INGEST = HEAD + """
-import math
-from adrec_spark.evaluation.offline import evaluate_offline_scores
-from adrec_spark.evaluation.pipeline import split_rows
-from adrec_spark.training.split import SplitCutoffs
-m = json.loads(Path({manifest!r}).read_text())
-train, test = split_rows(spark, cfg, version=m["table_version"], cutoffs=SplitCutoffs.from_tags(m["cutoffs"]))
-scores = spark.read.parquet({scores!r})
-table, comparison, info = evaluate_offline_scores(cfg, train=train, test=test, scores=scores)
-ok = lambda v: v if math.isfinite(v) else None
-intervals = {{f"{{meth}}|{{metric}}": [ok(i.ci_low), ok(i.ci_high)] for (meth, metric), i in info.items()
-             if metric in ("auc", "ndcg@10")}}
-print(json.dumps({{"table": json.loads(table.to_json(orient="index")),
-                  "comparison": json.loads(comparison.to_json(orient="index")), "intervals": intervals}}))
+from bench.quality_gpu import evaluate_ingested
+print(json.dumps(evaluate_ingested(spark, cfg, json.loads(Path({manifest!r}).read_text()), {scores!r})))
 """
+
+
+def export_for_offline(spark, cfg, out: str) -> dict[str, object]:
+    """The latest ``training_examples`` split as the training job splits it, exported to ``out`` as the
+    training job exports it; the table version, cut-offs and rows (what the ingest needs to find the same
+    test rows again)."""
+    from adrec_spark import schema as S
+    from adrec_spark.io import tables
+    from adrec_spark.training.pipeline import export_splits, split_training_data
+
+    version = tables.table_version(spark, cfg.storage, S.TRAINING_EXAMPLES)
+    if version is None:
+        raise SystemExit("no training_examples table: the ETL has not run")
+    table = tables.read_table(spark, cfg.storage, S.TRAINING_EXAMPLES, version=version).drop(S.SPLIT).cache()
+    try:
+        df, cutoffs = split_training_data(table, cfg.train.split, window_days=cfg.train.window_days)
+        rows = export_splits(df, out, partitions=1)
+    finally:
+        table.unpersist()
+    return {"table_version": version, "cutoffs": cutoffs.to_tags(), "split": cutoffs.describe(), "rows": rows}
+
+
+def evaluate_ingested(spark, cfg, manifest: dict[str, object], scores_path: str) -> dict[str, object]:
+    """The scores at ``scores_path`` on the test rows the manifest names, with the evaluation job's baselines,
+    metrics and paired differences: the table, the comparison and the AUC and NDCG@10 intervals, as JSON."""
+    import math
+
+    from adrec_spark.evaluation.offline import evaluate_offline_scores
+    from adrec_spark.evaluation.pipeline import split_rows
+    from adrec_spark.training.split import SplitCutoffs
+
+    cutoffs = SplitCutoffs.from_tags(manifest["cutoffs"])  # type: ignore[arg-type]
+    if cutoffs is None:
+        raise SystemExit("the manifest records no split cut-offs: prepare again")
+    train, test = split_rows(spark, cfg, version=int(manifest["table_version"]), cutoffs=cutoffs)  # type: ignore[call-overload]
+    table, comparison, info = evaluate_offline_scores(cfg, train=train, test=test,
+                                                      scores=spark.read.parquet(scores_path))
+
+    def ok(v: float) -> float | None:
+        return v if math.isfinite(v) else None
+
+    intervals = {f"{m}|{metric}": [ok(i.ci_low), ok(i.ci_high)] for (m, metric), i in info.items()
+                 if metric in ("auc", "ndcg@10")}
+    return {"table": json.loads(table.to_json(orient="index")),
+            "comparison": json.loads(comparison.to_json(orient="index")), "intervals": intervals}
 
 
 def folder(ds: Dataset) -> Path:

@@ -94,3 +94,50 @@ def test_evaluation_without_recommendations_is_named_after_its_models_test_split
     monkeypatch.setattr(EP, "_test_rows", rows)
     assert EP._test_last_date(spark, make_config(tmp_path), "the model") == dt.date(2024, 1, 5)
     assert seen["model"] == "the model"
+
+
+@pytest.mark.slow
+def test_prepare_train_elsewhere_and_ingest_end_to_end(spark, tmp_path) -> None:
+    """ETL -> the export the GPU bench carries -> the offline trainer on a tiny BERT (no Spark) -> the ingest:
+    every test row scored once, every baseline on the same rows, the model's AUC as sklearn computes it."""
+    import json
+    import sys
+    from pathlib import Path
+
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from adrec_spark.data.generator import GeneratorSpec, generate
+    from adrec_spark.etl.pipeline import run_etl
+    from adrec_spark.model import offline_train as OT
+    from bench import quality_gpu as QG
+    from tests.tiny_bert import make_tiny_bert
+
+    start = dt.date(2024, 1, 1)
+    cfg = make_config(tmp_path, "evaluate.ks=[5, 10]", "evaluate.bootstrap_samples=20")
+    generate(GeneratorSpec(n_users=20, n_ads=24, n_events=900, n_days=2, start=start, seed=9), tmp_path / "raw")
+    run_etl(spark, cfg, start, start + dt.timedelta(days=1))
+    exported = QG.export_for_offline(spark, cfg, str(tmp_path / "export"))
+    carry = tmp_path / "carry"
+    rows = {s: QG.recompress_split(tmp_path / "export" / s, carry / "data" / s) for s in ("train", "valid", "test")}
+    assert rows == exported["rows"] and rows["test"] > 0
+    OT.half_precision_copy(make_tiny_bert(tmp_path / "tiny"), carry / "model")
+    (carry / "params.json").write_text(json.dumps({
+        "max_length": 64, "epochs": 1, "batch_size": 8, "eval_batch_size": 64, "precision": "fp32",
+        "base_model_dir": "model", "extra": {"dataset": "demo"}}))
+    summary = OT.run(carry / "params.json", data=carry / "data", out=tmp_path / "out")
+    assert summary["examples"] == rows["train"] and summary["dataset"] == "demo"
+
+    manifest = {**exported, "recipe": []}
+    ev = QG.evaluate_ingested(spark, cfg, manifest, str(tmp_path / "out" / OT.SCORES_FILE))
+    assert {"model", *cfg.evaluate.baselines} <= set(ev["table"])
+    assert set(ev["comparison"]) == {f"model - {b}" for b in cfg.evaluate.baselines}
+    scores = pd.read_parquet(tmp_path / "out" / OT.SCORES_FILE)
+    assert len(scores) == rows["test"]
+    assert ev["table"]["model"]["auc"] == pytest.approx(roc_auc_score(scores["label"], scores["score"]), abs=1e-9)
+    assert ev["table"]["pretrained"]["auc"] == pytest.approx(roc_auc_score(scores["label"], scores["pretrained"]),
+                                                             abs=1e-9)
+    assert ev["table"]["model"]["n"] == rows["test"]
+    low, high = ev["intervals"]["model|auc"]
+    assert low <= ev["table"]["model"]["auc"] <= high
