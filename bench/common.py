@@ -92,10 +92,12 @@ def run_python(code: str, *, env: dict[str, str] | None = None, timeout: int = 7
     return result
 
 
-def bench_config(work: Path, *overrides: str):
+def bench_config(work: Path, *overrides: str, files: tuple[str, ...] = ()):
+    """The config of a bench run: ``files`` (paths or packaged names), then every location under ``work``, then
+    ``overrides``."""
     from adrec_spark.config import load_config
 
-    return load_config(overrides=[
+    return load_config(files, overrides=[
         f"storage.lakehouse={work / 'lakehouse'}", f"storage.raw_events={work / 'raw' / 'events'}",
         f"storage.raw_ads={work / 'raw' / 'ads'}", f"storage.staging={work / 'lakehouse' / '_staging'}",
         f"spark.jars_dir={ROOT / '.jars'}", f"mlflow.tracking_uri=sqlite:///{work / 'mlflow.db'}",

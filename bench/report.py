@@ -232,9 +232,118 @@ QUALITY_COLUMNS = (("auc", "test AUC"), ("log_loss", "log-loss"), ("ndcg@10", "N
                    ("mrr", "MRR"), ("map@10", "MAP@10"))
 
 
+DATASET_TITLES = {"movielens": "MovieLens-100k", "demo": "Demo data (generated logs)"}
+# The text-lift table's rows: (method in the evaluation table, label); the fine-tuned model comes last.
+TEXT_LIFT_METHODS = (("random", "random"), ("popularity", "popularity"), ("item_rate", "item rate"),
+                     ("als", "ALS"), ("logistic_regression", "logistic regression"),
+                     ("logistic_regression_text", "logistic regression + text similarity"),
+                     ("pretrained", "pretrained zero-shot"))
+
+
+def dataset_of(name: str, d: Json) -> str:
+    """The dataset a quality JSON measured: its ``dataset``, else from its name (older JSON: MovieLens)."""
+    if d.get("dataset"):
+        return str(d["dataset"])
+    m = re.fullmatch(r"quality-(?:gpu|offline)-(\w+?)(?:-cpu)?|quality-(demo)(?:-.*)?", name)
+    return next((g for g in (m.groups() if m else ()) if g), "movielens")
+
+
+def model_method(table: Json) -> str | None:
+    """The fine-tuned model's row: ``model`` or ``model vN`` (not its ``[by probability]`` row)."""
+    return next((m for m in table if m.startswith("model") and "[" not in m), None)
+
+
+def on_gpu(d: Json) -> bool:
+    return "cuda" in str((d.get("cost") or {}).get("device", ""))
+
+
+def cost_line(d: Json) -> str:
+    """What fine-tuning cost: the recorded ``cost``; for older JSON the recipe's settings, marked as such."""
+    c = d.get("cost")
+    if c:
+        return (f"Fine-tuning cost: {fmt(c.get('examples'))} examples x {fmt(c.get('epochs'))} epoch(s) at "
+                f"{fmt(c.get('tokens'))} tokens, {fmt(c.get('minutes'))} min on {c.get('device') or 'not recorded'}"
+                + (f" ({c['precision']})" if c.get("precision") else "") + ".")
+    recipe = dict(x.split("=", 1) for x in d.get("recipe", []) if "=" in x)
+    epochs, tokens = recipe.get("train.epochs", "not recorded"), recipe.get("model.max_length", "not recorded")
+    return (f"Fine-tuning cost: at most {recipe.get('train.max_train_rows', 'all')} examples x {epochs} epoch(s) "
+            f"at {tokens} tokens (from the recipe; this JSON predates the cost record: minutes and device not "
+            "recorded).")
+
+
+def best_baseline(table: Json, metric: str) -> str | None:
+    present = [m for m, _ in TEXT_LIFT_METHODS if m in table and table[m].get(metric) is not None]
+    return max(present, key=lambda m: table[m][metric]) if present else None
+
+
+def gain_line(d: Json) -> str:
+    """What fine-tuning gained over the best baseline: NDCG@10 (paired, with its interval) and test AUC."""
+    t, model = d["table"], model_method(d["table"])
+    by_ndcg, by_auc = best_baseline(t, "ndcg@10"), best_baseline(t, "auc")
+    if model is None or by_ndcg is None or by_auc is None:
+        return "Gain over the best baseline: not computable from this JSON."
+    pair = (d.get("comparison") or {}).get(f"{model} - {by_ndcg}")
+    interval = (f" (paired, 95% interval {pair['ndcg_diff_ci_low@10']:+.4f} .. {pair['ndcg_diff_ci_high@10']:+.4f})"
+                if pair else "")
+    return (f"Gain over the best baseline: NDCG@10 {t[model]['ndcg@10'] - t[by_ndcg]['ndcg@10']:+.4f} against "
+            f"{by_ndcg}{interval}; test AUC {t[model]['auc'] - t[by_auc]['auc']:+.4f} against {by_auc}.")
+
+
+def text_lift_source(results: dict[str, Json], dataset: str) -> str | None:
+    """The run a dataset's text-lift table comes from: a GPU run, else one that recorded its cost, else the
+    main MovieLens table (``quality-eval-v2``)."""
+    names = [n for n, d in results.items() if re.fullmatch(r"quality.*", n) and "table" in d
+             and dataset_of(n, d) == dataset]
+    return max(names, key=lambda n: (on_gpu(results[n]), "cost" in results[n] and bool(results[n]["cost"]),
+                                     n == "quality-eval-v2", n), default=None)
+
+
+def text_lift_table(d: Json) -> list[str]:
+    t, comp, model = d["table"], d.get("comparison") or {}, model_method(d["table"])
+    rows: list[list[object]] = []
+    for m, label in TEXT_LIFT_METHODS:
+        if m not in t:
+            rows.append([label, "not in this run", "-", "-", "-"])
+            continue
+        c = comp.get(f"{model} - {m}")
+        rows.append([label, f"{t[m]['auc']:.4f}" if t[m].get("auc") is not None else "-",
+                     f"{t[m]['ndcg@10']:.4f}",
+                     f"{c['ndcg_diff@10']:+.4f}" if c else "-",
+                     f"{c['ndcg_diff_ci_low@10']:+.4f} .. {c['ndcg_diff_ci_high@10']:+.4f}" if c else "-"])
+    if model is not None:
+        rows.append([f"fine-tuned model (`{model}`)", f"{t[model]['auc']:.4f}", f"{t[model]['ndcg@10']:.4f}", "",
+                     ""])
+    return md_table(["method", "test AUC", "NDCG@10", "model - method, NDCG@10", "95% interval (paired)"], rows)
+
+
+def text_lift_section(results: dict[str, Json]) -> list[str]:
+    """Per dataset: every baseline and the fine-tuned model from one run, the model's paired NDCG@10 lead over
+    each, and what fine-tuning cost next to what it gained over the best baseline."""
+    out = ["## Text lift: what fine-tuning the language model adds", "",
+           "Per dataset, from one run: test AUC and NDCG@10 of each method, and the fine-tuned model's NDCG@10 "
+           "minus the method's, paired over the same users (normal 95% interval). A method the run did not "
+           "have reads \"not in this run\".", ""]
+    for dataset, title in DATASET_TITLES.items():
+        name = text_lift_source(results, dataset)
+        if name is None:
+            out += [f"### {title}", "", "No run recorded yet.", ""]
+            continue
+        d = results[name]
+        kind = "GPU" if on_gpu(d) else "CPU"
+        reduced = " (reduced recipe)" if name.startswith("quality-offline-") else ""
+        out += [f"### {title}: {kind}{reduced}, `bench/results/{name}.json`", "",
+                f"Command: `{d.get('command', 'not recorded')}`.", ""]
+        out += text_lift_table(d)
+        out += [cost_line(d) + "  ", gain_line(d), ""]
+    return out
+
+
 def quality_section(name: str, d: Json) -> list[str]:
-    out = header(f"MovieLens-100k quality (`{name}`)", name, d)
+    out = header(f"{DATASET_TITLES.get(dataset_of(name, d), dataset_of(name, d))} quality (`{name}`)", name, d)
     out += [f"Recipe (overrides): `{' '.join(d.get('recipe', []))}`.", ""]
+    if d.get("cost"):
+        out += [cost_line(d) + (" The machine above evaluated the scores; they were trained where this line says."
+                                if d.get("trained_on") else ""), ""]
     out += md_table(["method", *(label for _, label in QUALITY_COLUMNS)],
                     [[m, *(f"{t[k]:.4f}" if t.get(k) is not None else "-" for k, _ in QUALITY_COLUMNS)]
                      for m, t in d["table"].items()])
@@ -343,8 +452,11 @@ still differed.
 How to re-run (2-core CPU; durations from the recorded runs): `python bench/run.py scoring` (~47 min, of
 which ~6 min prepare a world and a model once), `python bench/run.py scoring --users 2 --rounds 1
 --cascade-users 5` (~10 min once prepared), `python bench/run.py training` (~5 min once the scoring world is
-prepared), `make bench-etl` (~10 min), `make bench-quality` (~30 min), `python bench/run.py ceiling` (after
-bench-quality, ~2 min), `python bench/run.py profile` (~10 min), then `python bench/run.py report`.
+prepared), `make bench-etl` (~10 min), `make bench-quality` (~30 min; `python bench/run.py quality --dataset
+demo` for the demo data), `python bench/run.py ceiling` (after bench-quality, ~2 min), `python bench/run.py
+profile` (~10 min), then `python bench/run.py report`. Fine-tuning on all the data on a GPU machine without
+Spark: `python bench/run.py quality-gpu --dataset movielens|demo` here, the `run.sh` it writes there, then
+`python bench/run.py quality-gpu --ingest DIR` here (docs/operations.md).
 
 ## Summary
 
@@ -352,7 +464,7 @@ bench-quality, ~2 min), `python bench/run.py profile` (~10 min), then `python be
 
 
 def page(results: dict[str, Json]) -> str:
-    lines = [*summary_table(results)]
+    lines = [*summary_table(results), *text_lift_section(results)]
     for name in sorted(results, key=_order):
         lines += _section_for(name)(name, results[name])
     return INTRO + "\n".join(lines).rstrip() + "\n"

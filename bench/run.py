@@ -1,8 +1,11 @@
-"""`make bench` entry point: python bench/run.py {etl|training|scoring|quality|ceiling|profile|scorer|all|report}.
+"""`make bench` entry point: python bench/run.py
+{etl|training|scoring|quality|quality-gpu|ceiling|profile|scorer|all|report}.
 
 Each benchmark prints its table and writes bench/results/<name>.json with the machine and the command;
-``scoring`` takes options for a smaller run (``python bench/run.py scoring --help``). ``report`` regenerates
-docs/benchmarks.md from bench/results/*.json (no Spark, seconds).
+``scoring`` takes options for a smaller run (``python bench/run.py scoring --help``), ``quality`` takes
+``--dataset movielens|demo``, ``quality-gpu`` prepares the folder for a GPU machine and ingests what it sends
+back (``python bench/run.py quality-gpu --help``). ``report`` regenerates docs/benchmarks.md from
+bench/results/*.json (no Spark, seconds).
 """
 
 from __future__ import annotations
@@ -20,9 +23,19 @@ def main(argv: list[str]) -> int:
 
         scorer_bench.run(rest)
         return 0
+    if what == "quality-gpu":  # prepares here (Spark), trains there (no Spark), evaluates here
+        from bench import quality_gpu
+
+        return quality_gpu.run(rest)
     if what not in ("etl", "training", "scoring", "quality", "ceiling", "profile", "all", "report"):
         print(__doc__)
         return 2
+    dataset = "movielens"
+    if what == "quality" and rest:
+        if len(rest) != 2 or rest[0] != "--dataset" or rest[1] not in ("movielens", "demo"):
+            print("quality takes only --dataset movielens|demo", file=sys.stderr)
+            return 2
+        dataset, rest = rest[1], []
     if rest and what != "scoring":
         print(f"{what} takes no options; only scoring does", file=sys.stderr)
         return 2
@@ -46,7 +59,7 @@ def main(argv: list[str]) -> int:
     if what == "quality":
         from bench import quality_bench
 
-        quality_bench.run()
+        quality_bench.run(dataset=dataset)
     if what == "ceiling":  # after `quality`: it reads that run's tables
         from bench import ndcg_ceiling
 

@@ -129,3 +129,57 @@ def test_scoring_bench_scripts_are_valid_python_once_filled_in() -> None:
     for name, code in filled.items():
         compile(code, name, "exec")
     assert '"output": "delta"' in filled["spark_udf"] and ".repartition(cores * 2)" in filled["spark_udf"]
+
+
+def _quality(methods: dict[str, tuple[float, float]], diffs: dict[str, tuple[float, float, float]],
+             model: str = "model", **extra: object) -> dict[str, object]:
+    """A hand-written quality JSON: methods' (AUC, NDCG@10) and the model's paired (diff, low, high)."""
+    table = {m: {"auc": a, "ndcg@10": n, "log_loss": 0.5} for m, (a, n) in methods.items()}
+    comparison = {f"{model} - {m}": {"ndcg_diff@10": d, "ndcg_diff_ci_low@10": lo, "ndcg_diff_ci_high@10": hi,
+                                   "n_users": 100.0, "users_better": 50.0, "users_worse": 30.0}
+                  for m, (d, lo, hi) in diffs.items()}
+    return {"command": "cmd", "recipe": ["model.max_length=128"], "table": table, "comparison": comparison, **extra}
+
+
+GPU_DEMO = _quality(
+    {"model": (0.79, 0.88), "model [by probability]": (0.79, 0.87), "random": (0.5, 0.6),
+     "popularity": (0.6, 0.7), "item_rate": (0.7, 0.8), "als": (0.55, 0.72), "logistic_regression": (0.74, 0.83),
+     "logistic_regression_text": (0.76, 0.85), "pretrained": (0.52, 0.65)},
+    {"logistic_regression_text": (0.03, 0.01, 0.05), "logistic_regression": (0.05, 0.02, 0.08)},
+    dataset="demo", cost={"examples": 16000, "epochs": 4, "tokens": 128, "minutes": 2.5,
+                          "device": "NVIDIA H200 (cuda:0)", "precision": "bf16"}, trained_on={"device": "cuda:0"})
+
+
+def test_text_lift_table_per_dataset_from_new_and_old_json() -> None:
+    cpu_demo = _quality({"model v1": (0.7, 0.8), "logistic_regression": (0.75, 0.82)}, {}, dataset="demo",
+                        cost={"examples": 2000, "epochs": 1, "tokens": 128, "minutes": 4.0, "device": "cpu"})
+    old_movielens = _quality({"model v2": (0.7423, 0.8349), "logistic_regression": (0.7406, 0.8349),
+                              "pretrained": (0.4703, 0.6185)}, {"logistic_regression": (0.0, -0.0037, 0.0038)},
+                             model="model v2",
+                             recipe=["train.max_train_rows=12000", "train.epochs=1", "model.max_length=80"])
+    page = report.page({"quality-gpu-demo": GPU_DEMO, "quality-demo": cpu_demo, "quality-eval-v2": old_movielens})
+    lift = page[page.index("## Text lift"):]
+    demo = lift[lift.index("### Demo data"):]
+    assert demo.startswith("### Demo data (generated logs): GPU, `bench/results/quality-gpu-demo.json`")  # GPU first
+    assert "| logistic regression + text similarity | 0.7600 | 0.8500 | +0.0300 | +0.0100 .. +0.0500 |" in demo
+    assert "| item rate | 0.7000 | 0.8000 | - | - |" in demo  # no paired row recorded for it
+    assert "| fine-tuned model (`model`) | 0.7900 | 0.8800 |  |  |" in demo
+    assert "Fine-tuning cost: 16,000 examples x 4 epoch(s) at 128 tokens, 2.5 min on NVIDIA H200 (cuda:0) (bf16)." \
+        in demo
+    # best baseline by NDCG@10 and by AUC is the text-similarity regression: 0.88 - 0.85, 0.79 - 0.76
+    assert ("Gain over the best baseline: NDCG@10 +0.0300 against logistic_regression_text (paired, 95% interval "
+            "+0.0100 .. +0.0500); test AUC +0.0300 against logistic_regression_text.") in demo
+    movielens = lift[lift.index("### MovieLens-100k"):lift.index("### Demo data")]
+    assert "CPU, `bench/results/quality-eval-v2.json`" in movielens
+    assert "| logistic regression + text similarity | not in this run | - | - | - |" in movielens
+    assert "| logistic regression | 0.7406 | 0.8349 | +0.0000 | -0.0037 .. +0.0038 |" in movielens
+    assert "at most 12000 examples x 1 epoch(s) at 80 tokens (from the recipe" in movielens
+    assert "test AUC +0.0017 against logistic_regression." in movielens
+    assert "## Demo data (generated logs) quality (`quality-gpu-demo`)" in page
+
+
+def test_text_lift_says_when_a_dataset_has_no_run() -> None:
+    lift = "\n".join(report.text_lift_section({"quality-gpu-demo": GPU_DEMO}))
+    assert "### MovieLens-100k\n\nNo run recorded yet." in lift
+    assert report.dataset_of("quality-offline-movielens-cpu", {}) == "movielens"
+    assert report.dataset_of("quality-24k-rows", {}) == "movielens"  # older JSON: MovieLens

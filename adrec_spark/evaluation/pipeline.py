@@ -10,6 +10,7 @@ import math
 import re
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -90,14 +91,51 @@ def _test_rows(spark: SparkSession, cfg: AppConfig, model: registry.ResolvedMode
         version = tables.table_version(spark, cfg.storage, S.TRAINING_EXAMPLES)
     if version is None:
         raise InputDataError("table 'training_examples' does not exist: run the ETL job first")
-    ex = tables.read_table(spark, cfg.storage, S.TRAINING_EXAMPLES, version=version).drop(S.SPLIT)
     if cutoffs is None:
         log.warning("%s v%d has no recorded split cut-offs (trained before they were recorded): splitting "
                     "training_examples v%d by train.split", model.name, model.version, version)
+    else:
+        log.info("evaluating on the split %s v%d was trained with: %s", model.name, model.version,
+                 cutoffs.describe())
+    train, test = split_rows(spark, cfg, version=version, cutoffs=cutoffs)
+    return train, test, version
+
+
+def split_rows(spark: SparkSession, cfg: AppConfig, *, version: int,
+               cutoffs: split_mod.SplitCutoffs | None) -> tuple[DataFrame, DataFrame]:
+    """The train and test rows of ``training_examples`` at ``version`` under ``cutoffs`` (None: ``train.split``
+    over that version, as the training job would cut it today)."""
+    ex = tables.read_table(spark, cfg.storage, S.TRAINING_EXAMPLES, version=version).drop(S.SPLIT)
+    if cutoffs is None:
         cutoffs = split_mod.compute_cutoffs(ex, cfg.train.split, window_days=cfg.train.window_days)
-    log.info("evaluating on the split %s v%d was trained with: %s", model.name, model.version, cutoffs.describe())
     ex = split_mod.assign_split(ex, cutoffs)
-    return ex.where(F.col(S.SPLIT) == S.TRAIN), ex.where(F.col(S.SPLIT) == S.TEST), version
+    return ex.where(F.col(S.SPLIT) == S.TRAIN), ex.where(F.col(S.SPLIT) == S.TEST)
+
+
+# What every method's score is computed from, on each test row.
+TEST_COLUMNS = (S.EVENT_ID, S.USER_ID, S.AD_ID, S.LABEL, S.HISTORY_TEXT, S.AD_TEXT, *S.NUMERIC_FEATURES,
+                "ad_impressions")
+
+
+def add_baseline_scores(df: DataFrame, train: DataFrame, cfg: AppConfig, *, baselines: Sequence[str]) -> DataFrame:
+    """The test rows ``df`` with one score column per baseline in ``baselines`` (learning ones fitted on
+    ``train``), as the evaluation job computes them."""
+    ev = cfg.evaluate
+    if "random" in baselines:
+        df = B.random_scores(df, seed=ev.seed)
+    if "popularity" in baselines:
+        df = B.popularity_scores(df)
+    if "item_rate" in baselines:
+        df = B.item_rate_scores(df)
+    if "logistic_regression" in baselines:
+        df = B.logistic_regression_scores(train, df, user_features=tuple(cfg.model.user_features))
+    if "als" in baselines:
+        df = B.als_scores(train, df, rank=ev.als_rank, max_iter=ev.als_max_iter, reg=ev.als_reg, seed=ev.seed)
+    if "pretrained" in baselines:
+        cos = pretrained_cosine_udf(cfg.model.base_model, batch_size=cfg.score.batch_size,
+                                    max_length=cfg.model.max_length, threads=cfg.score.torch_threads)
+        df = df.withColumn("pretrained", cos(F.col(S.HISTORY_TEXT), F.col(S.AD_TEXT)).cast("double"))
+    return df
 
 
 def scored_test_set(spark: SparkSession, cfg: AppConfig, settings: UdfSettings,
@@ -112,25 +150,11 @@ def scored_test_set(spark: SparkSession, cfg: AppConfig, settings: UdfSettings,
         raise InputDataError("the test split of training_examples is empty: nothing to evaluate")
     if progress is not None:
         progress.set_total(n_test)
-    df = test.select(S.EVENT_ID, S.USER_ID, S.AD_ID, S.LABEL, S.HISTORY_TEXT, S.AD_TEXT, *S.NUMERIC_FEATURES,
-                     "ad_impressions")
+    df = test.select(*TEST_COLUMNS)
     parts = score_parts_udf(settings)(F.col(S.AD_TEXT), F.col(S.HISTORY_TEXT), numeric_struct(list(S.NUMERIC_FEATURES)))
     df = (df.withColumn("_parts", parts).withColumn(MODEL, F.col("_parts.score").cast("double"))
           .withColumn(MODEL + B.RANK_SUFFIX, F.col("_parts.rank_score").cast("double")).drop("_parts"))
-    if "random" in ev.baselines:
-        df = B.random_scores(df, seed=ev.seed)
-    if "popularity" in ev.baselines:
-        df = B.popularity_scores(df)
-    if "item_rate" in ev.baselines:
-        df = B.item_rate_scores(df)
-    if "logistic_regression" in ev.baselines:
-        df = B.logistic_regression_scores(train, df, user_features=tuple(cfg.model.user_features))
-    if "als" in ev.baselines:
-        df = B.als_scores(train, df, rank=ev.als_rank, max_iter=ev.als_max_iter, reg=ev.als_reg, seed=ev.seed)
-    if "pretrained" in ev.baselines:
-        cos = pretrained_cosine_udf(cfg.model.base_model, batch_size=cfg.score.batch_size,
-                                    max_length=cfg.model.max_length, threads=cfg.score.torch_threads)
-        df = df.withColumn("pretrained", cos(F.col(S.HISTORY_TEXT), F.col(S.AD_TEXT)).cast("double"))
+    df = add_baseline_scores(df, train, cfg, baselines=ev.baselines)
     return df.persist(StorageLevel.MEMORY_AND_DISK), version
 
 
@@ -361,9 +385,10 @@ def _add_eval_columns(spark: SparkSession, cfg: AppConfig) -> None:
         log.info("eval_metrics: added columns %s", missing)
 
 
-def _test_last_date(spark: SparkSession, cfg: AppConfig) -> dt.date | None:
-    """The last date of the test split: what the evaluation evaluated when there are no recommendations."""
-    _, test, _ = _test_rows(spark, cfg)
+def _test_last_date(spark: SparkSession, cfg: AppConfig, model: registry.ResolvedModel) -> dt.date | None:
+    """The last date of the test split ``model`` was evaluated on: what the evaluation evaluated when there are
+    no recommendations."""
+    _, test, _ = _test_rows(spark, cfg, model)
     return test.agg(F.max(S.DS)).first()[0]
 
 
@@ -417,7 +442,7 @@ def run_evaluation(spark: SparkSession, cfg: AppConfig, score_date: dt.date | No
         info |= frame_info(frame, min_users=cfg.evaluate.min_users)
     # Named after the data it evaluated (the recommendations' date, else the test split's last day), never
     # today's wall-clock date; the clock only when the test split has no date at all.
-    eval_date = score_date or _test_last_date(spark, cfg) or dt.date.today()
+    eval_date = score_date or _test_last_date(spark, cfg, model) or dt.date.today()
 
     with mlflow.start_run(run_name=f"evaluate-{model.name}-v{model.version}") as run:
         mlflow.set_tags({"adrec.job": "evaluate", "adrec.model_version": str(model.version)})

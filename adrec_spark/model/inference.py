@@ -477,18 +477,19 @@ class Embedder:
     """Sentence embeddings from a plain pretrained encoder folder (the zero-shot baseline)."""
 
     def __init__(self, encoder_dir: str | Path, *, batch_size: int = 64, max_length: int = 256,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, device: str = "cpu") -> None:
         from adrec_spark.model.encoder import load_encoder, load_tokenizer
 
         if threads:
             torch.set_num_threads(threads)
-        self.encoder = load_encoder(encoder_dir).eval()
+        self.device = device
+        self.encoder = load_encoder(encoder_dir).eval().to(device)  # fp32 on every device, as the baseline
         self.tokenizer = load_tokenizer(encoder_dir)
         self.batch_size, self.max_length = batch_size, max_length
 
     def embed(self, texts: Sequence[object]) -> np.ndarray:
         return _embed(self.encoder, self.tokenizer, texts, batch_size=self.batch_size,
-                      max_length=self.max_length, device="cpu")
+                      max_length=self.max_length, device=self.device)
 
 
 def task_gpu_addresses(resources: Mapping[str, object] | None) -> list[str]:

@@ -54,6 +54,8 @@ class TrainParams:
     halt_after_steps: int | None = None
     tracking_uri: str | None = None
     run_id: str | None = None
+    # Labels that travel with the run (e.g. the dataset's name in an offline run); training never reads them.
+    extra: dict[str, object] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

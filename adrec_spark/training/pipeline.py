@@ -110,8 +110,9 @@ def _run_distributed(spark: SparkSession, cfg: AppConfig, params: TrainParams) -
     return out
 
 
-def _params(cfg: AppConfig, *, data_dir: str, out_dir: str, base: str, init_dir: str | None, run_id: str,
-            resume: bool) -> TrainParams:
+def train_params(cfg: AppConfig, *, data_dir: str, out_dir: str, base: str, init_dir: str | None, run_id: str,
+                 resume: bool) -> TrainParams:
+    """What one training process needs, from the config (the training job's and the offline recipe's)."""
     return TrainParams(data_dir=data_dir, out_dir=out_dir, base_model_dir=base, init_model_dir=init_dir,
                        checkpoint_dir=fs.join(cfg.train.checkpoint_dir, cfg.mlflow.model_name), resume=resume,
                        train=cfg.train, model=cfg.model, tracking_uri=cfg.mlflow.tracking_uri, run_id=run_id)
@@ -241,8 +242,8 @@ def _train_and_register(spark: SparkSession, cfg: AppConfig, df: DataFrame, cuto
                                "base_model": cfg.model.base_model})
             mlflow.set_tags({"adrec.job": "train", "adrec.table_version": str(version)})
             init_dir = str(registry.download_model_dir(cfg.mlflow, init, work / "init")) if init else None
-            params = _params(cfg, data_dir=staging, out_dir=str(work / "out"), base=base, init_dir=init_dir,
-                             run_id=run_id, resume=resume)
+            params = train_params(cfg, data_dir=staging, out_dir=str(work / "out"), base=base, init_dir=init_dir,
+                                  run_id=run_id, resume=resume)
             summary = _run_distributed(spark, cfg, params)
             test = summary["test"]
             pre = summary.get("pretrained_test", {}).get("auc")

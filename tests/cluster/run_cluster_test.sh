@@ -258,7 +258,7 @@ for i in 1 2; do
 done
 
 # --- optional: training on the executors (TorchDistributor barrier tasks) -------------------------------
-# Off by default: it stops at two faults only a cluster run reaches. adrec_spark/model/training.py wraps the
+# Off by default: it stops at two faults only a cluster run reaches. adrec_spark/model/trainer.py wraps the
 # model in DistributedDataParallel without find_unused_parameters although BERT's pooler gets no gradient
 # (any num_processes > 1 fails); adrec_spark/registry/registry.py logs the package folder as MLflow
 # code_paths, a path inside the zip when the driver imports adrec_spark from --py-files. With both fixed it
