@@ -86,6 +86,7 @@ NUMERIC_FEATURES = (USER_RATE, USER_LOG_IMPRESSIONS, AD_RATE, AD_LOG_IMPRESSIONS
 # texts of each kind there were.
 TEXT_SIMILARITY_FEATURES = ("click_cos_max", "click_cos_mean", "search_cos_max", "search_cos_mean",
                             "review_cos_max", "review_cos_mean", "click_texts", "search_texts", "review_texts")
+TEXT_SIMILARITY_USER_FEATURES = ("click_texts", "search_texts", "review_texts")  # describe the user alone
 
 # What the model reads per pair
 MODEL_INPUT_COLUMNS = (HISTORY_TEXT, AD_TEXT, *NUMERIC_FEATURES)

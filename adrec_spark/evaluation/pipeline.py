@@ -10,6 +10,7 @@ import math
 import re
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -43,7 +44,9 @@ from adrec_spark.evaluation.uncertainty import (
 from adrec_spark.io import fs, tables
 from adrec_spark.progress import Progress, progress
 from adrec_spark.registry import registry
+from adrec_spark.scoring import text_similarity as T
 from adrec_spark.scoring.candidates import COLD_STRATEGIES, PERSONALIZED, QUERY
+from adrec_spark.scoring.pipeline import model_numeric_features
 from adrec_spark.scoring.udf import (
     UdfSettings,
     embed_udf,
@@ -59,6 +62,7 @@ log = logging.getLogger(__name__)
 MODEL = "model"
 # Methods that read nothing but the history text: on rows without history their score means nothing.
 TEXT_ONLY_METHODS = frozenset({"pretrained"})
+TEXT_BASELINE = "logistic_regression_text"  # logistic regression + text similarity (scoring/text_similarity.py)
 EMPTY_INPUT_SHARE = 0.5  # flagged empty_input when at least this share of the test rows has no history
 COLD_USERS, WARM_USERS = "[cold users]", "[users with history]"
 Info = dict[tuple[str, str], MetricInfo]  # (method, metric column) -> n, interval, flags
@@ -101,10 +105,12 @@ def _test_rows(spark: SparkSession, cfg: AppConfig, model: registry.ResolvedMode
 
 
 def scored_test_set(spark: SparkSession, cfg: AppConfig, settings: UdfSettings,
-                    model: registry.ResolvedModel, *,
-                    progress: Progress | None = None) -> tuple[DataFrame, int]:
+                    model: registry.ResolvedModel, *, progress: Progress | None = None,
+                    model_features: Sequence[str] = S.NUMERIC_FEATURES) -> tuple[DataFrame, int]:
     """The test rows of ``model``'s own split with one score column per method (persisted: every metric reads
-    it). ``progress`` learns the number of test rows the model will score (a count of one split of a table)."""
+    it). ``progress`` learns the number of test rows the model will score (a count of one split of a table).
+    ``model_features``: the numeric features the model reads (its spec's; the text-similarity ones, if it has
+    them, are computed here, each distinct text embedded once for the model and the text baseline together)."""
     ev = cfg.evaluate
     train, test, version = _test_rows(spark, cfg, model)
     n_test = test.count() if progress is not None else test.limit(1).count()
@@ -112,11 +118,30 @@ def scored_test_set(spark: SparkSession, cfg: AppConfig, settings: UdfSettings,
         raise InputDataError("the test split of training_examples is empty: nothing to evaluate")
     if progress is not None:
         progress.set_total(n_test)
+    baseline = TEXT_BASELINE in ev.baselines
+    texts = list(S.HISTORY_ITEM_TEXTS) if baseline or T.uses_text_similarity(model_features) else []
+    if texts:
+        T.require_history_texts(test, f"training_examples v{version}")
     df = test.select(S.EVENT_ID, S.USER_ID, S.AD_ID, S.LABEL, S.HISTORY_TEXT, S.AD_TEXT, *S.NUMERIC_FEATURES,
-                     "ad_impressions")
-    parts = score_parts_udf(settings)(F.col(S.AD_TEXT), F.col(S.HISTORY_TEXT), numeric_struct(list(S.NUMERIC_FEATURES)))
+                     "ad_impressions", *texts)
+    text_train = train.select(S.LABEL, *S.NUMERIC_FEATURES, S.AD_TEXT, *texts) if baseline else None
+    vectors = T.collect_text_vectors([df, *([text_train] if baseline else [])], T.text_encoder(cfg)) \
+        if texts else None
+    if vectors is not None:
+        df = T.with_text_similarity(df, vectors=vectors)
+    parts = score_parts_udf(settings)(F.col(S.AD_TEXT), F.col(S.HISTORY_TEXT), numeric_struct(list(model_features)))
     df = (df.withColumn("_parts", parts).withColumn(MODEL, F.col("_parts.score").cast("double"))
           .withColumn(MODEL + B.RANK_SUFFIX, F.col("_parts.rank_score").cast("double")).drop("_parts"))
+    df = _baseline_scores(cfg, train, df)
+    if text_train is not None:  # logistic regression + text similarity, fitted on train
+        df = B.logistic_regression_text_scores(T.with_text_similarity(text_train, vectors=vectors), df,
+                                               user_features=tuple(cfg.model.user_features))
+    return df.drop(*texts, *S.TEXT_SIMILARITY_FEATURES).persist(StorageLevel.MEMORY_AND_DISK), version
+
+
+def _baseline_scores(cfg: AppConfig, train: DataFrame, df: DataFrame) -> DataFrame:
+    """``df`` with a score column per baseline of ``evaluate.baselines`` but the text one."""
+    ev = cfg.evaluate
     if "random" in ev.baselines:
         df = B.random_scores(df, seed=ev.seed)
     if "popularity" in ev.baselines:
@@ -131,7 +156,7 @@ def scored_test_set(spark: SparkSession, cfg: AppConfig, settings: UdfSettings,
         cos = pretrained_cosine_udf(cfg.model.base_model, batch_size=cfg.score.batch_size,
                                     max_length=cfg.model.max_length, threads=cfg.score.torch_threads)
         df = df.withColumn("pretrained", cos(F.col(S.HISTORY_TEXT), F.col(S.AD_TEXT)).cast("double"))
-    return df.persist(StorageLevel.MEMORY_AND_DISK), version
+    return df
 
 
 def per_user_item(df: DataFrame, score_col: str) -> DataFrame:
@@ -361,9 +386,9 @@ def _add_eval_columns(spark: SparkSession, cfg: AppConfig) -> None:
         log.info("eval_metrics: added columns %s", missing)
 
 
-def _test_last_date(spark: SparkSession, cfg: AppConfig) -> dt.date | None:
-    """The last date of the test split: what the evaluation evaluated when there are no recommendations."""
-    _, test, _ = _test_rows(spark, cfg)
+def _test_last_date(spark: SparkSession, cfg: AppConfig, model: registry.ResolvedModel) -> dt.date | None:
+    """The last date of ``model``'s test split: what the evaluation evaluated when there are no recommendations."""
+    _, test, _ = _test_rows(spark, cfg, model)
     return test.agg(F.max(S.DS)).first()[0]
 
 
@@ -404,7 +429,8 @@ def run_evaluation(spark: SparkSession, cfg: AppConfig, score_date: dt.date | No
     methods = [MODEL, *cfg.evaluate.baselines]
     with progress(spark, "evaluation", unit="test rows", every_s=cfg.spark.progress_interval_s,
                   counter=rows_scored) as scoring:
-        df, version = scored_test_set(spark, cfg, settings, model, progress=scoring)
+        df, version = scored_test_set(spark, cfg, settings, model, progress=scoring,
+                                      model_features=model_numeric_features(model_dir))
         try:
             table, curves, per_user, info = method_metrics(df, methods, cfg)
             comparison = paired_comparisons(per_user, k=max(cfg.evaluate.ks), label=f"{MODEL} v{model.version}")
@@ -417,7 +443,7 @@ def run_evaluation(spark: SparkSession, cfg: AppConfig, score_date: dt.date | No
         info |= frame_info(frame, min_users=cfg.evaluate.min_users)
     # Named after the data it evaluated (the recommendations' date, else the test split's last day), never
     # today's wall-clock date; the clock only when the test split has no date at all.
-    eval_date = score_date or _test_last_date(spark, cfg) or dt.date.today()
+    eval_date = score_date or _test_last_date(spark, cfg, model) or dt.date.today()
 
     with mlflow.start_run(run_name=f"evaluate-{model.name}-v{model.version}") as run:
         mlflow.set_tags({"adrec.job": "evaluate", "adrec.model_version": str(model.version)})
@@ -437,6 +463,8 @@ def run_evaluation(spark: SparkSession, cfg: AppConfig, score_date: dt.date | No
                    "impressions by score; users without a click in test are skipped. The model and the logistic "
                    "regression rank by their logit less the user-only terms (equal for all of a user's ads when the "
                    "scoring job ranks them at one moment); their [by probability] rows rank by the full score.",
+                   "logistic_regression_text: the logistic regression plus the ad's cosine (pretrained encoder) "
+                   "to the user's clicked ads, searches and reviews (max, mean, count).",
                    "popularity, als and pretrained scores are not probabilities: no log-loss or calibration."])
         mlflow.log_artifact(str(report), "report")
         report_location = fs.join(cfg.evaluate.report_dir, report_name)

@@ -49,6 +49,8 @@ class TrainParams:
     dropout: float = 0.1
     numeric_hidden: int = 32
     user_features: list[str] = field(default_factory=list)
+    # The model's numeric inputs, in order (config ModelConfig.numeric_features()); the splits must hold them.
+    numeric_features: list[str] = field(default_factory=lambda: list(S.NUMERIC_FEATURES))
     loss: str = "bce"
     # Weight of a pairwise logistic loss between rows of the same user with different labels, on the pair logit
     # (what ranks a user's ads); batches then hold about users_per_batch users each. 0: pointwise loss only.
@@ -397,18 +399,24 @@ def _train(p: TrainParams, rank: int, world: int, local_rank: int) -> dict[str, 
     precision = resolve_train_precision(p.precision, device)
     data = p.data_dir  # a local path or a storage URI
     ranking = p.ranking_loss_weight > 0
+    features = p.numeric_features
     train = PairDataset(fs.join(data, S.TRAIN), max_rows=p.max_train_rows, newest=True,  # the most recent rows
-                        extra_columns=(S.USER_ID,) if ranking else ())
+                        extra_columns=(S.USER_ID,) if ranking else (), numeric_features=features)
     _check_data(train, p, world)
-    valid = PairDataset(fs.join(data, S.VALID), max_rows=p.max_eval_rows).read_all()
-    test_set = PairDataset(fs.join(data, S.TEST), max_rows=p.max_eval_rows, extra_columns=(S.USER_ID, S.AD_ID))
+    valid = PairDataset(fs.join(data, S.VALID), max_rows=p.max_eval_rows, numeric_features=features).read_all()
+    test_set = PairDataset(fs.join(data, S.TEST), max_rows=p.max_eval_rows, extra_columns=(S.USER_ID, S.AD_ID),
+                           numeric_features=features)
 
     if p.init_model_dir:
         model, tokenizer = load_model(p.init_model_dir)
         log.info("warm start from %s", p.init_model_dir)
+        if list(model.spec.numeric_features) != list(features):
+            raise TrainingDataError(f"the model to warm-start from reads the numeric features "
+                                    f"{model.spec.numeric_features}, this run's config gives {list(features)} "
+                                    "(model.text_similarity_features): train from the pretrained model instead")
     else:
         mean, std = train.numeric_stats()
-        spec = ModelSpec(list(S.NUMERIC_FEATURES), mean, std, max_length=p.max_length, pooling=p.pooling,
+        spec = ModelSpec(list(features), mean, std, max_length=p.max_length, pooling=p.pooling,
                          numeric_hidden=p.numeric_hidden, dropout=p.dropout, base_model=p.base_model_dir,
                          user_features=list(p.user_features))
         model, tokenizer = build_model(p.base_model_dir, spec, seed=p.seed), load_tokenizer(p.base_model_dir)
