@@ -102,8 +102,12 @@ def test_features_match_numpy_and_each_distinct_text_is_embedded_once(spark, tmp
 
 
 def test_missing_history_columns_are_named(spark) -> None:
-    from adrec_spark.errors import MissingColumnsError
-    from adrec_spark.scoring.text_similarity import distinct_texts
+    from adrec_spark.errors import InputDataError, MissingColumnsError
+    from adrec_spark.scoring.text_similarity import distinct_texts, require_history_texts
 
+    old = spark.createDataFrame(ROWS, SCHEMA).drop(S.HISTORY_REVIEW_TEXTS)
     with pytest.raises(MissingColumnsError, match="history_review_texts"):
-        distinct_texts(spark.createDataFrame(ROWS, SCHEMA).drop(S.HISTORY_REVIEW_TEXTS))
+        distinct_texts(old)
+    with pytest.raises(InputDataError, match=r"training_examples v3 has no history_review_texts .* rerun the ETL"):
+        require_history_texts(old, "training_examples v3")
+    require_history_texts(spark.createDataFrame(ROWS, SCHEMA), "training_examples v4")  # all there: no error
