@@ -20,7 +20,7 @@ from typing import Any, Literal, TypeVar, Union
 import yaml
 
 from adrec_spark.errors import ConfigError
-from adrec_spark.schema import NUMERIC_FEATURES
+from adrec_spark.schema import NUMERIC_FEATURES, TEXT_SIMILARITY_FEATURES, TEXT_SIMILARITY_USER_FEATURES
 
 T = TypeVar("T")
 
@@ -181,6 +181,23 @@ class ModelConfig:
     # an additive per-user bias, not the pair head, so ranking one user's ads never depends on them (see
     # adrec_spark/model/relevance.py). Empty: every feature goes through the pair head.
     user_features: tuple[str, ...] = ("user_rate", "user_log_impressions")
+    # Add the text-similarity features (schema.TEXT_SIMILARITY_FEATURES: the ad's cosine under the pretrained
+    # encoder to the user's clicked ads, searches and reviews, and their counts) to the numeric features the
+    # model reads in training, evaluation and scoring. Off by default: each of those runs then embeds every
+    # distinct text once more, and the fine-tuned text path reads the same texts already; the evaluation's
+    # logistic_regression_text baseline measures what the features are worth first.
+    text_similarity_features: bool = False
+
+    def numeric_features(self) -> tuple[str, ...]:
+        """The numeric features a model trained with this config reads, in order."""
+        return (*NUMERIC_FEATURES, *TEXT_SIMILARITY_FEATURES) if self.text_similarity_features else NUMERIC_FEATURES
+
+    def model_user_features(self) -> tuple[str, ...]:
+        """``user_features`` plus, with the text-similarity features, their counts (they describe the user
+        alone); none when ``user_features`` is empty (every feature through the pair head)."""
+        if self.text_similarity_features and self.user_features:
+            return (*self.user_features, *TEXT_SIMILARITY_USER_FEATURES)
+        return self.user_features
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.user_features) - set(NUMERIC_FEATURES))
@@ -370,8 +387,10 @@ class EvaluateConfig:
     threshold: float = 0.5
     calibration_bins: int = 10
     report_dir: str = "./reports"
+    # logistic_regression_text: the logistic regression plus text-similarity features from the pretrained
+    # encoder (the ad's cosine to the user's clicked ads, searches and reviews).
     baselines: tuple[str, ...] = (
-        "random", "popularity", "item_rate", "logistic_regression", "als", "pretrained",
+        "random", "popularity", "item_rate", "logistic_regression", "logistic_regression_text", "als", "pretrained",
     )
     als_rank: int = 16
     als_max_iter: int = 10
@@ -392,7 +411,8 @@ class EvaluateConfig:
         _check(len(self.ks) > 0 and all(k >= 1 for k in self.ks), "evaluate.ks", "must be positive integers")
         _check(0 < self.threshold < 1, "evaluate.threshold", "must be in (0, 1)")
         _check(self.calibration_bins >= 2, "evaluate.calibration_bins", "must be >= 2")
-        known = {"random", "popularity", "item_rate", "logistic_regression", "als", "pretrained"}
+        known = {"random", "popularity", "item_rate", "logistic_regression", "logistic_regression_text", "als",
+                 "pretrained"}
         unknown = sorted(set(self.baselines) - known)
         _check(not unknown, "evaluate.baselines", f"unknown {unknown}; known: {sorted(known)}")
 

@@ -52,6 +52,12 @@ HISTORY_EVENT_TYPES = (CLICK, CONVERSION, QUERY, REVIEW)  # what a user's histor
 EVENT_TS = "event_ts"  # event time as epoch seconds (double)
 AD_TEXT = "ad_text"
 HISTORY_TEXT = "history_text"
+# The texts of the history window by kind, newest first (training_examples and user_profiles): the clicked or
+# bought ads' ad texts (distinct), the queries, the review texts. What the text-similarity features embed.
+HISTORY_CLICK_TEXTS = "history_click_texts"
+HISTORY_SEARCH_TEXTS = "history_search_texts"
+HISTORY_REVIEW_TEXTS = "history_review_texts"
+HISTORY_ITEM_TEXTS = (HISTORY_CLICK_TEXTS, HISTORY_SEARCH_TEXTS, HISTORY_REVIEW_TEXTS)
 LABEL = "label"
 RELEVANCE = "relevance"  # graded: 0 none, 1 click, 2 conversion
 SPLIT = "split"
@@ -74,6 +80,13 @@ AD_LOG_IMPRESSIONS = "ad_log_impressions"
 LOG_PRICE = "log_price"
 CATEGORY_MATCH = "category_match"
 NUMERIC_FEATURES = (USER_RATE, USER_LOG_IMPRESSIONS, AD_RATE, AD_LOG_IMPRESSIONS, LOG_PRICE, CATEGORY_MATCH)
+
+# Text-similarity features (adrec_spark/scoring/text_similarity.py): the ad text's cosine, under the pretrained
+# encoder, to the texts of the user's history window by kind (max and mean; 0 without such texts) and how many
+# texts of each kind there were.
+TEXT_SIMILARITY_FEATURES = ("click_cos_max", "click_cos_mean", "search_cos_max", "search_cos_mean",
+                            "review_cos_max", "review_cos_mean", "click_texts", "search_texts", "review_texts")
+TEXT_SIMILARITY_USER_FEATURES = ("click_texts", "search_texts", "review_texts")  # describe the user alone
 
 # What the model reads per pair
 MODEL_INPUT_COLUMNS = (HISTORY_TEXT, AD_TEXT, *NUMERIC_FEATURES)

@@ -185,3 +185,18 @@ def test_missing_jars_message_names_every_absolute_path_and_the_ways_out(
 def test_moved_keys_say_where_they_went(item: str, moved_to: str) -> None:
     with pytest.raises(ConfigError, match=rf"no longer a setting: .*'{moved_to}'"):
         load_config(overrides=[item])
+
+
+def test_text_similarity_features_switch() -> None:
+    from adrec_spark import schema as S
+
+    off = load_config()
+    assert off.model.numeric_features() == S.NUMERIC_FEATURES
+    assert off.model.model_user_features() == off.model.user_features
+    on = load_config(overrides=["model.text_similarity_features=true"])
+    assert on.model.numeric_features() == (*S.NUMERIC_FEATURES, *S.TEXT_SIMILARITY_FEATURES)
+    assert on.model.model_user_features() == (*on.model.user_features, "click_texts", "search_texts", "review_texts")
+    no_bias = load_config(overrides=["model.text_similarity_features=true", "model.user_features=[]"])
+    assert no_bias.model.model_user_features() == ()
+    with pytest.raises(ConfigError, match=r"model\.text_similarity_features"):
+        load_config(overrides=["model.text_similarity_features=maybe"])

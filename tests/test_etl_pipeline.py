@@ -368,7 +368,7 @@ def _ad(ad_id: str, title: str, price: float, category: str = "travel") -> dict:
 
 POINT_IN_TIME_COLUMNS = [S.DS, S.EVENT_ID, S.USER_ID, S.AD_ID, S.EVENT_TS, S.LABEL, S.RELEVANCE, S.HISTORY_TEXT,
                          S.AD_TEXT, S.CATEGORY, S.ADVERTISER_ID, *S.NUMERIC_FEATURES, "user_impressions",
-                         "user_clicks", "ad_impressions", "ad_clicks", "history_events"]
+                         "user_clicks", "ad_impressions", "ad_clicks", "history_events", *S.HISTORY_ITEM_TEXTS]
 
 
 @pytest.mark.parametrize("steady", [False, True], ids=["changing", "steady"])

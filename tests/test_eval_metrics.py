@@ -389,3 +389,36 @@ def test_method_metrics_releases_its_cached_frames_when_it_fails(spark, cfg, mon
     with pytest.raises(RuntimeError, match="injected"):
         pipeline.method_metrics(df, ["m1", "m2"], cfg)
     assert len(made) == 2 and not any(frame.is_cached for frame in made)
+
+
+def test_logistic_regression_text_uses_the_text_features_and_ranks_without_the_counts(spark) -> None:
+    """Clicks that follow the ad's similarity to the user's clicks: the text baseline sees it, the plain one
+    cannot; moving a history-text count (user-only) leaves the rank column where it was."""
+    import sklearn.metrics as skm
+
+    from adrec_spark import schema as S
+    from adrec_spark.evaluation.baselines import (
+        RANK_SUFFIX,
+        logistic_regression_scores,
+        logistic_regression_text_scores,
+    )
+    from tests.pairs import make_pairs
+
+    def frame(n, seed):
+        rng = np.random.default_rng(seed)
+        df = make_pairs(n, seed)[[*S.NUMERIC_FEATURES]].reset_index(drop=True)
+        for c in S.TEXT_SIMILARITY_FEATURES:
+            df[c] = rng.uniform(0, 1, len(df)) if "cos" in c else rng.integers(0, 5, len(df)).astype(float)
+        df[S.LABEL] = (rng.uniform(0, 1, len(df)) < 0.1 + 0.8 * df["click_cos_max"]).astype(int)
+        return df
+
+    train, test = spark.createDataFrame(frame(400, 1)), frame(200, 2)
+    user = (S.USER_RATE,)
+    text = logistic_regression_text_scores(train, spark.createDataFrame(test), user_features=user).toPandas()
+    plain = logistic_regression_scores(train, spark.createDataFrame(test)).toPandas()
+    auc_text = skm.roc_auc_score(test[S.LABEL], text["logistic_regression_text"])
+    assert auc_text > skm.roc_auc_score(test[S.LABEL], plain["logistic_regression"]) + 0.1
+    moved = test.assign(click_texts=test["click_texts"] + 3.0)
+    again = logistic_regression_text_scores(train, spark.createDataFrame(moved), user_features=user).toPandas()
+    rank = "logistic_regression_text" + RANK_SUFFIX
+    np.testing.assert_allclose(again[rank], text[rank], atol=1e-9)

@@ -78,6 +78,11 @@ def test_training_examples_by_hand(spark, ads) -> None:
 
     e4 = ex["e4"]
     assert e4[S.HISTORY_TEXT] == "clicked: Gamma | searched: running shoes | clicked: Alpha"
+    # the history's texts by kind, newest first: the clicked ads' own texts, the queries, the reviews
+    assert e4[S.HISTORY_CLICK_TEXTS] == ["Gamma | about gamma", "Alpha | about alpha"]
+    assert e4[S.HISTORY_SEARCH_TEXTS] == ["running shoes"] and e4[S.HISTORY_REVIEW_TEXTS] == []
+    assert e1[S.HISTORY_CLICK_TEXTS] == e1[S.HISTORY_SEARCH_TEXTS] == e1[S.HISTORY_REVIEW_TEXTS] == []
+    assert e2[S.HISTORY_CLICK_TEXTS] == ["Alpha | about alpha"]  # c3 came after e2
     assert (e4["user_impressions"], e4["user_clicks"]) == (3, 2)
     assert (e4["ad_impressions"], e4["ad_clicks"]) == (2, 1)  # e1 and f1; c1
     assert e4[S.USER_RATE] == pytest.approx(_rate(2, 3))
@@ -113,6 +118,22 @@ def test_history_budget_keeps_newest_items_whole(spark, ads) -> None:
     assert ex["e9"][S.HISTORY_TEXT] == "searched: "  # a single item longer than the budget is cut
 
 
+def test_history_texts_by_kind_follow_the_item_window(spark, ads) -> None:
+    """Only the last ``max_items`` history events count; a click and a conversion on one ad give its text once;
+    an empty review text is left out."""
+    rows = [("c1", "u1", "a1", "click", 10), ("v1", "u1", "a1", "conversion", 20),
+            ("r1", "u1", "a2", "review", 30, "great value"), ("r2", "u1", "a2", "review", 35, ""),
+            ("q1", "u1", None, "query", 40, "old query"), ("q2", "u1", None, "query", 50, "new query"),
+            ("e9", "u1", "a3", "impression", 100)]
+    e9 = _examples(spark, _events(spark, rows), ads)["e9"]
+    assert e9[S.HISTORY_CLICK_TEXTS] == ["Alpha | about alpha"]
+    assert e9[S.HISTORY_REVIEW_TEXTS] == ["great value"]
+    assert e9[S.HISTORY_SEARCH_TEXTS] == ["new query", "old query"]
+    e9 = _examples(spark, _events(spark, rows), ads, max_items=3)["e9"]  # r2, q1, q2
+    assert (e9[S.HISTORY_CLICK_TEXTS], e9[S.HISTORY_REVIEW_TEXTS]) == ([], [])
+    assert e9[S.HISTORY_SEARCH_TEXTS] == ["new query", "old query"]
+
+
 def test_graded_relevance_prefers_conversion(spark, ads) -> None:
     rows = [("e1", "u1", "a1", "impression", 0), ("c1", "u1", "a1", "click", 10),
             ("v1", "u1", "a1", "conversion", 20)]
@@ -141,7 +162,7 @@ def test_no_future_event_leaks_into_features(spark, ads) -> None:
         if (row[S.EVENT_TIME] - BASE).total_seconds() > cut:
             continue
         other = full[eid]
-        for col in (S.HISTORY_TEXT, *S.NUMERIC_FEATURES, *features.COUNT_COLUMNS):
+        for col in (S.HISTORY_TEXT, *S.HISTORY_ITEM_TEXTS, *S.NUMERIC_FEATURES, *features.COUNT_COLUMNS):
             assert row[col] == other[col], (eid, col)
         checked += 1
     assert checked > 30
@@ -156,6 +177,9 @@ def test_user_profile_matches_a_training_history_after_all_events(spark, ads) ->
     assert prof["u1"]["clicked_ad_ids"] == ["a1", "a3"]
     assert prof["u1"]["recent_clicked_ad_ids"] == ["a3", "a1"]
     assert prof["u1"]["recent_queries"] == ["running shoes"]
+    for col in S.HISTORY_ITEM_TEXTS:
+        assert prof["u1"][col] == ex["late"][col]
+    assert prof["u2"][S.HISTORY_CLICK_TEXTS] == []
     assert prof["u1"]["category_clicks"] == {"x": 2}
     assert (prof["u1"]["user_impressions"], prof["u1"]["user_clicks"]) == (5, 2)
     # u2's conversion happened the next day: not in this day's profile

@@ -278,7 +278,7 @@ def test_evaluate_without_recommendations_is_named_after_the_test_data(spark, wo
     lake = world["tmp"] / "lakehouse-norecs"
     shutil.copytree(world["cfg"].storage.lakehouse, lake,
                     ignore=lambda d, names: [n for n in names if n in (S.RECOMMENDATIONS, S.EVAL_METRICS)])
-    cfg = replace(world["cfg"], f"storage.lakehouse={lake}", "evaluate.baselines=[random]",
+    cfg = replace(world["cfg"], f"storage.lakehouse={lake}", "evaluate.baselines=[random, logistic_regression_text]",
                   "evaluate.bootstrap_samples=20", f"evaluate.report_dir={world['tmp'] / 'reports-norecs'}")
     examples = _table(spark, cfg, S.TRAINING_EXAMPLES)
     cutoffs = split_mod.compute_cutoffs(examples, cfg.train.split, window_days=cfg.train.window_days)
@@ -287,6 +287,41 @@ def test_evaluate_without_recommendations_is_named_after_the_test_data(spark, wo
     out = _evaluate_cli(spark, cfg, monkeypatch, capsys)
     assert f"evaluation-{last_test_day}.html" in out  # not today's date
     assert "No recommendations to show" in out
+    # logistic regression + text similarity: a probability with its own metrics and a paired comparison
+    m = _table(spark, cfg, S.EVAL_METRICS).where(F.col("method").startswith("logistic_regression_text")
+                                                 | F.col("method").endswith("- logistic_regression_text"))
+    got = {(r["method"], r["metric"]) for r in m.collect()}
+    assert {("logistic_regression_text", "auc"), ("logistic_regression_text", "log_loss"),
+            ("model v1 - logistic_regression_text", "ndcg_diff")} <= got
+
+
+@pytest.mark.slow
+def test_text_similarity_features_through_training_the_gate_scoring_and_evaluation(spark, world) -> None:
+    """``model.text_similarity_features``: the model reads them in training, in the gate next to a champion
+    without them, in scoring (a spec of 15 features: fewer columns would not reshape) and in evaluation."""
+    import shutil
+
+    from adrec_spark.evaluation.pipeline import run_evaluation
+    from adrec_spark.model.relevance import ModelSpec
+
+    lake = world["tmp"] / "lakehouse-text"
+    shutil.copytree(world["cfg"].storage.lakehouse, lake, ignore=lambda d, names: [
+        n for n in names if n in (S.USER_AD_SCORES, S.RECOMMENDATIONS, S.EVAL_METRICS)])
+    cfg = replace(world["cfg"], f"storage.lakehouse={lake}", f"storage.staging={lake / '_staging'}",
+                  "model.text_similarity_features=true", "train.max_steps=4", *NEVER_PROMOTE,
+                  "evaluate.baselines=[logistic_regression_text]", "evaluate.bootstrap_samples=20",
+                  f"evaluate.report_dir={world['tmp'] / 'reports-text'}")
+    trained = run_training(spark, cfg)
+    assert not trained.promoted and trained.gate.champion is not None  # v1 read its 6 of the gate's columns
+    model = registry.resolve(cfg.mlflow, version=trained.model_version)
+    spec = registry.download_model_dir(cfg.mlflow, model, world["tmp"] / "text-model") / "spec.json"
+    assert ModelSpec.from_json(spec.read_text()).numeric_features == [*S.NUMERIC_FEATURES,
+                                                                       *S.TEXT_SIMILARITY_FEATURES]
+    pinned = replace(cfg, f"score.model_version={trained.model_version}")
+    scored = run_scoring(spark, pinned, LAST)
+    assert scored.model_version == trained.model_version and scored.pairs_scored > 0 and scored.recommendations > 0
+    result = run_evaluation(spark, pinned)
+    assert {f"model v{trained.model_version}", "logistic_regression_text"} <= set(result.table.index)
 
 
 def test_unknown_alias_fails_before_any_work(spark, world) -> None:

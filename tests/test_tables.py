@@ -122,3 +122,21 @@ def test_sigterm_while_a_spark_job_runs_puts_back_the_unit_and_leaves_the_driver
     assert _rows(spark, st, "a") == {("a-old", "2024-01-01")}
     assert spark.range(3).count() == 3  # a new Py4J connection, not the interrupted call's stale answer
     assert spark.sparkContext.statusTracker().getActiveJobsIds() == []
+
+
+def test_a_new_column_is_added_to_an_older_table_and_a_failed_unit_restores_around_it(spark, cfg) -> None:
+    """A release that adds a column writes to the table of an earlier release (the column is null in the older
+    partitions); a failed unit that wrote it puts the date back with the column null."""
+    st = cfg.storage
+    _write(spark, st, "t", D1, "old-d1")
+    _write(spark, st, "t", D2, "old-d2")
+    wider = spark.createDataFrame([("new-d2", D2, ["x"])], "id string, ds date, texts array<string>")
+
+    def body(unit):
+        unit.write(wider, "t", partition_col="ds", values=[D2])
+        got = {r["id"]: r["texts"] for r in tables.read_table(spark, st, "t").collect()}
+        assert got == {"old-d1": None, "new-d2": ["x"]}
+
+    _fail_unit(spark, st, body)
+    got = {(r["id"], r["texts"]) for r in tables.read_table(spark, st, "t").collect()}
+    assert got == {("old-d1", None), ("old-d2", None)}

@@ -211,3 +211,44 @@ def test_training_never_returns_a_model_worse_on_validation_than_its_start(tiny,
     returned = Scorer(out["model_dir"]).score(valid.ad_text, valid.history_text, valid.numeric)
     assert roc_auc_score(valid.label, returned) == pytest.approx(out["initial_valid_auc"], abs=1e-6)
     assert out["best_valid_auc"] == pytest.approx(out["initial_valid_auc"], abs=1e-9)
+
+
+def _write_text_splits(root, seed: int = 0):
+    """Pairs whose label follows ``click_cos_max`` alone (the text-similarity features as the ETL's transform
+    would give them), in the three splits."""
+    rng = np.random.default_rng(seed)
+    for split, n in ((S.TRAIN, 320), (S.VALID, 96), (S.TEST, 96)):
+        df = make_pairs(n, rng.integers(1 << 30))
+        for c in S.TEXT_SIMILARITY_FEATURES:
+            df[c] = rng.uniform(0, 1, n) if "cos" in c else rng.integers(0, 4, n).astype(float)
+        df[S.LABEL] = df[S.RELEVANCE] = (rng.uniform(0, 1, n) < 0.05 + 0.9 * (df["click_cos_max"] > 0.5)).astype(
+            np.int32)
+        (root / split).mkdir(parents=True, exist_ok=True)
+        df.to_parquet(root / split / "p.parquet", index=False)
+    return root
+
+
+def test_the_model_reads_the_text_similarity_features_when_its_params_name_them(tiny, tmp_path) -> None:
+    from adrec_spark.errors import MissingColumnsError
+    from adrec_spark.model.inference import Scorer
+
+    data = _write_text_splits(tmp_path / "text")
+    features = [*S.NUMERIC_FEATURES, *S.TEXT_SIMILARITY_FEATURES]
+    with pytest.raises(MissingColumnsError, match="click_cos_max"):
+        PairDataset(write_splits(tmp_path / "plain", n_train=32, n_valid=16, n_test=16) / S.TRAIN,
+                    numeric_features=features)
+    batch = PairDataset(data / S.TRAIN, numeric_features=features).read_all()
+    want = pd.read_parquet(data / S.TRAIN / "p.parquet")[features].to_numpy(np.float32)
+    np.testing.assert_array_equal(batch.numeric, want)
+
+    out = train_worker(_params(tiny, data, tmp_path, epochs=1, text_similarity_features=True).to_json())
+    assert out["test"]["auc"] > 0.8  # the label follows a text-similarity feature: the model reads it
+    scorer = Scorer(out["model_dir"])
+    assert scorer.spec.numeric_features == features
+    test = pd.read_parquet(data / S.TEST / "p.parquet")
+    lo, hi = test[features].to_numpy(np.float32).copy(), test[features].to_numpy(np.float32).copy()
+    lo[:, features.index("click_cos_max")], hi[:, features.index("click_cos_max")] = 0.0, 1.0
+    texts = (test[S.AD_TEXT].tolist(), test[S.HISTORY_TEXT].tolist())
+    assert (scorer.score(*texts, hi) > scorer.score(*texts, lo)).all()
+    with pytest.raises(TrainingDataError, match="warm-start"):  # a model with other features cannot be the start
+        train_worker(_params(tiny, data, tmp_path / "again", epochs=1, init_model_dir=out["model_dir"]).to_json())

@@ -27,6 +27,7 @@ AD_IMPRESSIONS = "ad_impressions"
 AD_CLICKS = "ad_clicks"
 CATEGORY_CLICKS = "category_clicks"  # user's clicks in the ad's category (training) / map (profiles)
 HISTORY_ITEM = "history_item"
+ITEM_TEXT = "item_text"  # what the text-similarity features embed of a history event (see history_items)
 
 COUNT_COLUMNS = (USER_IMPRESSIONS, USER_CLICKS, AD_IMPRESSIONS, AD_CLICKS)
 
@@ -76,10 +77,13 @@ def with_event_micros(events: DataFrame) -> DataFrame:
 
 def history_items(events: DataFrame, ads: DataFrame) -> DataFrame:
     """History events as text items: ``clicked: <title>``, ``bought: <title>``, ``searched: <query>``,
-    ``reviewed <title>: <text>``; with ``ts_us`` and a per-user index ``r`` in time order."""
+    ``reviewed <title>: <text>``; with ``ts_us`` and a per-user index ``r`` in time order.
+
+    ``item_text`` is what the text-similarity features embed of the event: the clicked (or bought) ad's own
+    ``ad_text`` (null for an ad missing from the catalog), the query, the review text."""
     require_columns(events, (*_EVENT_COLUMNS, TS_US), "history_items")
-    require_columns(ads, (S.AD_ID, S.TITLE), "history_items (ads)")
-    titles = ads.select(S.AD_ID, F.col(S.TITLE).alias("_title"))
+    require_columns(ads, (S.AD_ID, S.TITLE, S.AD_TEXT), "history_items (ads)")
+    titles = ads.select(S.AD_ID, F.col(S.TITLE).alias("_title"), F.col(S.AD_TEXT).alias("_ad_text"))
     h = (events.where(F.col(S.EVENT_TYPE).isin(*S.HISTORY_EVENT_TYPES))
          .join(titles, S.AD_ID, "left"))
     title = F.coalesce(F.col("_title"), F.lit("an ad"))
@@ -88,26 +92,42 @@ def history_items(events: DataFrame, ads: DataFrame) -> DataFrame:
             .when(F.col(S.EVENT_TYPE) == S.QUERY, F.concat(F.lit("searched: "), F.col(S.TEXT)))
             .otherwise(F.concat(F.lit("reviewed "), title, F.lit(": "),
                                 F.coalesce(F.substring(S.TEXT, 1, 200), F.lit("")))))
+    item_text = F.when(F.col(S.EVENT_TYPE).isin(S.CLICK, S.CONVERSION), F.col("_ad_text")).otherwise(F.col(S.TEXT))
     order = Window.partitionBy(S.USER_ID).orderBy(TS_US, S.EVENT_ID)
-    return h.select(S.USER_ID, TS_US, S.EVENT_ID, S.EVENT_TYPE, S.AD_ID, item.alias(HISTORY_ITEM)) \
+    return h.select(S.USER_ID, TS_US, S.EVENT_ID, S.EVENT_TYPE, S.AD_ID, item.alias(HISTORY_ITEM),
+                    item_text.alias(ITEM_TEXT)) \
         .withColumn("r", F.row_number().over(order))
 
 
+def item_texts(items_newest_first: Column) -> list[Column]:
+    """The history's texts by kind (``schema.HISTORY_ITEM_TEXTS`` order), newest first, from an array of
+    structs with ``event_type`` and ``item_text``: the distinct clicked or bought ads' texts, the queries, the
+    review texts; empty texts left out."""
+    def of(*kinds: str) -> Column:
+        kept = F.filter(items_newest_first, lambda x: x[S.EVENT_TYPE].isin(*kinds) & (F.length(x[ITEM_TEXT]) > 0))
+        return F.coalesce(F.transform(kept, lambda x: x[ITEM_TEXT]), F.array().cast("array<string>"))
+
+    cols = {S.HISTORY_CLICK_TEXTS: F.array_distinct(of(S.CLICK, S.CONVERSION)),
+            S.HISTORY_SEARCH_TEXTS: of(S.QUERY), S.HISTORY_REVIEW_TEXTS: of(S.REVIEW)}
+    return [cols[c].alias(c) for c in S.HISTORY_ITEM_TEXTS]
+
+
 def history_states(items: DataFrame, needed: DataFrame, *, max_items: int, max_chars: int) -> DataFrame:
-    """History text for each ``(user_id, history_state)`` in ``needed`` (states > 0)."""
-    require_columns(items, (S.USER_ID, "r", HISTORY_ITEM), "history_states")
+    """History text, and the history's texts by kind (:func:`item_texts`), for each ``(user_id,
+    history_state)`` in ``needed`` (states > 0)."""
+    require_columns(items, (S.USER_ID, "r", HISTORY_ITEM, S.EVENT_TYPE, ITEM_TEXT), "history_states")
     require_columns(needed, (S.USER_ID, STATE), "history_states (needed)")
-    copies = (items.select(S.USER_ID, "r", HISTORY_ITEM,
+    copies = (items.select(S.USER_ID, "r", HISTORY_ITEM, S.EVENT_TYPE, ITEM_TEXT,
                            F.explode(F.sequence(F.lit(0), F.lit(max_items - 1))).alias("_k"))
               .withColumn(STATE, F.col("r") + F.col("_k")))
     wanted = needed.where(F.col(STATE) > 0).select(S.USER_ID, STATE).distinct()
     grouped = (copies.join(wanted, [S.USER_ID, STATE], "inner")
                .groupBy(S.USER_ID, STATE)
-               .agg(F.sort_array(F.collect_list(F.struct(F.col("r"), F.col(HISTORY_ITEM))), asc=False)
+               .agg(F.sort_array(F.collect_list(F.struct("r", HISTORY_ITEM, S.EVENT_TYPE, ITEM_TEXT)), asc=False)
                     .alias("_items")))
     return grouped.select(S.USER_ID, STATE,
                           format_history(F.transform("_items", lambda x: x[HISTORY_ITEM]), max_chars)
-                          .alias(S.HISTORY_TEXT))
+                          .alias(S.HISTORY_TEXT), *item_texts(F.col("_items")))
 
 
 def _before(partition: list[str]) -> Window:
@@ -191,6 +211,7 @@ def training_examples(events: DataFrame, ads: DataFrame, *, target_ds: list[str]
         F.coalesce(S.HISTORY_TEXT, F.lit("")).alias(S.HISTORY_TEXT),
         S.AD_TEXT, F.col("ad_category").alias(S.CATEGORY), S.ADVERTISER_ID,
         *feats,
+        *[F.coalesce(c, F.array().cast("array<string>")).alias(c) for c in S.HISTORY_ITEM_TEXTS],
         *[F.col(c).cast("long").alias(c) for c in COUNT_COLUMNS],
         F.col(STATE).cast("long").alias("history_events"),
     )
@@ -198,8 +219,8 @@ def training_examples(events: DataFrame, ads: DataFrame, *, target_ds: list[str]
 
 def user_profiles(events: DataFrame, ads: DataFrame, *, as_of: str, max_items: int, max_chars: int,
                   recent_clicks: int = 20, recent_queries: int = 5) -> DataFrame:
-    """Per user, as of the end of ``as_of``: history text (same format as training), counts, clicked ads,
-    recent queries and clicks per category. Only events before the end of ``as_of`` count."""
+    """Per user, as of the end of ``as_of``: history text and the history's texts by kind (same as training),
+    counts, clicked ads, recent queries and clicks per category. Only events before the end of ``as_of`` count."""
     require_columns(events, _EVENT_COLUMNS, "user_profiles")
     end = F.to_timestamp(F.date_add(F.lit(as_of).cast("date"), 1))
     ev = with_event_micros(events.where(F.col(S.EVENT_TIME) < end))
@@ -207,11 +228,11 @@ def user_profiles(events: DataFrame, ads: DataFrame, *, as_of: str, max_items: i
     newest = Window.partitionBy(S.USER_ID).orderBy(F.col("r").desc())
     hist = (items.withColumn("_n", F.row_number().over(newest)).where(F.col("_n") <= max_items)
             .groupBy(S.USER_ID)
-            .agg(F.sort_array(F.collect_list(F.struct("r", HISTORY_ITEM)), asc=False).alias("_items"),
-                 F.max("r").alias("history_events"))
+            .agg(F.sort_array(F.collect_list(F.struct("r", HISTORY_ITEM, S.EVENT_TYPE, ITEM_TEXT)), asc=False)
+                 .alias("_items"), F.max("r").alias("history_events"))
             .select(S.USER_ID, "history_events",
                     format_history(F.transform("_items", lambda x: x[HISTORY_ITEM]), max_chars)
-                    .alias(S.HISTORY_TEXT)))
+                    .alias(S.HISTORY_TEXT), *item_texts(F.col("_items"))))
     cats = ads.select(S.AD_ID, S.CATEGORY)
     clicks = ev.where(F.col(S.EVENT_TYPE).isin(S.CLICK, S.CONVERSION)).join(cats, S.AD_ID, "left")
     per_cat = (ev.where(F.col(S.EVENT_TYPE) == S.CLICK).join(cats, S.AD_ID, "left")
@@ -242,6 +263,7 @@ def user_profiles(events: DataFrame, ads: DataFrame, *, as_of: str, max_items: i
                     F.coalesce("clicked_ad_ids", empty_ids).alias("clicked_ad_ids"),
                     F.coalesce("recent_clicked_ad_ids", empty_ids).alias("recent_clicked_ad_ids"),
                     F.coalesce("recent_queries", empty_ids).alias("recent_queries"),
+                    *[F.coalesce(c, empty_ids).alias(c) for c in S.HISTORY_ITEM_TEXTS],
                     F.coalesce(CATEGORY_CLICKS, F.create_map().cast("map<string,bigint>"))
                     .alias(CATEGORY_CLICKS),
                     USER_IMPRESSIONS, USER_CLICKS, "last_event_time"))

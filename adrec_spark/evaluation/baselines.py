@@ -24,7 +24,7 @@ RANK_SUFFIX = "__rank"
 
 # method -> are its scores probabilities (log-loss and calibration make sense)?
 PROBABILISTIC = {"random": True, "popularity": False, "item_rate": True, "logistic_regression": True,
-                 "als": False, "pretrained": False, "model": True}
+                 "logistic_regression_text": True, "als": False, "pretrained": False, "model": True}
 
 
 def rank_column(method: str, columns: list[str]) -> str:
@@ -50,11 +50,12 @@ def item_rate_scores(test: DataFrame, *, out: str = "item_rate") -> DataFrame:
 
 
 def logistic_regression_scores(train: DataFrame, test: DataFrame, *, out: str = "logistic_regression",
-                               reg: float = 0.01, user_features: tuple[str, ...] = ()) -> DataFrame:
-    """Spark MLlib logistic regression on the standardized numeric features. With ``user_features`` it also
-    writes ``<out>__rank``: the logit less those features' terms, which ranks one user's rows (the same
-    treatment as the model's user bias, so the comparison stays even)."""
-    cols = list(S.NUMERIC_FEATURES)
+                               reg: float = 0.01, user_features: tuple[str, ...] = (),
+                               features: tuple[str, ...] = S.NUMERIC_FEATURES) -> DataFrame:
+    """Spark MLlib logistic regression on the standardized ``features`` (the numeric features by default). With
+    ``user_features`` it also writes ``<out>__rank``: the logit less those features' terms, which ranks one
+    user's rows (the same treatment as the model's user bias, so the comparison stays even)."""
+    cols = list(features)
     require_columns(train, (*cols, S.LABEL), "logistic_regression_scores (train)")
     pipeline = Pipeline(stages=[
         VectorAssembler(inputCols=cols, outputCol="_x", handleInvalid="keep"),
@@ -73,6 +74,17 @@ def logistic_regression_scores(train: DataFrame, test: DataFrame, *, out: str = 
                 user_term = user_term + float(coef[i] / std[i]) * (F.col(c).cast("double") - float(mean[i]))
         scored = scored.withColumn(out + RANK_SUFFIX, vector_to_array(F.col("_raw"))[1] - user_term)
     return scored.drop("_x", "_xs", "_p", "_raw", "_pred")
+
+
+def logistic_regression_text_scores(train: DataFrame, test: DataFrame, *, out: str = "logistic_regression_text",
+                                    reg: float = 0.01, user_features: tuple[str, ...] = ()) -> DataFrame:
+    """"Logistic regression + text similarity": the logistic regression on the numeric features and
+    ``schema.TEXT_SIMILARITY_FEATURES`` (both frames with them already, see
+    :func:`adrec_spark.scoring.text_similarity.with_text_similarity`). The counts of history texts describe the
+    user alone, so they join ``user_features`` for ``<out>__rank``."""
+    return logistic_regression_scores(
+        train, test, out=out, reg=reg, features=(*S.NUMERIC_FEATURES, *S.TEXT_SIMILARITY_FEATURES),
+        user_features=(*user_features, *S.TEXT_SIMILARITY_USER_FEATURES) if user_features else ())
 
 
 def als_scores(train: DataFrame, test: DataFrame, *, rank: int, max_iter: int, reg: float, seed: int,

@@ -42,7 +42,8 @@ def join_offline_scores(test: DataFrame, scores: DataFrame) -> DataFrame:
             F.col(RANK_SCORE).cast("double").alias(MODEL + B.RANK_SUFFIX)]
     if PRETRAINED in scores.columns:
         cols.append(F.col(PRETRAINED).cast("double").alias(PRETRAINED))
-    return test.select(*TEST_COLUMNS).join(scores.select(*cols), S.EVENT_ID, "inner")
+    texts = [c for c in S.HISTORY_ITEM_TEXTS if c in test.columns]  # for the text baseline
+    return test.select(*TEST_COLUMNS, *texts).join(scores.select(*cols), S.EVENT_ID, "inner")
 
 
 def check_offline_scores(test: DataFrame, scores: DataFrame) -> dict[str, int]:

@@ -44,7 +44,9 @@ from adrec_spark.evaluation.uncertainty import (
 from adrec_spark.io import fs, tables
 from adrec_spark.progress import Progress, progress
 from adrec_spark.registry import registry
+from adrec_spark.scoring import text_similarity as T
 from adrec_spark.scoring.candidates import COLD_STRATEGIES, PERSONALIZED, QUERY
+from adrec_spark.scoring.pipeline import model_numeric_features
 from adrec_spark.scoring.udf import (
     UdfSettings,
     embed_udf,
@@ -60,6 +62,7 @@ log = logging.getLogger(__name__)
 MODEL = "model"
 # Methods that read nothing but the history text: on rows without history their score means nothing.
 TEXT_ONLY_METHODS = frozenset({"pretrained"})
+TEXT_BASELINE = "logistic_regression_text"  # logistic regression + text similarity (scoring/text_similarity.py)
 EMPTY_INPUT_SHARE = 0.5  # flagged empty_input when at least this share of the test rows has no history
 COLD_USERS, WARM_USERS = "[cold users]", "[users with history]"
 Info = dict[tuple[str, str], MetricInfo]  # (method, metric column) -> n, interval, flags
@@ -117,10 +120,27 @@ TEST_COLUMNS = (S.EVENT_ID, S.USER_ID, S.AD_ID, S.LABEL, S.HISTORY_TEXT, S.AD_TE
                 "ad_impressions")
 
 
-def add_baseline_scores(df: DataFrame, train: DataFrame, cfg: AppConfig, *, baselines: Sequence[str]) -> DataFrame:
+def _text_train(train: DataFrame) -> DataFrame:
+    return train.select(S.LABEL, *S.NUMERIC_FEATURES, S.AD_TEXT, *S.HISTORY_ITEM_TEXTS)
+
+
+def add_baseline_scores(df: DataFrame, train: DataFrame, cfg: AppConfig, *, baselines: Sequence[str],
+                        vectors: DataFrame | None = None) -> DataFrame:
     """The test rows ``df`` with one score column per baseline in ``baselines`` (learning ones fitted on
-    ``train``), as the evaluation job computes them."""
+    ``train``), as the evaluation job computes them. The text baseline needs the history texts by kind in
+    ``df`` and ``train``; ``vectors``: their embeddings when already computed (else each distinct text of both
+    is embedded once here)."""
     ev = cfg.evaluate
+    if TEXT_BASELINE in baselines:  # logistic regression + text similarity, fitted on train
+        T.require_history_texts(df, "the test rows")
+        text_train = _text_train(train)
+        if vectors is None:
+            vectors = T.collect_text_vectors([df, text_train], T.text_encoder(cfg))
+        test_sims = df if set(S.TEXT_SIMILARITY_FEATURES) <= set(df.columns) else \
+            T.with_text_similarity(df, vectors=vectors)
+        scored = B.logistic_regression_text_scores(T.with_text_similarity(text_train, vectors=vectors), test_sims,
+                                                   user_features=tuple(cfg.model.user_features))
+        df = scored.drop(*(c for c in S.TEXT_SIMILARITY_FEATURES if c not in df.columns))
     if "random" in baselines:
         df = B.random_scores(df, seed=ev.seed)
     if "popularity" in baselines:
@@ -139,10 +159,12 @@ def add_baseline_scores(df: DataFrame, train: DataFrame, cfg: AppConfig, *, base
 
 
 def scored_test_set(spark: SparkSession, cfg: AppConfig, settings: UdfSettings,
-                    model: registry.ResolvedModel, *,
-                    progress: Progress | None = None) -> tuple[DataFrame, int]:
+                    model: registry.ResolvedModel, *, progress: Progress | None = None,
+                    model_features: Sequence[str] = S.NUMERIC_FEATURES) -> tuple[DataFrame, int]:
     """The test rows of ``model``'s own split with one score column per method (persisted: every metric reads
-    it). ``progress`` learns the number of test rows the model will score (a count of one split of a table)."""
+    it). ``progress`` learns the number of test rows the model will score (a count of one split of a table).
+    ``model_features``: the numeric features the model reads (its spec's; the text-similarity ones, if it has
+    them, are computed here, each distinct text embedded once for the model and the text baseline together)."""
     ev = cfg.evaluate
     train, test, version = _test_rows(spark, cfg, model)
     n_test = test.count() if progress is not None else test.limit(1).count()
@@ -150,12 +172,20 @@ def scored_test_set(spark: SparkSession, cfg: AppConfig, settings: UdfSettings,
         raise InputDataError("the test split of training_examples is empty: nothing to evaluate")
     if progress is not None:
         progress.set_total(n_test)
-    df = test.select(*TEST_COLUMNS)
-    parts = score_parts_udf(settings)(F.col(S.AD_TEXT), F.col(S.HISTORY_TEXT), numeric_struct(list(S.NUMERIC_FEATURES)))
+    baseline = TEXT_BASELINE in ev.baselines
+    texts = list(S.HISTORY_ITEM_TEXTS) if baseline or T.uses_text_similarity(model_features) else []
+    if texts:
+        T.require_history_texts(test, f"training_examples v{version}")
+    df = test.select(*TEST_COLUMNS, *texts)
+    vectors = T.collect_text_vectors([df, *([_text_train(train)] if baseline else [])], T.text_encoder(cfg)) \
+        if texts else None
+    if vectors is not None:
+        df = T.with_text_similarity(df, vectors=vectors)
+    parts = score_parts_udf(settings)(F.col(S.AD_TEXT), F.col(S.HISTORY_TEXT), numeric_struct(list(model_features)))
     df = (df.withColumn("_parts", parts).withColumn(MODEL, F.col("_parts.score").cast("double"))
           .withColumn(MODEL + B.RANK_SUFFIX, F.col("_parts.rank_score").cast("double")).drop("_parts"))
-    df = add_baseline_scores(df, train, cfg, baselines=ev.baselines)
-    return df.persist(StorageLevel.MEMORY_AND_DISK), version
+    df = add_baseline_scores(df, train, cfg, baselines=ev.baselines, vectors=vectors)
+    return df.drop(*texts, *S.TEXT_SIMILARITY_FEATURES).persist(StorageLevel.MEMORY_AND_DISK), version
 
 
 def per_user_item(df: DataFrame, score_col: str) -> DataFrame:
@@ -429,7 +459,8 @@ def run_evaluation(spark: SparkSession, cfg: AppConfig, score_date: dt.date | No
     methods = [MODEL, *cfg.evaluate.baselines]
     with progress(spark, "evaluation", unit="test rows", every_s=cfg.spark.progress_interval_s,
                   counter=rows_scored) as scoring:
-        df, version = scored_test_set(spark, cfg, settings, model, progress=scoring)
+        df, version = scored_test_set(spark, cfg, settings, model, progress=scoring,
+                                      model_features=model_numeric_features(model_dir))
         try:
             table, curves, per_user, info = method_metrics(df, methods, cfg)
             comparison = paired_comparisons(per_user, k=max(cfg.evaluate.ks), label=f"{MODEL} v{model.version}")
@@ -462,6 +493,8 @@ def run_evaluation(spark: SparkSession, cfg: AppConfig, score_date: dt.date | No
                    "impressions by score; users without a click in test are skipped. The model and the logistic "
                    "regression rank by their logit less the user-only terms (equal for all of a user's ads when the "
                    "scoring job ranks them at one moment); their [by probability] rows rank by the full score.",
+                   "logistic_regression_text: the logistic regression plus the ad's cosine (pretrained encoder) "
+                   "to the user's clicked ads, searches and reviews (max, mean, count).",
                    "popularity, als and pretrained scores are not probabilities: no log-loss or calibration."])
         mlflow.log_artifact(str(report), "report")
         report_location = fs.join(cfg.evaluate.report_dir, report_name)

@@ -189,7 +189,9 @@ def write_partitions(df: DataFrame, storage: StorageConfig, table: str, *, parti
                      values: Sequence[object], description: str = "") -> None:
     """Atomically replace the partitions ``partition_col IN values`` of ``table`` with ``df``.
 
-    Every row of ``df`` must fall in those partitions (Delta checks it). Conflicting commits by concurrent
+    Every row of ``df`` must fall in those partitions (Delta checks it). Columns ``df`` has and the table
+    lacks are added to the table (null in its other partitions): a release that adds a column to a table
+    writes to the tables of earlier releases. Conflicting commits by concurrent
     writers are retried with jittered back-off, ``storage.write_retries`` times at most. On the local file
     system the write holds the table's :func:`commit_lock` (so the Spark job that computes ``df`` runs under
     it too: writers of one table take turns there).
@@ -203,6 +205,7 @@ def write_partitions(df: DataFrame, storage: StorageConfig, table: str, *, parti
         with commit_lock(df.sparkSession, path, what=table):
             (df.write.format("delta").mode("overwrite")
              .option("replaceWhere", predicate)
+             .option("mergeSchema", "true")
              .option("userMetadata", description or f"replace {predicate}")
              .partitionBy(partition_col)
              .save(path))
@@ -241,8 +244,11 @@ def restore_partitions(spark: SparkSession, storage: StorageConfig, table: str, 
     if version is None:
         previous = current.limit(0)
     else:
-        previous = (read_table(spark, storage, table, version=version)
-                    .where(F.expr(partition_predicate(partition_col, values))).select(*current.columns))
+        old = read_table(spark, storage, table, version=version)
+        # A column added since ``version`` (see write_partitions) is null in the restored rows.
+        previous = (old.where(F.expr(partition_predicate(partition_col, values)))
+                    .select(*[F.col(f.name) if f.name in old.columns else F.lit(None).cast(f.dataType).alias(f.name)
+                              for f in current.schema.fields]))
     write_partitions(previous, storage, table, partition_col=partition_col, values=values,
                      description=f"restore {partition_predicate(partition_col, values)} as of version {version}{note}")
 

@@ -31,10 +31,11 @@ class Batch:
         return len(self.label)
 
 
-def _to_batch(table: pa.Table, extra_columns: Sequence[str] = ()) -> Batch:
+def _to_batch(table: pa.Table, extra_columns: Sequence[str] = (),
+              numeric_features: Sequence[str] = S.NUMERIC_FEATURES) -> Batch:
     numeric = np.stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float32)
-                        for c in S.NUMERIC_FEATURES], axis=1) if table.num_rows else \
-        np.zeros((0, len(S.NUMERIC_FEATURES)), np.float32)
+                        for c in numeric_features], axis=1) if table.num_rows else \
+        np.zeros((0, len(numeric_features)), np.float32)
     return Batch(
         ad_text=table.column(S.AD_TEXT).fill_null("").to_pylist(),
         history_text=table.column(S.HISTORY_TEXT).fill_null("").to_pylist(),
@@ -62,18 +63,22 @@ def grouped_order(keys: np.ndarray, rng: np.random.Generator, chunk: int) -> np.
 class PairDataset:
     """One split (a folder of Parquet files, a local path or a storage URI) of training pairs, in file order
     (the job writes them sorted by time). ``max_rows`` keeps the first rows, or with ``newest`` the last ones
-    (the most recent examples)."""
+    (the most recent examples). ``numeric_features``: the model's numeric inputs, in its order (the model
+    spec's ``numeric_features``)."""
 
     def __init__(self, path: str | Path, *, max_rows: int | None = None,
-                 extra_columns: Sequence[str] = (), newest: bool = False) -> None:
+                 extra_columns: Sequence[str] = (), newest: bool = False,
+                 numeric_features: Sequence[str] = S.NUMERIC_FEATURES) -> None:
         self.path = str(path)
         if not fs.exists(self.path):
             raise TrainingDataError(f"no training data at {self.path}")
         self.dataset = fs.parquet_dataset(self.path)
-        missing = [c for c in (*PAIR_COLUMNS, *extra_columns) if c not in self.dataset.schema.names]
+        self.numeric_features = tuple(numeric_features)
+        base = [S.HISTORY_TEXT, S.AD_TEXT, *self.numeric_features, S.LABEL, S.RELEVANCE]
+        missing = [c for c in (*base, *extra_columns) if c not in self.dataset.schema.names]
         if missing:
             raise MissingColumnsError(f"training data {self.path}", missing, self.dataset.schema.names)
-        self.columns = [*PAIR_COLUMNS, *extra_columns]
+        self.columns = [*base, *extra_columns]
         self.extra_columns = tuple(extra_columns)
         total = self.dataset.count_rows()
         self.num_rows = min(total, max_rows) if max_rows else total
@@ -120,7 +125,7 @@ class PairDataset:
                 if limit is not None and emitted >= limit:
                     return
                 emitted += 1
-                yield _to_batch(table.slice(b * batch_size, batch_size), self.extra_columns)
+                yield _to_batch(table.slice(b * batch_size, batch_size), self.extra_columns, self.numeric_features)
             rest = table.slice(full * batch_size)
             if rest.num_rows:
                 pending.append(rest)
@@ -141,7 +146,7 @@ class PairDataset:
             pending.clear()
             yield from emit(table)
             if pending and not drop_last and (limit is None or emitted < limit):
-                yield _to_batch(pa.concat_tables(pending), self.extra_columns)
+                yield _to_batch(pa.concat_tables(pending), self.extra_columns, self.numeric_features)
 
     def steps_per_epoch(self, batch_size: int, world_size: int = 1) -> int:
         return self.num_rows // (batch_size * world_size)
@@ -149,16 +154,16 @@ class PairDataset:
     def read_all(self) -> Batch:
         batches = list(self._record_batches())
         table = pa.Table.from_batches(batches) if batches else self.dataset.to_table(columns=self.columns)
-        return _to_batch(table.select(self.columns).slice(0, self.num_rows), self.extra_columns)
+        return _to_batch(table.select(self.columns).slice(0, self.num_rows), self.extra_columns, self.numeric_features)
 
     def _selected(self, columns: list[str]) -> pa.Table:
         return self.dataset.to_table(columns=columns).slice(self.skip_rows, self.num_rows)
 
     def numeric_stats(self) -> tuple[list[float], list[float]]:
         """Per-feature mean and standard deviation (standardization of the model's numeric inputs)."""
-        table = self._selected(list(S.NUMERIC_FEATURES))
+        table = self._selected(list(self.numeric_features))
         means, stds = [], []
-        for c in S.NUMERIC_FEATURES:
+        for c in self.numeric_features:
             col = pc.fill_null(table.column(c).cast(pa.float64()), 0.0)
             means.append(float(pc.mean(col).as_py() or 0.0))
             std = pc.stddev(col).as_py()
@@ -167,9 +172,9 @@ class PairDataset:
 
     def numeric_and_targets(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The numeric features (nulls as 0), labels and graded relevance of the selected rows, as arrays."""
-        table = self._selected([*S.NUMERIC_FEATURES, S.LABEL, S.RELEVANCE])
+        table = self._selected([*self.numeric_features, S.LABEL, S.RELEVANCE])
         numeric = np.stack([pc.fill_null(table.column(c).cast(pa.float64()), 0.0).to_numpy()
-                            for c in S.NUMERIC_FEATURES], axis=1)
+                            for c in self.numeric_features], axis=1)
         label = table.column(S.LABEL).to_numpy(zero_copy_only=False).astype(np.float64)
         relevance = table.column(S.RELEVANCE).to_numpy(zero_copy_only=False).astype(np.float64)
         return np.nan_to_num(numeric), label, relevance

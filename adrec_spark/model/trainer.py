@@ -439,26 +439,34 @@ class Trainer:
     # --- steps ---------------------------------------------------------------------------------------------
 
     def load_data(self) -> _Splits:
+        """The exported splits, with the numeric features this run's model reads (the splits must hold them)."""
         t, data = self.t, self.p.data_dir  # a local path or a storage URI
+        features = self.p.model.numeric_features()
         train = PairDataset(fs.join(data, S.TRAIN), max_rows=t.max_train_rows, newest=True,  # the latest rows
-                            extra_columns=(S.USER_ID,) if self.ranking else ())
+                            extra_columns=(S.USER_ID,) if self.ranking else (), numeric_features=features)
         _check_data(train, t.batch_size, self.world)
-        valid = PairDataset(fs.join(data, S.VALID), max_rows=t.max_eval_rows).read_all()
-        test = PairDataset(fs.join(data, S.TEST), max_rows=t.max_eval_rows, extra_columns=(S.USER_ID, S.AD_ID))
+        valid = PairDataset(fs.join(data, S.VALID), max_rows=t.max_eval_rows, numeric_features=features).read_all()
+        test = PairDataset(fs.join(data, S.TEST), max_rows=t.max_eval_rows, extra_columns=(S.USER_ID, S.AD_ID),
+                           numeric_features=features)
         return _Splits(train, valid, test)
 
     def build_model(self, train: PairDataset) -> None:
         """The warm start, or the pretrained encoder with fresh heads (the wide term fitted first, see
         :func:`init_wide_from_linear`); frozen parts and LoRA per ``train.trainable``/``train.lora``."""
         p, m = self.p, self.p.model
+        features = list(m.numeric_features())
         if p.init_model_dir:
             model, self.tokenizer = load_model(p.init_model_dir)
             log.info("warm start from %s", p.init_model_dir)
+            if list(model.spec.numeric_features) != features:
+                raise TrainingDataError(f"the model to warm-start from reads the numeric features "
+                                        f"{model.spec.numeric_features}, this run's config gives {features} "
+                                        "(model.text_similarity_features): train from the pretrained model instead")
         else:
             mean, std = train.numeric_stats()
-            spec = ModelSpec(list(S.NUMERIC_FEATURES), mean, std, max_length=m.max_length, pooling=m.pooling,
+            spec = ModelSpec(features, mean, std, max_length=m.max_length, pooling=m.pooling,
                              numeric_hidden=m.numeric_hidden, dropout=m.dropout, base_model=p.base_model_dir,
-                             user_features=list(m.user_features))
+                             user_features=list(m.model_user_features()))
             model, self.tokenizer = build_model(p.base_model_dir, spec, seed=self.t.seed), \
                 load_tokenizer(p.base_model_dir)
             if self.t.wide_init == "linear":

@@ -43,16 +43,17 @@ class RelevancePyfunc(mlflow.pyfunc.PythonModel):
 
     def predict(self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame,
                 params: dict | None = None) -> np.ndarray:
-        missing = [c for c in S.MODEL_INPUT_COLUMNS if c not in model_input.columns]
+        features = list(self.scorer.spec.numeric_features)  # this model's, the text-similarity ones too if it has them
+        missing = [c for c in (S.HISTORY_TEXT, S.AD_TEXT, *features) if c not in model_input.columns]
         if missing:
             raise ValueError(f"model input lacks column(s) {', '.join(missing)}")
-        numeric = model_input[list(S.NUMERIC_FEATURES)].to_numpy(dtype=np.float64)
+        numeric = model_input[features].to_numpy(dtype=np.float64)
         return self.scorer.score(model_input[S.AD_TEXT].tolist(), model_input[S.HISTORY_TEXT].tolist(), numeric)
 
 
-def example_input(n: int = 2) -> pd.DataFrame:
+def example_input(n: int = 2, numeric_features: tuple[str, ...] | list[str] = S.NUMERIC_FEATURES) -> pd.DataFrame:
     df = pd.DataFrame({S.HISTORY_TEXT: ["clicked: Budget flights to Lisbon | searched: cheap flights", ""][:n],
                        S.AD_TEXT: ["Last-minute city break in Prague | free cancellation", "Yoga mat"][:n]})
-    for c in S.NUMERIC_FEATURES:
+    for c in numeric_features:
         df[c] = [0.1, 0.0][:n]
     return df

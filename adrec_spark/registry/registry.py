@@ -111,9 +111,11 @@ def log_pyfunc(model_dir: str | Path, *, name: str = "model") -> str:
     import mlflow
     from mlflow.models import infer_signature
 
+    from adrec_spark.model.relevance import ModelSpec
     from adrec_spark.registry.pyfunc import PACKAGE_DIR, RelevancePyfunc, example_input, pip_requirements
 
-    example = example_input()
+    spec = ModelSpec.from_json((Path(model_dir) / "spec.json").read_text())
+    example = example_input(numeric_features=spec.numeric_features)
     signature = infer_signature(example, [0.5, 0.5])
     info = mlflow.pyfunc.log_model(
         name=name, python_model=RelevancePyfunc(), artifacts={"model_dir": str(model_dir)},

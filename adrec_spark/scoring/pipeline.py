@@ -16,9 +16,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 import numpy as np
-from pyspark import StorageLevel
+from pyspark import Broadcast, StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
@@ -33,6 +34,13 @@ from adrec_spark.progress import progress
 from adrec_spark.registry import registry
 from adrec_spark.scoring import candidates as C
 from adrec_spark.scoring.rerank import AdInfo, rerank_group
+from adrec_spark.scoring.text_similarity import (
+    collect_text_vectors,
+    require_history_texts,
+    text_encoder,
+    uses_text_similarity,
+    with_text_similarity,
+)
 from adrec_spark.scoring.udf import (
     AD_INDEX_FIELDS,
     UdfSettings,
@@ -154,41 +162,66 @@ def eligible_ads(ads: DataFrame, serve_date: dt.date) -> DataFrame:
 
 
 def pair_features(pairs: DataFrame, users: DataFrame, ads: DataFrame, *, rate_prior: float,
-                  rate_prior_strength: float, tokens: bool = False) -> DataFrame:
+                  rate_prior_strength: float, tokens: bool = False, text_vectors: Broadcast | None = None) -> DataFrame:
     """Model inputs per (user, ad) pair, with the same numeric features as training: the texts, or with
-    ``tokens`` their token columns (:func:`with_token_ids`: prefix ``history`` on users, ``ad`` on ads)."""
+    ``tokens`` their token columns (:func:`with_token_ids`: prefix ``history`` on users, ``ad`` on ads). With
+    ``text_vectors`` (:func:`text_similarity.collect_text_vectors` of these users and ads) also the
+    text-similarity features, from the users' history texts by kind as of their profile."""
     require_columns(pairs, (S.USER_ID, S.AD_ID), "pair_features")
     hist, ad = (token_columns("history"), token_columns("ad")) if tokens else ([S.HISTORY_TEXT], [S.AD_TEXT])
+    u_texts = list(S.HISTORY_ITEM_TEXTS) if text_vectors is not None else []
+    a_text = [S.AD_TEXT] if text_vectors is not None and S.AD_TEXT not in ad else []
     u = users.select(S.USER_ID, *hist, features.USER_IMPRESSIONS, features.USER_CLICKS,
-                     features.CATEGORY_CLICKS)
-    a = ads.select(S.AD_ID, *ad, S.CATEGORY, S.PRICE, features.AD_IMPRESSIONS, features.AD_CLICKS)
+                     features.CATEGORY_CLICKS, *u_texts)
+    a = ads.select(S.AD_ID, *ad, S.CATEGORY, S.PRICE, features.AD_IMPRESSIONS, features.AD_CLICKS, *a_text)
     df = pairs.join(u, S.USER_ID).join(a, S.AD_ID)
     feats = features.numeric_features(
         user_impressions=F.col(features.USER_IMPRESSIONS), user_clicks=F.col(features.USER_CLICKS),
         ad_impressions=F.col(features.AD_IMPRESSIONS), ad_clicks=F.col(features.AD_CLICKS),
         price=F.col(S.PRICE), category_clicks=F.try_element_at(features.CATEGORY_CLICKS, F.col(S.CATEGORY)),
         rate_prior=rate_prior, rate_prior_strength=rate_prior_strength)
-    return df.select(*pairs.columns, *hist, *ad, *feats)
+    out = df.select(*pairs.columns, *hist, *ad, *feats, *u_texts, *a_text)
+    if text_vectors is None:
+        return out
+    return with_text_similarity(out, vectors=text_vectors).drop(*u_texts, *a_text)
+
+
+def text_vectors_of(users: DataFrame, ads: DataFrame, cfg: AppConfig) -> Broadcast:
+    """Each distinct text of the users' history texts by kind and of the ads' texts, embedded once."""
+    require_history_texts(users, "user_profiles")
+    empty = F.array().cast("array<string>")
+    return collect_text_vectors(
+        [users.select(F.lit(None).cast("string").alias(S.AD_TEXT), *S.HISTORY_ITEM_TEXTS),
+         ads.select(S.AD_TEXT, *[empty.alias(c) for c in S.HISTORY_ITEM_TEXTS])], text_encoder(cfg))
+
+
+def model_numeric_features(model_dir: str | Path) -> list[str]:
+    """The numeric features the model in ``model_dir`` reads, in its order (its spec)."""
+    from adrec_spark.model.relevance import ModelSpec
+
+    return list(ModelSpec.from_json((Path(model_dir) / "spec.json").read_text()).numeric_features)
 
 
 def _neutral_user_features(ads: DataFrame, cfg: AppConfig) -> DataFrame:
-    """Ads with the features of a user about whom nothing is known: the input of the prior score."""
+    """Ads with the features of a user about whom nothing is known: the input of the prior score (text
+    similarity: no history texts, so the neutral 0 throughout)."""
     feats = features.numeric_features(
         user_impressions=F.lit(0), user_clicks=F.lit(0), ad_impressions=F.col(features.AD_IMPRESSIONS),
         ad_clicks=F.col(features.AD_CLICKS), price=F.col(S.PRICE), category_clicks=F.lit(0),
         rate_prior=cfg.etl.rate_prior, rate_prior_strength=cfg.etl.rate_prior_strength)
-    return ads.select("*", *feats)
+    return ads.select("*", *feats, *[F.lit(0.0).alias(c) for c in S.TEXT_SIMILARITY_FEATURES])
 
 
 def build_ad_index(ads: DataFrame, cfg: AppConfig, settings: UdfSettings, *, with_prior: bool = True,
-                   empty_message: str = "no eligible ads to index") -> tuple[C.AdIndex, AdInfo]:
+                   empty_message: str = "no eligible ads to index",
+                   numeric_features: Sequence[str] = S.NUMERIC_FEATURES) -> tuple[C.AdIndex, AdInfo]:
     """Embed each eligible ad once and score its prior once per category-affinity level, in one pass over the
     ads spread across the executors' cores; the small result is collected to the driver and broadcast to the
     retrieval and re-rank tasks. Without ``with_prior`` (the ``all`` candidates mode) the prior is skipped.
     No ads at all is an :class:`InputDataError` with ``empty_message``."""
     spark = ads.sparkSession
     levels = [float(v) for v in C.affinity_levels(cfg.score.prior_affinity_levels)] if with_prior else None
-    numeric = list(S.NUMERIC_FEATURES)
+    numeric = list(numeric_features)  # the model's, in its order
     body = partial(ad_index_partition, settings=settings, numeric_features=numeric,
                    match_feature=S.CATEGORY_MATCH, levels=levels)
     meta = (S.AD_ID, S.ADVERTISER_ID, S.TITLE, S.CATEGORY, features.AD_CLICKS,  # passed through as they are
@@ -304,8 +337,10 @@ def run_scoring(spark: SparkSession, cfg: AppConfig, score_date: dt.date) -> Sco
     t = time.perf_counter()
     # The index holds every eligible ad (collected to the driver): its size is their count, and no ads is an
     # error before anything is written.
+    numeric = model_numeric_features(model_dir)
     index, info = build_ad_index(ads, cfg, settings, with_prior=sc.candidates != "all", empty_message=(
-        f"no ads eligible on {score_date + dt.timedelta(days=1)} in the {score_date} catalog"))
+        f"no ads eligible on {score_date + dt.timedelta(days=1)} in the {score_date} catalog"),
+        numeric_features=numeric)
     n_ads = len(index.ad_ids)
     stages["ad_index"] = time.perf_counter() - t
 
@@ -318,12 +353,13 @@ def run_scoring(spark: SparkSession, cfg: AppConfig, score_date: dt.date) -> Sco
     featured = pair_features(pairs, with_token_ids(users, settings, text_col=S.HISTORY_TEXT, prefix="history"),
                              with_token_ids(ads, settings, text_col=S.AD_TEXT, prefix="ad"),
                              rate_prior=cfg.etl.rate_prior, rate_prior_strength=cfg.etl.rate_prior_strength,
-                             tokens=True).persist(StorageLevel.MEMORY_AND_DISK)
-    inputs = [*token_columns("ad"), *token_columns("history"), *S.NUMERIC_FEATURES]
+                             tokens=True, text_vectors=text_vectors_of(users, ads, cfg)
+                             if uses_text_similarity(numeric) else None).persist(StorageLevel.MEMORY_AND_DISK)
+    inputs = [*token_columns("ad"), *token_columns("history"), *numeric]
     n_inputs = featured.select(*inputs).dropDuplicates().count()
     profile = scoring_profile(sc.gpu)
     scored = score_distinct_inputs(
-        featured, partial(score_pairs, settings=settings, numeric_features=list(S.NUMERIC_FEATURES), out_col=S.SCORE,
+        featured, partial(score_pairs, settings=settings, numeric_features=numeric, out_col=S.SCORE,
                           profile=profile), input_cols=inputs, partitions=parts)
     out = scored.select(ds.alias(S.SCORE_DATE), _user_key(cfg).alias(S.USER_ID), S.AD_ID, S.SCORE,
                         F.col("source").alias("candidate_source"), F.lit(model.name).alias(S.MODEL_NAME),

@@ -8,6 +8,7 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +24,10 @@ from adrec_spark.frames import require_columns
 from adrec_spark.io import fs, tables
 from adrec_spark.model.data import PAIR_COLUMNS, Batch
 from adrec_spark.model.encoder import resolve_base_model
+from adrec_spark.model.relevance import ModelSpec
 from adrec_spark.model.trainer import TrainParams, TrainSummary, binary_metrics, mean_ndcg_at_k, train_worker
 from adrec_spark.registry import registry
+from adrec_spark.scoring import text_similarity as T
 from adrec_spark.training import split as split_mod
 
 log = logging.getLogger(__name__)
@@ -82,11 +85,20 @@ def drop_staging(staging: str) -> None:
 
 
 def write_sorted(df: DataFrame, path: str, *, partitions: int) -> None:
-    """The export columns as Parquet sorted by the split key (so a rerun writes the same files)."""
-    (df.select(*EXPORT_COLUMNS)
+    """The export columns (and the text-similarity features where ``df`` has them) as Parquet sorted by the
+    split key (so a rerun writes the same files)."""
+    (df.select(*EXPORT_COLUMNS, *[c for c in S.TEXT_SIMILARITY_FEATURES if c in df.columns])
      .repartitionByRange(partitions, S.EVENT_TS, S.USER_ID, S.AD_ID, S.EVENT_ID)
      .sortWithinPartitions(S.EVENT_TS, S.USER_ID, S.AD_ID, S.EVENT_ID)
      .write.mode("overwrite").parquet(path))
+
+
+def with_text_similarity_once(df: DataFrame, cfg: AppConfig) -> DataFrame:
+    """``df`` with the text-similarity features, each of its distinct texts embedded once by the pretrained
+    encoder (:mod:`adrec_spark.scoring.text_similarity`; one Spark job here)."""
+    cols = [c for c in df.columns if c not in S.TEXT_SIMILARITY_FEATURES]
+    df = df.select(*cols)
+    return T.with_text_similarity(df, vectors=T.collect_text_vectors([df], T.text_encoder(cfg)))
 
 
 def _distributor_local_mode(spark: SparkSession, run_on: str) -> bool:
@@ -118,14 +130,18 @@ def train_params(cfg: AppConfig, *, data_dir: str, out_dir: str, base: str, init
                        train=cfg.train, model=cfg.model, tracking_uri=cfg.mlflow.tracking_uri, run_id=run_id)
 
 
-def gate_metrics(model_dir: str | Path, rows: Batch, *, k: int, batch_size: int) -> registry.GateMetrics:
+def gate_metrics(model_dir: str | Path, rows: Batch, *, k: int, batch_size: int,
+                 features: Sequence[str] = S.NUMERIC_FEATURES) -> registry.GateMetrics:
     """A model's test AUC (of its click probability) and mean per-user NDCG@k (ranking each user's ads by the
-    pair logit, as the evaluation and scoring jobs do) on the gate's rows."""
+    pair logit, as the evaluation and scoring jobs do) on the gate's rows. ``features``: the columns of
+    ``rows.numeric``; the model reads the ones its spec names."""
     from adrec_spark.model.inference import Scorer
 
     if len(rows) == 0:
         return registry.GateMetrics(float("nan"), float("nan"))
-    pair, user = Scorer(model_dir, batch_size=batch_size).logit_parts(rows.ad_text, rows.history_text, rows.numeric)
+    scorer = Scorer(model_dir, batch_size=batch_size)
+    numeric = rows.numeric[:, [list(features).index(f) for f in scorer.spec.numeric_features]]
+    pair, user = scorer.logit_parts(rows.ad_text, rows.history_text, numeric)
     auc = binary_metrics(rows.label, 1.0 / (1.0 + np.exp(-(pair.astype(np.float64) + user))))["auc"]
     ndcg = mean_ndcg_at_k(rows.extra[S.USER_ID], rows.extra[S.AD_ID], rows.label, pair, k=k)
     return registry.GateMetrics(auc, ndcg)
@@ -146,9 +162,17 @@ def _promotion_gate(cfg: AppConfig, df: DataFrame, staging: str, work: Path,
         champ = None
     champ_cutoffs = split_mod.SplitCutoffs.from_tags(registry.version_tags(cfg.mlflow, champ.version)) \
         if champ else None
+    champ_dir = registry.download_model_dir(cfg.mlflow, champ, work / "champion") if champ else None
+    specs = [ModelSpec.from_json((Path(d) / "spec.json").read_text()) for d in (challenger_dir, champ_dir) if d]
+    gate_rows = split_mod.rows_neither_trained_on(df, champ_cutoffs)
+    if any(T.uses_text_similarity(spec.numeric_features) for spec in specs) and \
+            not set(S.TEXT_SIMILARITY_FEATURES) <= set(df.columns):  # the champion reads them, this run does not
+        gate_rows = with_text_similarity_once(gate_rows, cfg)
+    features = [*S.NUMERIC_FEATURES, *[c for c in S.TEXT_SIMILARITY_FEATURES if c in gate_rows.columns]]
     gate_dir = fs.join(staging, "gate")
-    write_sorted(split_mod.rows_neither_trained_on(df, champ_cutoffs), gate_dir, partitions=1)
-    rows = PairDataset(gate_dir, max_rows=t.max_eval_rows, extra_columns=(S.USER_ID, S.AD_ID)).read_all()
+    write_sorted(gate_rows, gate_dir, partitions=1)
+    rows = PairDataset(gate_dir, max_rows=t.max_eval_rows, extra_columns=(S.USER_ID, S.AD_ID),
+                       numeric_features=features).read_all()
     if champ is None:
         compared_on = "this run's test rows (no champion)"
     elif champ_cutoffs is None:
@@ -157,11 +181,10 @@ def _promotion_gate(cfg: AppConfig, df: DataFrame, staging: str, work: Path,
         log.warning("promotion gate: %s", compared_on)
     else:
         compared_on = f"this run's test rows from champion v{champ.version}'s test cut-off on ({len(rows)} rows)"
-    challenger = gate_metrics(challenger_dir, rows, k=t.promotion_k, batch_size=t.eval_batch_size)
+    challenger = gate_metrics(challenger_dir, rows, k=t.promotion_k, batch_size=t.eval_batch_size, features=features)
     champion = None
-    if champ is not None:
-        champ_dir = registry.download_model_dir(cfg.mlflow, champ, work / "champion")
-        champion = gate_metrics(champ_dir, rows, k=t.promotion_k, batch_size=t.eval_batch_size)
+    if champ_dir is not None:
+        champion = gate_metrics(champ_dir, rows, k=t.promotion_k, batch_size=t.eval_batch_size, features=features)
     decision = registry.decide_promotion(challenger, champion, champ.version if champ else None,
                                          auc_margin=t.promotion_auc_margin, ndcg_margin=t.promotion_ndcg_margin,
                                          k=t.promotion_k, rows=len(rows))
@@ -208,7 +231,11 @@ def run_training(spark: SparkSession, cfg: AppConfig, *, init_from: str | None =
         raise InputDataError("table 'training_examples' does not exist: run the ETL job first")
     table = tables.read_table(spark, cfg.storage, S.TRAINING_EXAMPLES, version=version)
     require_columns(table, EXPORT_COLUMNS, "training_examples")
-    table = table.drop(S.SPLIT).persist(StorageLevel.MEMORY_AND_DISK)
+    table = table.drop(S.SPLIT)
+    if cfg.model.text_similarity_features:
+        T.require_history_texts(table, f"training_examples v{version}")
+        table = with_text_similarity_once(table, cfg)
+    table = table.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         df, cutoffs = split_training_data(table, cfg.train.split, window_days=cfg.train.window_days)
         return _train_and_register(spark, cfg, df, cutoffs, version=version, init_from=init_from, resume=resume,
