@@ -347,19 +347,6 @@ def _latest_score_date(spark: SparkSession, cfg: AppConfig) -> dt.date | None:
     return d
 
 
-def _metric_rows(*frames: pd.DataFrame | None) -> list[tuple[str, str, int | None, float]]:
-    out = []
-    for frame in frames:
-        if frame is None:
-            continue
-        for method, row in frame.iterrows():
-            for metric, value in row.items():
-                name, _, k = str(metric).partition("@")
-                v = float(value) if value is not None else float("nan")
-                out.append((str(method), name, int(k) if k else None, v))
-    return out
-
-
 EVAL_EXTRA_COLUMNS = (("n_rows", "double"), ("n_positives", "double"), ("n_users", "double"), ("ci_low", "double"),
                       ("ci_high", "double"), ("flag", "string"))
 
@@ -479,7 +466,8 @@ def run_evaluation(spark: SparkSession, cfg: AppConfig, score_date: dt.date | No
         mlflow.set_tags({"adrec.job": "evaluate", "adrec.model_version": str(model.version)})
         mlflow.log_params({"model": model.uri, "alias": cfg.score.model_alias, "training_examples_version": version,
                            "eval_date": eval_date.isoformat(), "ks": ",".join(map(str, cfg.evaluate.ks))})
-        for method, metric, k, value in _metric_rows(table, beyond, comparison):
+        metric_rows = eval_rows([table, beyond, comparison], info)
+        for method, metric, k, value, *_ in metric_rows:
             if math.isfinite(value):
                 key = _mlflow_key(method) + f".{metric}" + (f"_at_{k}" if k else "")
                 mlflow.log_metric(key, value)
@@ -503,7 +491,7 @@ def run_evaluation(spark: SparkSession, cfg: AppConfig, score_date: dt.date | No
         mlflow.log_text(table.to_csv(), "eval_table.csv")
         run_id = run.info.run_id
     rows = [(eval_date, run_id, model.name, model.version, version, *r)
-            for r in eval_rows([table, beyond, comparison], info)]
+            for r in metric_rows]
     out = spark.createDataFrame(rows, "eval_date date, run_id string, model_name string, model_version int, "
                                       "training_examples_version long, method string, metric string, k int, "
                                       "value double, " + ", ".join(f"{c} {t}" for c, t in EVAL_EXTRA_COLUMNS))
