@@ -277,10 +277,11 @@ def _run_etl(spark: SparkSession, cfg: AppConfig, start: dt.date, end: dt.date |
         profiles = features.user_profiles(_lookback_window(spark, cfg, as_of.isoformat()), catalog(as_of.isoformat()),
                                           as_of=as_of.isoformat(), max_items=etl.history_max_items,
                                           max_chars=etl.history_max_chars)
-        unit.write(profiles, S.USER_PROFILES, partition_col=S.DS, values=[as_of.isoformat()])
+        # merge_schema: tables written before profiles and ads carried a content hash gain the column
+        unit.write(profiles, S.USER_PROFILES, partition_col=S.DS, values=[as_of.isoformat()], merge_schema=True)
         snapshots = features.ad_snapshots(ads_clean, _lookback_window(spark, cfg, catalog_dates[-1], catalog_dates[0]),
                                           lookback_days=etl.lookback_days)
-        unit.write(snapshots, S.ADS, partition_col=S.DS, values=catalog_dates)
+        unit.write(snapshots, S.ADS, partition_col=S.DS, values=catalog_dates, merge_schema=True)
         users = tables.read_table(spark, storage, S.USER_PROFILES).where(
             F.col(S.DS) == F.lit(as_of.isoformat()).cast("date")).count()
         ads_parsed.unpersist()

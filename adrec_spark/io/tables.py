@@ -183,8 +183,11 @@ def partition_predicate(column: str, values: Sequence[object]) -> str:
 
 
 def write_partitions(df: DataFrame, storage: StorageConfig, table: str, *, partition_col: str,
-                     values: Sequence[object], description: str = "") -> None:
+                     values: Sequence[object], description: str = "", merge_schema: bool = False) -> None:
     """Atomically replace the partitions ``partition_col IN values`` of ``table`` with ``df``.
+
+    ``merge_schema``: a column of ``df`` the table lacks is added to it (a table written before that column
+    existed); otherwise Delta refuses the write.
 
     Every row of ``df`` must fall in those partitions (Delta checks it). Conflicting commits by concurrent
     writers are retried with jittered back-off, ``storage.write_retries`` times at most. On the local file
@@ -202,6 +205,7 @@ def write_partitions(df: DataFrame, storage: StorageConfig, table: str, *, parti
                 (df.write.format("delta").mode("overwrite")
                  .option("replaceWhere", predicate)
                  .option("userMetadata", description or f"replace {predicate}")
+                 .option("mergeSchema", "true" if merge_schema else "false")
                  .partitionBy(partition_col)
                  .save(path))
             log.info("wrote %s (%s)", table, predicate)
@@ -230,8 +234,11 @@ def restore_partitions(spark: SparkSession, storage: StorageConfig, table: str, 
     if version is None:
         previous = current.limit(0)
     else:
-        previous = (read_table(spark, storage, table, version=version)
-                    .where(F.expr(partition_predicate(partition_col, values))).select(*current.columns))
+        old = read_table(spark, storage, table, version=version)
+        # a column added since (merge_schema) is null in the rows put back
+        cols = [F.col(f.name) if f.name in old.columns else F.lit(None).cast(f.dataType).alias(f.name)
+                for f in current.schema.fields]
+        previous = old.where(F.expr(partition_predicate(partition_col, values))).select(*cols)
     write_partitions(previous, storage, table, partition_col=partition_col, values=values,
                      description=f"restore {partition_predicate(partition_col, values)} as of version {version}{note}")
 
@@ -278,10 +285,11 @@ class PartitionUnit:
         self.not_restored: list[str] = []
 
     def write(self, df: DataFrame, table: str, *, partition_col: str, values: Sequence[object],
-              description: str = "") -> None:
+              description: str = "", merge_schema: bool = False) -> None:
         predicate = partition_predicate(partition_col, values)
         write_partitions(df, self.storage, table, partition_col=partition_col, values=values,
-                         description=f"{description or 'replace ' + predicate} {self.mark}")
+                         description=f"{description or 'replace ' + predicate} {self.mark}",
+                         merge_schema=merge_schema)
         self.written.append((table, partition_col, list(values)))
 
     def _restore_base(self, table: str, col: str, values: Sequence[object]) -> tuple[bool, int | None]:
