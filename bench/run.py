@@ -1,4 +1,5 @@
-"""`make bench` entry point: python bench/run.py {etl|training|scoring|quality|ceiling|profile|scorer|all|report}.
+"""`make bench` entry point: python bench/run.py
+{etl|training|scoring|quality|ceiling|profile|scorer|incremental|all|report}.
 
 Each benchmark prints its table and writes bench/results/<name>.json with the machine and the command;
 ``scoring`` takes options for a smaller run (``python bench/run.py scoring --help``). ``report`` regenerates
@@ -19,6 +20,14 @@ def main(argv: list[str]) -> int:
         from bench import scorer_bench
 
         scorer_bench.run(rest)
+        return 0
+    if what == "incremental":  # a full and an incremental night on the same tables (options: none)
+        from bench import incremental_bench
+
+        if rest:
+            print("incremental takes no options", file=sys.stderr)
+            return 2
+        incremental_bench.run()
         return 0
     if what not in ("etl", "training", "scoring", "quality", "ceiling", "profile", "all", "report"):
         print(__doc__)

@@ -118,3 +118,173 @@ def test_score_settings_follow_the_model_and_the_feature_settings(cfg) -> None:
         assert inc.fingerprint(changed) != inc.fingerprint(base)
     # candidates and the re-rank run in full every night: their settings do not stop a reuse
     assert inc.score_settings(replace(cfg, "score.top_k=3", "score.retrieval_top_n=5"), "m", 1) == base
+
+
+# --- several nights end to end (slow) --------------------------------------------------------------------------
+
+TINY = ["model.max_length=64", "train.epochs=1", "train.batch_size=16", "train.eval_batch_size=64",
+        "train.learning_rate=5e-4", "train.head_learning_rate=5e-3", "train.log_every_steps=10",
+        "train.precision=fp32", "train.max_eval_rows=300", "train.zero_shot_baseline=false",
+        "score.retrieval_top_n=6", "score.prior_top_n=3", "score.top_k=4", "score.batch_size=32",
+        "score.popular_pool=8", "score.precision=fp32"]
+START = dt.date(2024, 1, 1)
+NIGHTS = [START + dt.timedelta(days=i) for i in range(3)]
+SILENT = {f"u{i}" for i in range(8)}  # no events after the first night
+NEW_ON = {f"u{i}": NIGHTS[1] for i in range(30, 33)} | {f"u{i}": NIGHTS[2] for i in range(33, 36)}
+
+
+def _quiet(ad_id: str) -> bool:
+    """Ads nobody sees after the first night (their counts, hence their rows, stay as they were)."""
+    return ad_id is not None and int(ad_id[2:]) % 3 == 0
+
+
+def _shape_landing(raw) -> None:
+    """Silent users, users who appear later, quiet ads; on the third night a catalog with an ad added, one
+    re-priced, one removed and one whose flight ends."""
+    import json
+
+    for night in NIGHTS:
+        path = raw / "events" / f"date={night}" / "events-0.jsonl"
+        keep = []
+        for line in path.read_text().splitlines():
+            e = json.loads(line)
+            if NEW_ON.get(e["user_id"], night) > night:
+                continue
+            if night > NIGHTS[0] and (e["user_id"] in SILENT or _quiet(e["ad_id"])):
+                continue
+            keep.append(line)
+        path.write_text("\n".join(keep) + "\n")
+    first = raw / "ads" / f"date={NIGHTS[0]}" / "ads-0.jsonl"
+    ads = [json.loads(line) for line in first.read_text().splitlines()]
+    by_id = {a["ad_id"]: a for a in ads}
+    by_id["ad00006"]["price"] = round(by_id["ad00006"]["price"] * 2 + 1, 2)
+    del by_id["ad00009"]
+    by_id["ad00012"]["end_date"] = NIGHTS[2].isoformat()
+    by_id["ad00012"]["start_date"] = None
+    by_id["ad09000"] = {**by_id["ad00003"], "ad_id": "ad09000", "title": "Brand new gym membership deal"}
+    out = raw / "ads" / f"date={NIGHTS[2]}"
+    out.mkdir(parents=True)
+    (out / "ads-0.jsonl").write_text("".join(json.dumps(a) + "\n" for a in by_id.values()))
+
+
+@pytest.fixture(scope="module")
+def nights(spark, tmp_path_factory):
+    """ETL of three nights, one model, and incremental scoring night after night; a copy of the lakehouse as
+    it was after the first night."""
+    import shutil
+
+    from adrec_spark.data.generator import GeneratorSpec, generate
+    from adrec_spark.etl.pipeline import run_etl
+    from adrec_spark.scoring.pipeline import run_scoring
+    from adrec_spark.training.pipeline import run_training
+    from tests.conftest import make_config
+    from tests.tiny_bert import make_tiny_bert
+
+    tmp = tmp_path_factory.mktemp("incremental")
+    cfg = make_config(tmp, f"model.base_model={make_tiny_bert(tmp / 'tiny')}", *TINY, "score.mode=incremental")
+    generate(GeneratorSpec(n_users=40, n_ads=30, n_events=2400, n_days=3, start=START, seed=5,
+                           bad_rows_per_day=0), tmp / "raw")
+    _shape_landing(tmp / "raw")
+    for night in NIGHTS:
+        run_etl(spark, cfg, night)
+    assert run_training(spark, cfg).promoted
+    results = {NIGHTS[0]: run_scoring(spark, cfg, NIGHTS[0])}
+    after_first = tmp / "after-first-night"
+    shutil.copytree(cfg.storage.lakehouse, after_first)
+    for night in NIGHTS[1:]:
+        results[night] = run_scoring(spark, cfg, night)
+    return {"cfg": cfg, "tmp": tmp, "results": results, "after_first": after_first}
+
+
+def _partition(spark, cfg, table: str, night: dt.date):
+    from pyspark.sql import functions as F
+
+    df = spark.read.format("delta").load(cfg.storage.table_path(table)).where(F.col(S.SCORE_DATE) == night)
+    keys = [S.USER_ID, S.RANK] if table == S.RECOMMENDATIONS else [S.USER_ID, S.AD_ID]
+    return df.toPandas().sort_values(keys).reset_index(drop=True)
+
+
+def _assert_same_scores_and_lists(spark, got_cfg, want_cfg, night: dt.date) -> None:
+    """Equal rows; scores within float tolerance (fp32: the micro-batches differ), top-K and reasons identical."""
+    import numpy as np
+
+    for table, exact in ((S.USER_AD_SCORES, [S.USER_ID, S.AD_ID, "candidate_source", S.MODEL_VERSION]),
+                         (S.RECOMMENDATIONS, [S.USER_ID, S.RANK, S.AD_ID, S.REASON, S.STRATEGY, S.MODEL_VERSION])):
+        got, want = _partition(spark, got_cfg, table, night), _partition(spark, want_cfg, table, night)
+        assert len(got) == len(want) > 0, (table, night)
+        assert got[exact].equals(want[exact]), (table, night)
+        np.testing.assert_allclose(got[S.SCORE].to_numpy(), want[S.SCORE].to_numpy(), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_incremental_nights_equal_full_runs_on_the_same_inputs(spark, nights) -> None:
+    import shutil
+
+    from adrec_spark.config import replace
+    from adrec_spark.scoring.pipeline import run_scoring
+
+    cfg, results = nights["cfg"], nights["results"]
+    assert results[NIGHTS[0]].mode == "full" and "no scored date before" in results[NIGHTS[0]].fallback_reason
+    for night in NIGHTS[1:]:
+        r = results[night]
+        assert (r.mode, r.base_date) == ("incremental", str(night - dt.timedelta(days=1)))
+        assert 0 < r.pairs_reused < r.pairs_scored  # some pairs carried over, some scored
+        assert r.changes["users_unchanged"] > 0 and r.changes["users_changed"] > 0 and r.changes["users_new"] > 0
+        assert r.changes["ads_unchanged"] > 0 and r.changes["ads_changed"] > 0
+    assert results[NIGHTS[2]].changes["ads_new"] == 1 and results[NIGHTS[2]].changes["ads_gone"] >= 2
+    full_cfg = replace(cfg, f"storage.lakehouse={nights['tmp'] / 'full'}")
+    shutil.copytree(cfg.storage.lakehouse, full_cfg.storage.lakehouse)
+    for night in NIGHTS[1:]:
+        assert run_scoring(spark, full_cfg, night, full=True).mode == "full"
+        _assert_same_scores_and_lists(spark, cfg, full_cfg, night)
+    # ads that left the catalog or whose flight ended are in no list of the third night
+    recs = _partition(spark, cfg, S.RECOMMENDATIONS, NIGHTS[2])
+    scores = _partition(spark, cfg, S.USER_AD_SCORES, NIGHTS[2])
+    assert not {"ad00009", "ad00012"} & (set(recs[S.AD_ID]) | set(scores[S.AD_ID]))
+    runs = (spark.read.format("delta").load(cfg.storage.table_path(S.SCORING_RUNS)).toPandas()
+            .sort_values(S.SCORE_DATE).reset_index(drop=True))
+    assert list(runs["mode"]) == ["full", "incremental", "incremental"]
+    assert [str(d) if d is not None else None for d in runs["base_date"]] == [None, str(NIGHTS[0]), str(NIGHTS[1])]
+    assert runs["pairs_reused"].tolist() == [0, *(results[n].pairs_reused for n in NIGHTS[1:])]
+    assert runs["base_scores_version"].iloc[1:].notna().all() and runs["user_profiles_version"].notna().all()
+
+
+@pytest.mark.slow
+def test_a_failed_night_leaves_the_tables_and_the_next_night_runs_in_full_with_the_reason(spark, nights,
+                                                                                          monkeypatch, caplog):
+    import logging
+
+    from adrec_spark.config import replace
+    from adrec_spark.scoring import pipeline
+    from adrec_spark.scoring.pipeline import run_scoring
+
+    cfg = replace(nights["cfg"], f"storage.lakehouse={nights['after_first']}")
+    tables_ = (S.USER_AD_SCORES, S.RECOMMENDATIONS, S.SCORING_RUNS)
+
+    def read(table):
+        return spark.read.format("delta").load(cfg.storage.table_path(table)).toPandas()
+
+    before = {t: read(t) for t in tables_}
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("injected: re-rank failed")
+
+    with monkeypatch.context() as m:
+        m.setattr(pipeline, "rerank", boom)
+        with pytest.raises(RuntimeError, match="injected"):
+            run_scoring(spark, cfg, NIGHTS[1])  # incremental on the first night, fails after writing its scores
+    for t in tables_:  # the first night's rows as they were, nothing of the failed night
+        after = read(t)
+        assert len(after) == len(before[t]) and set(after[S.SCORE_DATE].astype(str)) == {str(NIGHTS[0])}, t
+
+    with caplog.at_level(logging.WARNING, logger="adrec_spark.scoring.pipeline"):
+        third = run_scoring(spark, cfg, NIGHTS[2])
+    reason = (f"no completed scoring run for {NIGHTS[1]} (a failed or skipped night; the last scored date is "
+              f"{NIGHTS[0]})")
+    assert (third.mode, third.fallback_reason) == ("full", reason)
+    assert reason in caplog.text
+    _assert_same_scores_and_lists(spark, cfg, nights["cfg"], NIGHTS[2])
+
+    second = run_scoring(spark, cfg, NIGHTS[1])  # the rerun of the failed night completes, incrementally
+    assert (second.mode, second.base_date) == ("incremental", str(NIGHTS[0]))
+    _assert_same_scores_and_lists(spark, cfg, nights["cfg"], NIGHTS[1])

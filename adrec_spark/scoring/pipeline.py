@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from py4j.protocol import Py4JJavaError
 from pyspark import StorageLevel
-from pyspark.errors import AnalysisException
+from pyspark.errors import PySparkException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
@@ -329,7 +329,7 @@ def _plan(spark: SparkSession, cfg: AppConfig, score_date: dt.date, users: DataF
     if plan.mode == inc.INCREMENTAL and plan.base is not None:
         try:
             reuse = _base_inputs(spark, cfg, plan.base, users, ads)
-        except (InputDataError, AnalysisException, Py4JJavaError) as e:
+        except (InputDataError, PySparkException, Py4JJavaError) as e:  # e.g. vacuumed versions
             first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
             plan = inc.Plan(inc.FULL, None, f"the inputs of {plan.base.score_date}'s run cannot be read ({first})")
     if plan.mode == inc.FULL:
