@@ -25,7 +25,7 @@ from bench.common import ROOT, WORK, run_python, save, table
 from bench.fairness import comparison
 
 W = WORK / "incremental"
-WORLD = {"n_users": 160, "n_ads": 80, "n_events": 6000, "n_days": 2, "seed": 11, "bad_rows_per_day": 0}
+WORLD = {"n_users": 120, "n_ads": 60, "n_events": 4000, "n_days": 2, "seed": 11, "bad_rows_per_day": 0}
 NEW_ADS = 0.05
 FRACTIONS = (0.01, 0.10, 0.50)
 SETTINGS = ["model.max_length=64", "train.max_steps=6", "train.batch_size=16", "train.max_eval_rows=200",

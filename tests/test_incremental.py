@@ -161,7 +161,8 @@ def _shape_landing(raw) -> None:
     del by_id["ad00009"]
     by_id["ad00012"]["end_date"] = NIGHTS[2].isoformat()
     by_id["ad00012"]["start_date"] = None
-    by_id["ad09000"] = {**by_id["ad00003"], "ad_id": "ad09000", "title": "Brand new gym membership deal"}
+    by_id["ad09000"] = {**by_id["ad00003"], "ad_id": "ad09000", "title": "Brand new gym membership deal",
+                        "start_date": None, "end_date": None}
     out = raw / "ads" / f"date={NIGHTS[2]}"
     out.mkdir(parents=True)
     (out / "ads-0.jsonl").write_text("".join(json.dumps(a) + "\n" for a in by_id.values()))

@@ -78,7 +78,7 @@ def with_content_hash(df: DataFrame, *, exclude: tuple[str, ...] = (S.DS,)) -> D
     can never be missed (a column it does not read only costs a rescore). Maps are hashed with their entries
     sorted by key (``collect_list`` builds them in no fixed order); arrays keep their order, which means
     something (newest first)."""
-    cols = [c for c in df.columns if c not in exclude and c != S.CONTENT_HASH]
+    cols = sorted(c for c in df.columns if c not in exclude and c != S.CONTENT_HASH)  # not the column order
     if not cols:
         raise ValueError("with_content_hash: no columns left to hash")
     types = {f.name: f.dataType for f in df.schema.fields}

@@ -469,9 +469,8 @@ def _write_outputs(spark: SparkSession, cfg: AppConfig, score_date: dt.date, out
         for df in cached:
             df.unpersist()
         n_reused = record["n_reused"]
-        log.info("%d pairs: %d carried from the previous date, %d distinct model inputs scored for the other %d "
-                 "(%d took the score of an identical input)", n_pairs, n_reused, n_inputs, n_pairs - n_reused,
-                 n_pairs - n_reused - n_inputs)
+        log.info("%d pairs, %d distinct model inputs scored: %d pairs carried their score from the previous date, "
+                 "%d took the score of an identical input", n_pairs, n_inputs, n_reused, n_pairs - n_reused - n_inputs)
 
         t = time.perf_counter()
         recs = rerank(written, users.withColumn("_key", _user_key(cfg)), info, cfg)
