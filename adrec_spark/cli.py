@@ -195,11 +195,11 @@ def cmd_train(args: argparse.Namespace, cfg: AppConfig) -> int:
 def cmd_score(args: argparse.Namespace, cfg: AppConfig) -> int:
     from adrec_spark.scoring.pipeline import run_scoring
 
-    r = run_scoring(_session(cfg, "score"), cfg, args.date)
+    r = run_scoring(_session(cfg, "score"), cfg, args.date, full=args.full)
     print(f"scored {r.score_date} with {r.model_name} v{r.model_version}: {r.users} users {r.users_by_strategy}, "
           f"{r.eligible_ads} eligible ads, {r.pairs_scored} pairs ({r.pairs_scored / max(r.all_pairs, 1):.1%} of "
           f"all; {r.pairs_saved} took the score of an identical input), {r.recommendations} recommendations in "
-          f"{r.seconds:.0f}s ({r.pairs_per_second:.0f} pairs/s)")
+          f"{r.seconds:.0f}s ({r.pairs_per_second:.0f} pairs/s)\n{r.lineage()}")
     return 0
 
 
@@ -383,6 +383,8 @@ def _register_later_commands(sub: argparse._SubParsersAction, common: argparse.A
 
     p = sub.add_parser("score", parents=[common], help="score users x ads for a date; write scores and top-K")
     p.add_argument("--date", type=_date, required=True, help="the date whose profiles and ads to score")
+    p.add_argument("--full", action="store_true",
+                   help="score every pair, whatever score.mode says (incremental reuses the previous date's scores)")
     commands["score"] = cmd_score
 
     p = sub.add_parser("evaluate", parents=[common], help="model vs baselines: metrics, eval_metrics, HTML report")

@@ -345,6 +345,11 @@ class ScoreGpuConfig:
 class ScoreConfig:
     model_alias: str = "champion"
     model_version: int | None = None
+    # incremental: reuse the previous date's score of every pair whose user profile and ad are unchanged (same
+    # model version and score-affecting settings), score the rest; the candidates and the re-rank run in full,
+    # so the result equals a full run. Falls back to full, with the reason logged, when there is no usable
+    # previous date (see docs/operations.md). `adrec score --full` forces a full run.
+    mode: Literal["incremental", "full"] = "incremental"
     candidates: Literal["cascade", "all"] = "cascade"
     retrieval_top_n: int = 25
     prior_top_n: int = 45

@@ -12,6 +12,7 @@ ETL_RUNS = "etl_runs"
 USER_AD_SCORES = "user_ad_scores"
 RECOMMENDATIONS = "recommendations"
 EVAL_METRICS = "eval_metrics"
+SCORING_RUNS = "scoring_runs"  # one row per scored date: mode, base date, table versions (incremental scoring)
 ALL_TABLES = (EVENTS_CLEAN, EVENTS_REJECTED, ADS, USER_PROFILES, TRAINING_EXAMPLES, ETL_RUNS,
               USER_AD_SCORES, RECOMMENDATIONS, EVAL_METRICS)
 
@@ -69,6 +70,7 @@ MODEL_NAME = "model_name"
 MODEL_VERSION = "model_version"
 RANK = "rank"
 STRATEGY = "strategy"
+CONTENT_HASH = "content_hash"  # per user profile and per ad snapshot: what changed since an earlier date
 
 TRAIN, VALID, TEST = "train", "valid", "test"
 

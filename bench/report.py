@@ -364,8 +364,37 @@ def ceiling_section(name: str, d: Json) -> list[str]:
                             f"{r['test_auc']:.4f}" if r.get("test_auc") is not None else "-"] for r in d["rows"]])
 
 
+def incremental_section(name: str, d: Json) -> list[str]:
+    out = header("Incremental scoring", name, d)
+    out += [f"One night scored in full (`--full`) and incrementally on two copies of the same tables, back to "
+            f"back in one JVM, after a full first night: {d['night1_users']} users, "
+            f"{d['scenarios'][0]['ads']} ads on night 2 ({d['scenarios'][0]['new_ads']} new), {d['model']}. "
+            f"{d['size_note'][0].upper()}{d['size_note'][1:]}.", "",
+            "\"Pairs to the model\" are the candidate pairs not carried over from the night before; the "
+            "cross-encoder scores their distinct inputs. In the `ad counters move` row the changed users were "
+            "shown existing ads, whose impression and click counts (model inputs) therefore changed.", ""]
+    rows = []
+    by_name = {c["name"]: c for c in d["comparisons"]}
+    for sc in d["scenarios"]:
+        full, inc = sc["full"], sc["incremental"]
+        ratio = [by_name[f"{sc['scenario']}: {label}, incremental / full"]["ratio"]
+                 for label in ("pairs scored by the model", "distinct inputs scored", "wall seconds")]
+        rows.append([sc["scenario"], sc["changed_users"], inc["changes"].get("ads_changed", 0),
+                     f"{full['pairs_to_model']:,} / {inc['pairs_to_model']:,}",
+                     f"{full['inputs_scored']:,} / {inc['inputs_scored']:,}",
+                     f"{full['wall_seconds']:.1f} / {inc['wall_seconds']:.1f}",
+                     f"{ratio[0]:.2f}x", f"{ratio[1]:.2f}x", f"{ratio[2]:.2f}x"])
+    out += md_table(["scenario", "users changed", "ads changed", "pairs to the model (full / incr.)",
+                     "distinct inputs (full / incr.)", "wall s (full / incr.)", "pairs incr./full",
+                     "inputs incr./full", "wall incr./full"], rows)
+    first = d["comparisons"][0]
+    out += [f"Held constant in every ratio: {held(first)}; differs: {varies(first)} ({first['note']}).", ""]
+    return out
+
+
 SECTIONS: list[tuple[str, Callable[[str, Json], list[str]]]] = [
-    (r"scoring", scoring_section), (r"training", training_section), (r"etl", etl_section),
+    (r"scoring", scoring_section), (r"incremental", incremental_section), (r"training", training_section),
+    (r"etl", etl_section),
     (r"inference-profile-.+", profile_section), (r"quality.*", quality_section), (r"ndcg-ceiling", ceiling_section),
 ]
 
@@ -411,6 +440,14 @@ def summary_rows(results: dict[str, Json]) -> list[list[str]]:
         rows.append(["cascade: fewer cross-encoder pairs, recall@10", f"{c['reduction']:.1f}x, "
                      f"{c['recall_at_10']:.3f} ({c['cascade_seconds']:.1f} s against {c['all_seconds']:.1f} s)",
                      "", "`scoring.json`"])
+    if (d := results.get("incremental")) is not None:
+        sc = next((x for x in d["scenarios"] if x["scenario"] == "users 10%"), None)
+        if sc is not None:
+            comps = {c["name"]: c["ratio"] for c in d["comparisons"]}
+            rows.append(["incremental / full night, 10% of users changed, 5% new ads: pairs to the model, wall",
+                         f"{comps['users 10%: pairs scored by the model, incremental / full']:.2f}x, "
+                         f"{comps['users 10%: wall seconds, incremental / full']:.2f}x", "like for like",
+                         "`incremental.json`"])
     if (d := results.get("etl")) is not None:
         r = d["runs"][-1]
         rows.append(["ETL events/s (backfill of generated logs)", f"{r['events_per_second']:,.0f} "
@@ -454,9 +491,9 @@ which ~6 min prepare a world and a model once), `python bench/run.py scoring --u
 --cascade-users 5` (~10 min once prepared), `python bench/run.py training` (~5 min once the scoring world is
 prepared), `make bench-etl` (~10 min), `make bench-quality` (~30 min; `python bench/run.py quality --dataset
 demo` for the demo data), `python bench/run.py ceiling` (after bench-quality, ~2 min), `python bench/run.py
-profile` (~10 min), then `python bench/run.py report`. Fine-tuning on all the data on a GPU machine without
-Spark: `python bench/run.py quality-gpu --dataset movielens|demo` here, the `run.sh` it writes there, then
-`python bench/run.py quality-gpu --ingest DIR` here (docs/operations.md).
+profile` (~10 min), `python bench/run.py incremental`, then `python bench/run.py report`. Fine-tuning on all the
+data on a GPU machine without Spark: `python bench/run.py quality-gpu --dataset movielens|demo` here, the
+`run.sh` it writes there, then `python bench/run.py quality-gpu --ingest DIR` here (docs/operations.md).
 
 ## Summary
 

@@ -1,5 +1,5 @@
 """`make bench` entry point: python bench/run.py
-{etl|training|scoring|quality|quality-gpu|ceiling|profile|scorer|all|report}.
+{etl|training|scoring|quality|quality-gpu|ceiling|profile|scorer|incremental|all|report}.
 
 Each benchmark prints its table and writes bench/results/<name>.json with the machine and the command;
 ``scoring`` takes options for a smaller run (``python bench/run.py scoring --help``), ``quality`` takes
@@ -27,6 +27,14 @@ def main(argv: list[str]) -> int:
         from bench import quality_gpu
 
         return quality_gpu.run(rest)
+    if what == "incremental":  # a full and an incremental night on the same tables (options: none)
+        from bench import incremental_bench
+
+        if rest:
+            print("incremental takes no options", file=sys.stderr)
+            return 2
+        incremental_bench.run()
+        return 0
     if what not in ("etl", "training", "scoring", "quality", "ceiling", "profile", "all", "report"):
         print(__doc__)
         return 2

@@ -61,6 +61,9 @@ TINY = ["model.max_length=64", "train.epochs=1", "train.batch_size=16", "train.e
         "train.max_steps=3", "train.precision=fp32", "train.max_eval_rows=100", "train.zero_shot_baseline=false",
         "score.retrieval_top_n=6", "score.prior_top_n=3", "score.top_k=4", "score.batch_size=32",
         "score.popular_pool=8", "score.precision=fp32",
+        # faulty runs on a copy without earlier scores are compared with the reference runs: both full
+        # (an incremental night equals a full one to float rounding only: tests/test_incremental.py)
+        "score.mode=full",
         # for the subprocess jobs (this process's tests share the conftest session); a one-minute JVM spends
         # more CPU in the C2 JIT compiler than it saves, which matters on a 2-core CI machine
         "spark.shuffle_partitions=2", "spark.driver_memory=1g",

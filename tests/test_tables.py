@@ -133,7 +133,7 @@ def test_a_new_column_is_added_to_an_older_table_and_a_failed_unit_restores_arou
     wider = spark.createDataFrame([("new-d2", D2, ["x"])], "id string, ds date, texts array<string>")
 
     def body(unit):
-        unit.write(wider, "t", partition_col="ds", values=[D2])
+        unit.write(wider, "t", partition_col="ds", values=[D2], merge_schema=True)
         got = {r["id"]: r["texts"] for r in tables.read_table(spark, st, "t").collect()}
         assert got == {"old-d1": None, "new-d2": ["x"]}
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
+from pyspark.sql.types import MapType
 
 from adrec_spark import schema as S
 from adrec_spark.frames import require_columns
@@ -68,6 +69,22 @@ def format_history(items_newest_first: Column, max_chars: int) -> Column:
     # Drop a trailing partial item; keep the hard cut when the newest item alone is too long.
     at_boundary = F.regexp_replace(cut, r" \|( [^|]*)?$", "")
     return F.when(F.length(joined) <= max_chars, joined).otherwise(at_boundary)
+
+
+def with_content_hash(df: DataFrame, *, exclude: tuple[str, ...] = (S.DS,)) -> DataFrame:
+    """``df`` plus ``content_hash``: SHA-256 of every other column but ``exclude`` (the date: a row is compared
+    with its own earlier snapshot). Incremental scoring compares it between two dates to find what changed.
+
+    The whole row is hashed, not a chosen list of columns, so a column the scoring job starts to read later
+    can never be missed (a column it does not read only costs a rescore). Maps are hashed with their entries
+    sorted by key (``collect_list`` builds them in no fixed order); arrays keep their order, which means
+    something (newest first)."""
+    cols = sorted(c for c in df.columns if c not in exclude and c != S.CONTENT_HASH)  # not the column order
+    if not cols:
+        raise ValueError("with_content_hash: no columns left to hash")
+    types = {f.name: f.dataType for f in df.schema.fields}
+    canon = [F.array_sort(F.map_entries(c)).alias(c) if isinstance(types[c], MapType) else F.col(c) for c in cols]
+    return df.withColumn(S.CONTENT_HASH, F.sha2(F.to_json(F.struct(*canon)), 256))
 
 
 def with_event_micros(events: DataFrame) -> DataFrame:
@@ -266,7 +283,8 @@ def user_profiles(events: DataFrame, ads: DataFrame, *, as_of: str, max_items: i
                     *[F.coalesce(c, empty_ids).alias(c) for c in S.HISTORY_ITEM_TEXTS],
                     F.coalesce(CATEGORY_CLICKS, F.create_map().cast("map<string,bigint>"))
                     .alias(CATEGORY_CLICKS),
-                    USER_IMPRESSIONS, USER_CLICKS, "last_event_time"))
+                    USER_IMPRESSIONS, USER_CLICKS, "last_event_time")
+            .transform(with_content_hash))
 
 
 def ad_snapshot(ads: DataFrame, events: DataFrame, *, as_of: str) -> DataFrame:
@@ -281,7 +299,7 @@ def ad_snapshot(ads: DataFrame, events: DataFrame, *, as_of: str) -> DataFrame:
     return (ads.join(stats, S.AD_ID, "left")
             .withColumn(AD_IMPRESSIONS, F.coalesce(AD_IMPRESSIONS, F.lit(0)).cast("long"))
             .withColumn(AD_CLICKS, F.coalesce(AD_CLICKS, F.lit(0)).cast("long"))
-            .withColumn(S.DS, F.lit(as_of).cast("date")))
+            .withColumn(S.DS, F.lit(as_of).cast("date")).transform(with_content_hash))
 
 
 def ad_snapshots(ads: DataFrame, events: DataFrame, *, lookback_days: int) -> DataFrame:
@@ -302,4 +320,4 @@ def ad_snapshots(ads: DataFrame, events: DataFrame, *, lookback_days: int) -> Da
     return (ads.join(stats, [S.DS, S.AD_ID], "left")
             .withColumn(AD_IMPRESSIONS, F.coalesce(AD_IMPRESSIONS, F.lit(0)).cast("long"))
             .withColumn(AD_CLICKS, F.coalesce(AD_CLICKS, F.lit(0)).cast("long"))
-            .select(*ads.columns, AD_IMPRESSIONS, AD_CLICKS))
+            .select(*ads.columns, AD_IMPRESSIONS, AD_CLICKS).transform(with_content_hash))

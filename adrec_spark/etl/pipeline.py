@@ -269,7 +269,9 @@ def _run_etl(spark: SparkSession, cfg: AppConfig, start: dt.date, end: dt.date |
 
         examples = _training_examples(spark, cfg, processed, catalog).persist(StorageLevel.MEMORY_AND_DISK)
         # No split here: the training job splits the whole training data by time (adrec_spark.training.split).
-        unit.write(examples, S.TRAINING_EXAMPLES, partition_col=S.DS, values=processed)
+        # merge_schema (here and below): tables written by an earlier release gain the columns added since (the
+        # history texts by kind, the content hashes), null in their older dates
+        unit.write(examples, S.TRAINING_EXAMPLES, partition_col=S.DS, values=processed, merge_schema=True)
         for r in examples.groupBy(S.DS).count().collect():
             days[str(r[S.DS])].training_examples = int(r["count"])
         examples.unpersist()
@@ -277,10 +279,10 @@ def _run_etl(spark: SparkSession, cfg: AppConfig, start: dt.date, end: dt.date |
         profiles = features.user_profiles(_lookback_window(spark, cfg, as_of.isoformat()), catalog(as_of.isoformat()),
                                           as_of=as_of.isoformat(), max_items=etl.history_max_items,
                                           max_chars=etl.history_max_chars)
-        unit.write(profiles, S.USER_PROFILES, partition_col=S.DS, values=[as_of.isoformat()])
+        unit.write(profiles, S.USER_PROFILES, partition_col=S.DS, values=[as_of.isoformat()], merge_schema=True)
         snapshots = features.ad_snapshots(ads_clean, _lookback_window(spark, cfg, catalog_dates[-1], catalog_dates[0]),
                                           lookback_days=etl.lookback_days)
-        unit.write(snapshots, S.ADS, partition_col=S.DS, values=catalog_dates)
+        unit.write(snapshots, S.ADS, partition_col=S.DS, values=catalog_dates, merge_schema=True)
         users = tables.read_table(spark, storage, S.USER_PROFILES).where(
             F.col(S.DS) == F.lit(as_of.isoformat()).cast("date")).count()
         ads_parsed.unpersist()

@@ -186,12 +186,13 @@ def partition_predicate(column: str, values: Sequence[object]) -> str:
 
 
 def write_partitions(df: DataFrame, storage: StorageConfig, table: str, *, partition_col: str,
-                     values: Sequence[object], description: str = "") -> None:
+                     values: Sequence[object], description: str = "", merge_schema: bool = False) -> None:
     """Atomically replace the partitions ``partition_col IN values`` of ``table`` with ``df``.
 
-    Every row of ``df`` must fall in those partitions (Delta checks it). Columns ``df`` has and the table
-    lacks are added to the table (null in its other partitions): a release that adds a column to a table
-    writes to the tables of earlier releases. Conflicting commits by concurrent
+    ``merge_schema``: a column of ``df`` the table lacks is added to it (a table written before that column
+    existed); otherwise Delta refuses the write.
+
+    Every row of ``df`` must fall in those partitions (Delta checks it). Conflicting commits by concurrent
     writers are retried with jittered back-off, ``storage.write_retries`` times at most. On the local file
     system the write holds the table's :func:`commit_lock` (so the Spark job that computes ``df`` runs under
     it too: writers of one table take turns there).
@@ -205,7 +206,7 @@ def write_partitions(df: DataFrame, storage: StorageConfig, table: str, *, parti
         with commit_lock(df.sparkSession, path, what=table):
             (df.write.format("delta").mode("overwrite")
              .option("replaceWhere", predicate)
-             .option("mergeSchema", "true")
+             .option("mergeSchema", "true" if merge_schema else "false")
              .option("userMetadata", description or f"replace {predicate}")
              .partitionBy(partition_col)
              .save(path))
@@ -245,10 +246,10 @@ def restore_partitions(spark: SparkSession, storage: StorageConfig, table: str, 
         previous = current.limit(0)
     else:
         old = read_table(spark, storage, table, version=version)
-        # A column added since ``version`` (see write_partitions) is null in the restored rows.
-        previous = (old.where(F.expr(partition_predicate(partition_col, values)))
-                    .select(*[F.col(f.name) if f.name in old.columns else F.lit(None).cast(f.dataType).alias(f.name)
-                              for f in current.schema.fields]))
+        # a column added since (merge_schema) is null in the rows put back
+        cols = [F.col(f.name) if f.name in old.columns else F.lit(None).cast(f.dataType).alias(f.name)
+                for f in current.schema.fields]
+        previous = old.where(F.expr(partition_predicate(partition_col, values))).select(*cols)
     write_partitions(previous, storage, table, partition_col=partition_col, values=values,
                      description=f"restore {partition_predicate(partition_col, values)} as of version {version}{note}")
 
@@ -295,10 +296,11 @@ class PartitionUnit:
         self.not_restored: list[str] = []
 
     def write(self, df: DataFrame, table: str, *, partition_col: str, values: Sequence[object],
-              description: str = "") -> None:
+              description: str = "", merge_schema: bool = False) -> None:
         predicate = partition_predicate(partition_col, values)
         write_partitions(df, self.storage, table, partition_col=partition_col, values=values,
-                         description=f"{description or 'replace ' + predicate} {self.mark}")
+                         description=f"{description or 'replace ' + predicate} {self.mark}",
+                         merge_schema=merge_schema)
         self.written.append((table, partition_col, list(values)))
 
     def _restore_base(self, table: str, col: str, values: Sequence[object]) -> tuple[bool, int | None]:

@@ -9,6 +9,7 @@ the scores are written puts them back (:func:`tables.partition_unit`).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import time
 import uuid
@@ -17,9 +18,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from py4j.protocol import Py4JJavaError
 from pyspark import Broadcast, StorageLevel
+from pyspark.errors import PySparkException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
@@ -33,6 +37,7 @@ from adrec_spark.io import fs, tables
 from adrec_spark.progress import progress
 from adrec_spark.registry import registry
 from adrec_spark.scoring import candidates as C
+from adrec_spark.scoring import incremental as inc
 from adrec_spark.scoring.rerank import AdInfo, rerank_group
 from adrec_spark.scoring.text_similarity import (
     collect_text_vectors,
@@ -75,6 +80,13 @@ class ScoringResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     # Distinct model inputs the cross-encoder scored: pairs with the same input are scored once.
     inputs_scored: int | None = None
+    # Pairs whose score carried over from the previous date (incremental mode), and what the run built on.
+    pairs_reused: int = 0
+    mode: str = "full"
+    base_date: str | None = None
+    fallback_reason: str = ""
+    built_on: dict[str, int] = field(default_factory=dict)
+    changes: dict[str, int] = field(default_factory=dict)
 
     @property
     def pairs_per_second(self) -> float:
@@ -82,8 +94,16 @@ class ScoringResult:
 
     @property
     def pairs_saved(self) -> int:
-        """Pairs whose score was joined from an identical input instead of scored again."""
-        return 0 if self.inputs_scored is None else self.pairs_scored - self.inputs_scored
+        """Pairs scored tonight whose score was joined from an identical input instead of scored again."""
+        return 0 if self.inputs_scored is None else self.pairs_scored - self.pairs_reused - self.inputs_scored
+
+    def lineage(self) -> str:
+        """One line: the mode, and the date and table versions an incremental run built on (or why full)."""
+        if self.mode != "incremental":
+            return f"full run ({self.fallback_reason})"
+        versions = ", ".join(f"{k} v{v}" for k, v in self.built_on.items())
+        return (f"incremental on {self.base_date} ({versions}): {self.pairs_reused} pairs carried over; "
+                f"changes {self.changes}")
 
 
 def with_strategy(users: DataFrame) -> DataFrame:
@@ -284,21 +304,19 @@ def _user_key(cfg: AppConfig) -> F.Column:
     return pseudonymize(F.col(S.USER_ID), pseudonym_salt(cfg.privacy))
 
 
-def run_scoring(spark: SparkSession, cfg: AppConfig, score_date: dt.date) -> ScoringResult:
-    """Score the users and ads of ``score_date`` (profiles as of the end of that day; ads eligible the next
-    day, when the recommendations are served) and replace that date's partitions."""
-    t0 = time.perf_counter()
-    stages: dict[str, float] = {}
+def _read_users_and_model(spark: SparkSession, cfg: AppConfig, score_date: dt.date,
+                          profiles_version: int | None) -> tuple[DataFrame, dict[str, int], registry.ResolvedModel]:
+    """The date's users (with strategy) and their counts by strategy, read while the registry resolves the
+    model (pinned once for the whole run)."""
     sc = cfg.score
     ds = F.lit(score_date.isoformat()).cast("date")
-
     tag = f"adrec-read-users-{uuid.uuid4().hex[:12]}"
 
     def count_users() -> tuple[DataFrame, dict[str, int]]:
         spark.sparkContext.addJobTag(tag)  # this thread's Spark jobs, so that an error can cancel them
         try:
-            users = _cold_users(spark, cfg, with_strategy(
-                tables.read_table(spark, cfg.storage, S.USER_PROFILES).where(F.col(S.DS) == ds)), score_date)
+            profiles = tables.read_table(spark, cfg.storage, S.USER_PROFILES, version=profiles_version)
+            users = _cold_users(spark, cfg, with_strategy(profiles.where(F.col(S.DS) == ds)), score_date)
             return users, {r[S.STRATEGY]: int(r["count"]) for r in users.groupBy(S.STRATEGY).count().collect()}
         finally:
             spark.sparkContext.removeJobTag(tag)
@@ -321,11 +339,97 @@ def run_scoring(spark: SparkSession, cfg: AppConfig, score_date: dt.date) -> Sco
         users, by_strategy = counting.result()
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
-    ads = tables.read_table(spark, cfg.storage, S.ADS).where(F.col(S.DS) == ds)
+    return users, by_strategy, model
+
+
+@dataclass
+class _Reuse:
+    """What an incremental run reuses: the previous date's scores and what changed since."""
+
+    user_changes: DataFrame
+    ad_changes: DataFrame
+    base_scores: DataFrame
+    base_scores_version: int
+    changes: dict[str, int]
+
+
+def _plan(spark: SparkSession, cfg: AppConfig, score_date: dt.date, users: DataFrame, ads: DataFrame,
+          settings: dict, *, full: bool) -> tuple[inc.Plan, _Reuse | None]:
+    """Full or incremental (and on what); a base whose inputs cannot be read makes it full, with the reason."""
+    plan = inc.plan_run(score_date, inc.read_runs(spark, cfg, score_date), settings, requested=cfg.score.mode,
+                        forced_full=full)
+    reuse = None
+    if plan.mode == inc.INCREMENTAL and plan.base is not None:
+        try:
+            reuse = _base_inputs(spark, cfg, plan.base, users, ads)
+        except (InputDataError, PySparkException, Py4JJavaError) as e:  # e.g. vacuumed versions
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            plan = inc.Plan(inc.FULL, None, f"the inputs of {plan.base.score_date}'s run cannot be read ({first})")
+    if plan.mode == inc.FULL:
+        (log.info if full or cfg.score.mode == inc.FULL else log.warning)(
+            "scoring %s: full run (%s)", score_date, plan.reason)
+    else:
+        log.info("scoring %s: incremental on %s (user_profiles v%d, ads v%d, user_ad_scores v%d); changes %s",
+                 score_date, plan.base.score_date, plan.base.user_profiles_version, plan.base.ads_version,
+                 reuse.base_scores_version, reuse.changes)
+    return plan, reuse
+
+
+def _base_inputs(spark: SparkSession, cfg: AppConfig, base: inc.BaseRun, users: DataFrame,
+                 ads: DataFrame) -> _Reuse:
+    """The base date's scores and the users and ads changed since, from the table versions its run read."""
+    bds = F.lit(base.score_date.isoformat()).cast("date")
+    base_users = (tables.read_table(spark, cfg.storage, S.USER_PROFILES, version=base.user_profiles_version)
+                  .where(F.col(S.DS) == bds))
+    base_ads = tables.read_table(spark, cfg.storage, S.ADS, version=base.ads_version).where(F.col(S.DS) == bds)
+    for name, df in (("user_profiles", users), ("ads", ads), (f"user_profiles of {base.score_date}", base_users),
+                     (f"ads of {base.score_date}", base_ads)):
+        if S.CONTENT_HASH not in df.columns:
+            raise InputDataError(f"{name} has no {S.CONTENT_HASH} column (written before it existed: rerun the ETL)")
+    user_changes = inc.compare_snapshots(users, base_users, key=S.USER_ID).persist(StorageLevel.MEMORY_AND_DISK)
+    ad_changes = inc.compare_snapshots(ads, base_ads, key=S.AD_ID).persist(StorageLevel.MEMORY_AND_DISK)
+    changes = inc.change_counts(user_changes, ad_changes)  # reads both snapshots now: a vacuumed one fails here
+    version = tables.table_version(spark, cfg.storage, S.USER_AD_SCORES)
+    if version is None:
+        raise InputDataError(f"table '{S.USER_AD_SCORES}' not found")
+    scores = (tables.read_table(spark, cfg.storage, S.USER_AD_SCORES, version=version)
+              .where(F.col(S.SCORE_DATE) == bds).select(S.USER_ID, S.AD_ID, S.SCORE))
+    return _Reuse(user_changes, ad_changes, scores, version, changes)
+
+
+def _split_reusable(pairs: DataFrame, users: DataFrame, reuse: _Reuse | None,
+                    cfg: AppConfig) -> tuple[DataFrame, DataFrame | None, list[DataFrame]]:
+    """(pairs to score, pairs carried with the base's score or None, frames to unpersist at the end)."""
+    if reuse is None:
+        return pairs, None, []
+    pairs = pairs.persist(StorageLevel.MEMORY_AND_DISK)  # the cascade (user embeddings) runs once
+    marked = inc.with_reused_scores(pairs, user_changes=reuse.user_changes, ad_changes=reuse.ad_changes,
+                                    user_keys=users.select(S.USER_ID, _user_key(cfg).alias("_key")),
+                                    base_scores=reuse.base_scores).persist(StorageLevel.MEMORY_AND_DISK)
+    to_score = marked.where(F.col(inc.REUSED_SCORE).isNull()).drop(inc.REUSED_SCORE)
+    carried = (marked.where(F.col(inc.REUSED_SCORE).isNotNull())
+               .select(S.USER_ID, S.AD_ID, "source", F.col(inc.REUSED_SCORE).alias(S.SCORE)))
+    return to_score, carried, [marked, pairs, reuse.user_changes, reuse.ad_changes]
+
+
+def run_scoring(spark: SparkSession, cfg: AppConfig, score_date: dt.date, *, full: bool = False) -> ScoringResult:
+    """Score the users and ads of ``score_date`` (profiles as of the end of that day; ads eligible the next
+    day, when the recommendations are served) and replace that date's partitions. With ``score.mode:
+    incremental`` (unless ``full``) the pairs whose user and ad are unchanged since the day before keep that
+    day's score (:mod:`adrec_spark.scoring.incremental`); ``scoring_runs`` records what the run built on."""
+    t0 = time.perf_counter()
+    stages: dict[str, float] = {}
+    sc = cfg.score
+    ds = F.lit(score_date.isoformat()).cast("date")
+    versions = {t: tables.table_version(spark, cfg.storage, t) for t in (S.USER_PROFILES, S.ADS)}
+    users, by_strategy, model = _read_users_and_model(spark, cfg, score_date, versions[S.USER_PROFILES])
+    ads = tables.read_table(spark, cfg.storage, S.ADS, version=versions[S.ADS]).where(F.col(S.DS) == ds)
     n_users = sum(by_strategy.values())
     if n_users == 0:
         raise InputDataError(f"no user profiles for {score_date}: nothing to score (run the ETL for that date)")
     ads = eligible_ads(ads, score_date + dt.timedelta(days=1))
+    settings_used = inc.score_settings(cfg, model.name, model.version)
+    plan, reuse = _plan(spark, cfg, score_date, users, ads, settings_used, full=full)
 
     model_dir = registry.ensure_local_model(cfg.mlflow, model, fs.local_cache_dir(cfg.storage.staging, "models"))
     check_profile_supported(spark.sparkContext.master, sc.gpu)
@@ -341,42 +445,68 @@ def run_scoring(spark: SparkSession, cfg: AppConfig, score_date: dt.date) -> Sco
     index, info = build_ad_index(ads, cfg, settings, with_prior=sc.candidates != "all", empty_message=(
         f"no ads eligible on {score_date + dt.timedelta(days=1)} in the {score_date} catalog"),
         numeric_features=numeric)
-    n_ads = len(index.ad_ids)
     stages["ad_index"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    pairs = candidate_pairs(users, ads, index, cfg, settings, score_date)
+    # The cascade runs for every user (candidates equal a full run's); only the cross-encoder skips the pairs
+    # whose score carries over from the day before.
+    to_score, carried, cached = _split_reusable(candidate_pairs(users, ads, index, cfg, settings, score_date),
+                                                users, reuse, cfg)
+    n_reused = carried.count() if carried is not None else 0
     parts = spark.sparkContext.defaultParallelism * 2
     # Each history and each ad text is tokenized once; the scoring stage assembles pairs from the ids and is
     # the only stage that asks for GPUs (score.gpu). Cached: the distinct model inputs are counted and scored
     # from it (identical inputs once), and the scores joined back to it.
-    featured = pair_features(pairs, with_token_ids(users, settings, text_col=S.HISTORY_TEXT, prefix="history"),
+    featured = pair_features(to_score, with_token_ids(users, settings, text_col=S.HISTORY_TEXT, prefix="history"),
                              with_token_ids(ads, settings, text_col=S.AD_TEXT, prefix="ad"),
                              rate_prior=cfg.etl.rate_prior, rate_prior_strength=cfg.etl.rate_prior_strength,
                              tokens=True, text_vectors=text_vectors_of(users, ads, cfg)
                              if uses_text_similarity(numeric) else None).persist(StorageLevel.MEMORY_AND_DISK)
     inputs = [*token_columns("ad"), *token_columns("history"), *numeric]
     n_inputs = featured.select(*inputs).dropDuplicates().count()
-    profile = scoring_profile(sc.gpu)
     scored = score_distinct_inputs(
         featured, partial(score_pairs, settings=settings, numeric_features=numeric, out_col=S.SCORE,
-                          profile=profile), input_cols=inputs, partitions=parts)
+                          profile=scoring_profile(sc.gpu)), input_cols=inputs, partitions=parts
+    ).select(S.USER_ID, S.AD_ID, "source", S.SCORE)
+    if carried is not None:
+        scored = scored.unionByName(carried)
     out = scored.select(ds.alias(S.SCORE_DATE), _user_key(cfg).alias(S.USER_ID), S.AD_ID, S.SCORE,
                         F.col("source").alias("candidate_source"), F.lit(model.name).alias(S.MODEL_NAME),
                         F.lit(model.version).alias(S.MODEL_VERSION))
-    # Scores and recommendations are two commits: an error before both are in puts the scores back.
+    result = _write_outputs(spark, cfg, score_date, out, users, info, model, n_inputs, scored_pairs,
+                            stages, t, cached=[featured, *cached], record=dict(
+                                plan=plan, reuse=reuse, versions=versions, settings=settings_used,
+                                n_reused=n_reused, t0=t0))
+    result.users, result.users_by_strategy, result.eligible_ads = n_users, by_strategy, len(index.ad_ids)
+    result.all_pairs = n_users * len(index.ad_ids)
+    log.info("scored %d pairs for %d users x %d ads (%s) in %.1fs (%.0f pairs/s end to end; stages %s); "
+             "%d recommendations; %s", result.pairs_scored, n_users, result.eligible_ads, by_strategy,
+             result.seconds, result.pairs_per_second, {k: round(v, 1) for k, v in stages.items()},
+             result.recommendations, result.lineage())
+    return result
+
+
+def _write_outputs(spark: SparkSession, cfg: AppConfig, score_date: dt.date, out: DataFrame, users: DataFrame,
+                   info: AdInfo, model: registry.ResolvedModel, n_inputs: int, counter: Any,
+                   stages: dict[str, float], t: float, *, cached: list[DataFrame], record: dict) -> ScoringResult:
+    """Scores, recommendations and the ``scoring_runs`` row: three commits, one unit (an error before the
+    last one puts back what was written)."""
+    sc = cfg.score
+    ds = F.lit(score_date.isoformat()).cast("date")
     with tables.partition_unit(spark, cfg.storage) as unit:
         # The UDF scores each distinct model input once: progress counts those against their number.
         with progress(spark, "scoring", total=n_inputs, unit="distinct pairs",
-                      every_s=cfg.spark.progress_interval_s, counter=scored_pairs):
+                      every_s=cfg.spark.progress_interval_s, counter=counter):
             unit.write(out, S.USER_AD_SCORES, partition_col=S.SCORE_DATE, values=[score_date.isoformat()],
                        description=f"{model.uri} scores {score_date}")
         stages["score_pairs"] = time.perf_counter() - t
         written = tables.read_table(spark, cfg.storage, S.USER_AD_SCORES).where(F.col(S.SCORE_DATE) == ds)
         n_pairs = written.count()
-        featured.unpersist()
-        log.info("%d pairs, %d distinct model inputs scored: %d pairs (%.1f%%) took the score of an identical "
-                 "input", n_pairs, n_inputs, n_pairs - n_inputs, 100.0 * (n_pairs - n_inputs) / max(n_pairs, 1))
+        for df in cached:
+            df.unpersist()
+        n_reused = record["n_reused"]
+        log.info("%d pairs, %d distinct model inputs scored: %d pairs carried their score from the previous date, "
+                 "%d took the score of an identical input", n_pairs, n_inputs, n_reused, n_pairs - n_reused - n_inputs)
 
         t = time.perf_counter()
         recs = rerank(written, users.withColumn("_key", _user_key(cfg)), info, cfg)
@@ -386,14 +516,39 @@ def run_scoring(spark: SparkSession, cfg: AppConfig, score_date: dt.date) -> Sco
                    description=f"{model.uri} top-{sc.top_k} {score_date}")
         n_recs = tables.read_table(spark, cfg.storage, S.RECOMMENDATIONS).where(F.col(S.SCORE_DATE) == ds).count()
         stages["rerank"] = time.perf_counter() - t
-    result = ScoringResult(score_date=score_date.isoformat(), model_name=model.name, model_version=model.version,
-                           users=n_users, users_by_strategy=by_strategy, eligible_ads=n_ads, pairs_scored=n_pairs,
-                           all_pairs=n_users * n_ads, recommendations=n_recs,
-                           seconds=time.perf_counter() - t0, stage_seconds=stages, inputs_scored=n_inputs)
-    log.info("scored %d pairs for %d users x %d ads (%s) in %.1fs (%.0f pairs/s end to end; stages %s); "
-             "%d recommendations", n_pairs, n_users, n_ads, by_strategy, result.seconds,
-             result.pairs_per_second, {k: round(v, 1) for k, v in stages.items()}, n_recs)
+        result = ScoringResult(score_date=score_date.isoformat(), model_name=model.name,
+                               model_version=model.version, users=0, users_by_strategy={}, eligible_ads=0,
+                               pairs_scored=n_pairs, all_pairs=0, recommendations=n_recs,
+                               seconds=time.perf_counter() - record["t0"], stage_seconds=stages,
+                               inputs_scored=n_inputs, pairs_reused=n_reused)
+        _record_run(unit, cfg, score_date, result, record)
     return result
+
+
+def _record_run(unit: tables.PartitionUnit, cfg: AppConfig, score_date: dt.date, result: ScoringResult,
+                record: dict) -> None:
+    """``scoring_runs``' row of the date (replaced on rerun), and the lineage on ``result``."""
+    plan, reuse, versions = record["plan"], record["reuse"], record["versions"]
+    base = plan.base
+    result.mode, result.fallback_reason = plan.mode, plan.reason
+    result.base_date = base.score_date.isoformat() if base else None
+    result.built_on = {} if base is None else {
+        "user_profiles_version": base.user_profiles_version, "ads_version": base.ads_version,
+        "user_ad_scores_version": reuse.base_scores_version}
+    result.changes = dict(reuse.changes) if reuse else {}
+    row = inc.runs_row(unit.spark, {
+        "score_date": score_date, "mode": plan.mode, "base_date": base.score_date if base else None,
+        "fallback_reason": plan.reason or None, "model_name": result.model_name,
+        "model_version": result.model_version, "score_settings": json.dumps(record["settings"], sort_keys=True),
+        "settings_fingerprint": inc.fingerprint(record["settings"]),
+        "user_profiles_version": versions[S.USER_PROFILES], "ads_version": versions[S.ADS],
+        "base_scores_version": reuse.base_scores_version if reuse else None,
+        "base_user_profiles_version": base.user_profiles_version if base else None,
+        "base_ads_version": base.ads_version if base else None, "pairs": result.pairs_scored,
+        "pairs_reused": result.pairs_reused, "inputs_scored": result.inputs_scored, "changes": result.changes,
+        "seconds": result.seconds, "finished_at": dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)})
+    unit.write(row, S.SCORING_RUNS, partition_col=S.SCORE_DATE, values=[score_date.isoformat()],
+               description=f"{plan.mode} scoring run {score_date}")
 
 
 def rerank(scores: DataFrame, users: DataFrame, info: AdInfo, cfg: AppConfig) -> DataFrame:
