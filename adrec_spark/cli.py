@@ -96,7 +96,7 @@ def cmd_config(args: argparse.Namespace, cfg: AppConfig) -> int:
 
 
 def cmd_generate(args: argparse.Namespace, cfg: AppConfig) -> int:
-    from adrec_spark.data.generator import GeneratorSpec, generate
+    from adrec_spark.samples.generator import GeneratorSpec, generate
 
     spec = GeneratorSpec(n_users=args.users, n_ads=args.ads, n_events=args.events, n_days=args.days,
                          start=args.start, seed=args.seed, fmt=args.format,
@@ -109,7 +109,7 @@ def cmd_generate(args: argparse.Namespace, cfg: AppConfig) -> int:
 
 
 def cmd_movielens(args: argparse.Namespace, cfg: AppConfig) -> int:
-    from adrec_spark.data.movielens import default_source, write_landing
+    from adrec_spark.samples.movielens import default_source, write_landing
 
     out = args.out or os.path.dirname(cfg.storage.raw_events.rstrip("/")) or "."
     summary = write_landing(args.src or default_source(), out)
@@ -303,9 +303,9 @@ def cmd_demo(args: argparse.Namespace, cfg: AppConfig) -> int:
     """generate -> ETL -> train -> score -> evaluate on the embedded default; prints what a person looks at."""
     from pathlib import Path
 
-    from adrec_spark.data.generator import GeneratorSpec, generate
     from adrec_spark.etl.pipeline import run_etl
     from adrec_spark.evaluation.pipeline import run_evaluation
+    from adrec_spark.samples.generator import GeneratorSpec, generate
     from adrec_spark.scoring.pipeline import run_scoring
     from adrec_spark.training.pipeline import run_training
 

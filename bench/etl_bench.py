@@ -26,7 +26,7 @@ print(json.dumps({{"input_rows": r.input_rows, "clean": r.clean_rows, "rejected"
 
 
 def run(sizes: tuple[int, ...] = (1_000_000, 2_000_000), days: int = 14) -> dict[str, object]:
-    from adrec_spark.data.generator import GeneratorSpec, generate
+    from adrec_spark.samples.generator import GeneratorSpec, generate
     from bench.common import ROOT, run_python
 
     rows = []

@@ -42,7 +42,7 @@ from bench.common import bench_config
 from adrec_spark.config import replace
 from adrec_spark.logs import configure_logging
 from adrec_spark.session import build_spark
-from adrec_spark.data.generator import GeneratorSpec, generate
+from adrec_spark.samples.generator import GeneratorSpec, generate
 from adrec_spark.etl.pipeline import run_etl
 from adrec_spark.scoring.pipeline import run_scoring
 from adrec_spark.training.pipeline import run_training

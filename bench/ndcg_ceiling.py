@@ -121,7 +121,7 @@ def run() -> dict[str, object]:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
 
-    from adrec_spark.data.movielens import default_source
+    from adrec_spark.samples.movielens import default_source
 
     warnings.filterwarnings("ignore")
     table = W / "lakehouse" / "training_examples"

@@ -68,11 +68,11 @@ step = {step!r}
 if step == "etl":
     from adrec_spark.etl.pipeline import run_etl
     if {dataset!r} == "movielens":
-        from adrec_spark.data.movielens import default_source, write_landing
+        from adrec_spark.samples.movielens import default_source, write_landing
         s = write_landing(default_source(), work / "raw")
         first, last = dt.date.fromisoformat(s["first_day"]), dt.date.fromisoformat(s["last_day"])
     else:
-        from adrec_spark.data.generator import GeneratorSpec, generate
+        from adrec_spark.samples.generator import GeneratorSpec, generate
         spec = GeneratorSpec(**{demo!r})
         generate(spec, work / "raw")
         first, last = spec.start, spec.start + dt.timedelta(days=spec.n_days - 1)
@@ -103,7 +103,7 @@ def step(ds: Dataset, name: str, overrides: tuple[str, ...] = (), code: str = ST
 def prepare_etl(ds: Dataset, *, fresh: bool = False) -> dict[str, object]:
     """Landing files and the ETL into bench/.work/<dataset>, once (``etl.json`` marks it done)."""
     if ds.name == "movielens":
-        from adrec_spark.data.movielens import default_source
+        from adrec_spark.samples.movielens import default_source
 
         if not (default_source() / "ratings.parquet").is_file():
             raise SystemExit(f"MovieLens-100k not found at {default_source()} (set ADREC_MOVIELENS)")

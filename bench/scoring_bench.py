@@ -77,7 +77,7 @@ from pathlib import Path
 from bench.common import bench_config
 from adrec_spark.logs import configure_logging
 from adrec_spark.session import build_spark
-from adrec_spark.data.generator import GeneratorSpec, generate
+from adrec_spark.samples.generator import GeneratorSpec, generate
 from adrec_spark.etl.pipeline import run_etl
 from adrec_spark.training.pipeline import run_training
 configure_logging("INFO")

@@ -12,9 +12,9 @@ import pytest
 from pyspark.sql import functions as F
 
 from adrec_spark import schema as S
-from adrec_spark.data.generator import GeneratorSpec, generate
 from adrec_spark.errors import InputDataError
 from adrec_spark.etl.pipeline import RejectedFractionError, run_etl
+from adrec_spark.samples.generator import GeneratorSpec, generate
 from tests.conftest import make_config, movielens_or_skip
 
 START = dt.date(2024, 1, 1)
@@ -284,7 +284,7 @@ def test_csv_without_a_required_column_names_it(spark, tmp_path) -> None:
 @pytest.mark.movielens
 def test_movielens_end_to_end(spark, tmp_path) -> None:
     from adrec_spark.config import load_config
-    from adrec_spark.data.movielens import write_landing
+    from adrec_spark.samples.movielens import write_landing
 
     src = movielens_or_skip()
     summary = write_landing(src, tmp_path / "raw")

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from adrec_spark.data.generator import (
+from adrec_spark.samples.generator import (
     BRAND_LIST,
     PRODUCT_LIST,
     PRODUCT_THEME,
@@ -37,7 +37,7 @@ from adrec_spark.data.generator import (
     generate,
     sample_world,
 )
-from adrec_spark.data.vocabulary import STYLES, THEMES
+from adrec_spark.samples.vocabulary import STYLES, THEMES
 
 SPEC = GeneratorSpec(seed=11)  # the demo's size: 400 users, 300 ads, 40,000 events over 14 days
 BAD_IDS = ("nouser-", "badtype-", "unknownad-", "future-", "pii-")

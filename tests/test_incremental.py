@@ -174,8 +174,8 @@ def nights(spark, tmp_path_factory):
     it was after the first night."""
     import shutil
 
-    from adrec_spark.data.generator import GeneratorSpec, generate
     from adrec_spark.etl.pipeline import run_etl
+    from adrec_spark.samples.generator import GeneratorSpec, generate
     from adrec_spark.scoring.pipeline import run_scoring
     from adrec_spark.training.pipeline import run_training
     from tests.conftest import make_config

@@ -18,11 +18,11 @@ from pyspark.sql import functions as F
 
 from adrec_spark import schema as S
 from adrec_spark.config import replace
-from adrec_spark.data.generator import GeneratorSpec, generate
 from adrec_spark.errors import InputDataError, ModelResolutionError
 from adrec_spark.etl.pipeline import run_etl
 from adrec_spark.model.inference import Scorer, cached_cpu_precision, resolve_precision
 from adrec_spark.registry import registry
+from adrec_spark.samples.generator import GeneratorSpec, generate
 from adrec_spark.scoring.pipeline import pair_features, run_scoring
 from adrec_spark.training import split as split_mod
 from adrec_spark.training.pipeline import run_training

@@ -108,9 +108,9 @@ def test_prepare_train_elsewhere_and_ingest_end_to_end(spark, tmp_path) -> None:
     from sklearn.metrics import roc_auc_score
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from adrec_spark.data.generator import GeneratorSpec, generate
     from adrec_spark.etl.pipeline import run_etl
     from adrec_spark.model import offline_train as OT
+    from adrec_spark.samples.generator import GeneratorSpec, generate
     from bench import quality_gpu as QG
     from tests.tiny_bert import make_tiny_bert
 

@@ -19,10 +19,10 @@ from pyspark.sql import functions as F
 from adrec_spark import cli, privacy
 from adrec_spark import schema as S
 from adrec_spark.config import PrivacyConfig
-from adrec_spark.data.generator import GeneratorSpec, generate
 from adrec_spark.errors import ConfigError, InputDataError
 from adrec_spark.etl.pipeline import run_etl
 from adrec_spark.io import erasure
+from adrec_spark.samples.generator import GeneratorSpec, generate
 from adrec_spark.training.pipeline import export_splits, split_training_data
 from tests.conftest import make_config
 from tests.leaks import files_holding

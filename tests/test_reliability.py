@@ -43,8 +43,8 @@ from pyspark.sql import functions as F
 
 from adrec_spark import schema as S
 from adrec_spark.config import AppConfig, replace
-from adrec_spark.data.generator import GeneratorSpec, generate
 from adrec_spark.etl.pipeline import run_etl
+from adrec_spark.samples.generator import GeneratorSpec, generate
 from adrec_spark.scoring.pipeline import run_scoring
 from adrec_spark.training.pipeline import run_training
 from tests.conftest import ROOT, make_config

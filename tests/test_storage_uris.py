@@ -9,11 +9,11 @@ import datetime as dt
 import pytest
 from pyspark.sql import functions as F
 
-from adrec_spark import privacy
 from adrec_spark import schema as S
-from adrec_spark.data.generator import GeneratorSpec, generate
 from adrec_spark.etl.pipeline import run_etl
 from adrec_spark.evaluation.pipeline import run_evaluation
+from adrec_spark.io import erasure
+from adrec_spark.samples.generator import GeneratorSpec, generate
 from adrec_spark.scoring.pipeline import run_scoring
 from adrec_spark.training import pipeline as training
 from tests.conftest import ROOT, make_config
@@ -75,6 +75,6 @@ def test_every_storage_setting_as_a_file_uri_through_every_job(spark, tmp_path, 
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(":")]  # no 'file:' / 's3a:' folders
 
     uid, texts = _victim(spark, cfg)
-    privacy.forget_users(spark, cfg, [uid])
+    erasure.forget_users(spark, cfg, [uid])
     assert files_holding(tmp_path / "staging", {uid}, texts) == []
     assert files_holding(tmp_path / "mlartifacts", {uid}, texts) == []

@@ -3,7 +3,7 @@
 Users' tastes live below the category, as on real platforms, and clicks follow those tastes; the category is
 only a coarse proxy for them. Ad titles and descriptions carry the words of the tastes; users' searches and
 reviews reveal theirs in their own words, which overlap with the ads' only in part (the vocabulary is in
-``adrec_spark.data.vocabulary``). A few deliberately bad rows per day exercise the ETL's rejection paths.
+``adrec_spark.samples.vocabulary``). A few deliberately bad rows per day exercise the ETL's rejection paths.
 
 **Ads.** Each ad sells one product of its category (``running shoes`` in fashion) under one of the category's
 four brands (its ``advertiser_id``), at a price tier (budget 30%, mid 45%, luxury 25%; the price follows the
@@ -53,7 +53,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from adrec_spark.data.vocabulary import (
+from adrec_spark.samples.vocabulary import (
     CATEGORIES,
     CATEGORY_TAGLINE,
     LOG_PRICE,
