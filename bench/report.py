@@ -392,8 +392,23 @@ def incremental_section(name: str, d: Json) -> list[str]:
     return out
 
 
+def scorer_section(name: str, d: Json) -> list[str]:
+    out = header(f"The scorer on {d['device']}", name, d)
+    out += [f"The same {d['pairs']} pairs ({d['users']} users x {d['ads_per_user']} ads, {d['model_source']}), "
+            f"{d['precision']}, {d['threads']} torch threads, in one run: the per-pair loop that tokenizes strings "
+            f"(`legacy`), the scorer that assembles pairs from token ids (`scorer`; the distinct texts tokenized "
+            f"apart, {d['tokenize_distinct_texts_s']:.3f} s) and sentence-transformers' `CrossEncoder.predict`.", ""]
+    out += md_table(["way", "pairs/s"], [[way, f"{r['pairs_per_s']:.1f}"] for way, r in d["results"].items()])
+    r = d["ratios"]
+    out += [f"Scorer / legacy {r['scorer_vs_legacy']:.2f}x, scorer / CrossEncoder {r['scorer_vs_cross_encoder']:.2f}x; "
+            f"logit correlation with legacy {d['scorer_vs_legacy_logit_correlation']:.6f}. Pair assembly from ids: "
+            f"{fmt(int(d['assembly_pairs_per_s_one_core']))} pairs/s on one core.", ""]
+    return out
+
+
 SECTIONS: list[tuple[str, Callable[[str, Json], list[str]]]] = [
-    (r"scoring", scoring_section), (r"incremental", incremental_section), (r"training", training_section),
+    (r"scorer-.+", scorer_section), (r"scoring", scoring_section), (r"incremental", incremental_section),
+    (r"training", training_section),
     (r"etl", etl_section),
     (r"inference-profile-.+", profile_section), (r"quality.*", quality_section), (r"ndcg-ceiling", ceiling_section),
 ]
