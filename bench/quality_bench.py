@@ -53,7 +53,8 @@ DATASETS = {
                     "quality-demo"),
 }
 
-STEP = """
+# The start of every script a step runs in its own process: the bench's config and a Spark session.
+SCRIPT_HEAD = """
 import datetime as dt, json, sys
 sys.path.insert(0, {root!r})
 from pathlib import Path
@@ -64,7 +65,9 @@ configure_logging("INFO")
 work = Path({work!r})
 cfg = bench_config(work, *{overrides!r}, files={files!r})
 spark = build_spark(cfg)
-step = {step!r}
+"""
+
+STEP = SCRIPT_HEAD + """step = {step!r}
 if step == "etl":
     from adrec_spark.etl.pipeline import run_etl
     if {dataset!r} == "movielens":

@@ -23,7 +23,7 @@ import shutil
 from pathlib import Path
 
 from bench.common import ROOT, WORK, save
-from bench.quality_bench import DATASETS, Dataset, _print_tables, prepare_etl, step
+from bench.quality_bench import DATASETS, SCRIPT_HEAD, Dataset, _print_tables, prepare_etl, step
 
 CARRY_LIMIT_BYTES = 64 * 2**20
 # On top of the dataset's config: every training row, several epochs, 128 tokens, bf16 on the GPU, a shuffle
@@ -35,23 +35,11 @@ GPU_RECIPE = ("model.max_length=128", "train.batch_size=64", "train.max_train_ro
               "train.shuffle_buffer_rows=200000")
 EPOCHS = {"movielens": 3, "demo": 4}
 
-HEAD = """
-import json, sys
-sys.path.insert(0, {root!r})
-from pathlib import Path
-from bench.common import bench_config
-from adrec_spark.logs import configure_logging
-from adrec_spark.session import build_spark
-configure_logging("INFO")
-work = Path({work!r})
-cfg = bench_config(work, *{overrides!r}, files={files!r})
-spark = build_spark(cfg)
-"""
-EXPORT = HEAD + """
+EXPORT = SCRIPT_HEAD + """
 from bench.quality_gpu import export_for_offline
 print(json.dumps(export_for_offline(spark, cfg, str(work / "offline-export"))))
 """
-INGEST = HEAD + """
+INGEST = SCRIPT_HEAD + """
 from bench.quality_gpu import evaluate_ingested
 print(json.dumps(evaluate_ingested(spark, cfg, json.loads(Path({manifest!r}).read_text()), {scores!r})))
 """
