@@ -23,14 +23,31 @@ def configure_logging(level: str = "INFO") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-@contextmanager
-def timed(log: logging.Logger, what: str) -> Iterator[dict[str, float]]:
-    """Log how long ``what`` took; the dict gets ``seconds`` when the block ends."""
-    out: dict[str, float] = {}
-    start = time.perf_counter()
-    log.info("%s ...", what)
-    try:
-        yield out
-    finally:
-        out["seconds"] = time.perf_counter() - start
-        log.info("%s done in %.1fs", what, out["seconds"])
+class Stopwatch:
+    """Wall time since it was made, and of named stages within it: the one timer of the jobs.
+
+    ``with watch.stage("score"): ...`` adds the block's seconds to ``watch.stages["score"]``; ``with
+    watch.stage("vacuum", log=log, what="orders")`` also logs ``orders done in 1.2s``."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.stages: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str, *, log: logging.Logger | None = None, what: str = "") -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            seconds = time.perf_counter() - start
+            self.stages[name] = self.stages.get(name, 0.0) + seconds
+            if log is not None:
+                log.info("%s done in %.1fs", what or name, seconds)
+
+    def elapsed(self) -> float:
+        """Seconds since the stopwatch was made."""
+        return time.perf_counter() - self.started
+
+    def rounded(self) -> dict[str, float]:
+        """The stages' seconds to one decimal, for a log line."""
+        return {k: round(v, 1) for k, v in self.stages.items()}

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
+from adrec_spark import model_udf as udf
 from adrec_spark import schema as S
 from adrec_spark.config import ScoreGpuConfig
 from adrec_spark.errors import ConfigError
@@ -17,15 +18,9 @@ from adrec_spark.etl import features
 from adrec_spark.model.encoder import load_tokenizer
 from adrec_spark.model.inference import ModelCache, Scorer
 from adrec_spark.model.relevance import ModelSpec, build_model
-from adrec_spark.scoring import udf
+from adrec_spark.model_udf import UdfSettings, with_token_ids
 from adrec_spark.scoring.pipeline import pair_features
-from adrec_spark.scoring.udf import (
-    UdfSettings,
-    check_profile_supported,
-    score_pairs,
-    scoring_profile,
-    with_token_ids,
-)
+from adrec_spark.scoring.stages import check_profile_supported, score_pairs, scoring_profile
 from tests.tiny_bert import make_tiny_bert
 
 NUMERIC = list(S.NUMERIC_FEATURES)
@@ -124,7 +119,7 @@ def test_a_new_model_version_evicts_the_old_one(saved, tmp_path, monkeypatch) ->
     v2 = tmp_path / "v2"
     shutil.copytree(saved, v2)
     cache = ModelCache()
-    monkeypatch.setattr(udf, "_SCORERS", cache)
+    monkeypatch.setattr(udf, "WORKER_MODELS", cache)
     monkeypatch.setattr(udf, "_model_path", lambda f: f)
     a = udf.get_scorer(UdfSettings(model_file=str(saved), precision="fp32"), device="cpu")
     assert udf.get_scorer(UdfSettings(model_file=str(saved), precision="fp32"), device="cpu") is a
@@ -140,6 +135,30 @@ def test_a_new_model_version_evicts_the_old_one(saved, tmp_path, monkeypatch) ->
     monkeypatch.setattr("gc.collect", lambda: freed.append(True))
     cache.evict()
     assert len(cache) == 0 and freed
+
+
+def test_the_worker_cache_holds_one_folder_per_role() -> None:
+    """The fine-tuned model and the pretrained encoder share the one worker cache without evicting each other;
+    a second folder for a role evicts only that role's first one."""
+    cache = ModelCache()
+    loads: list[tuple] = []
+
+    def get(key: tuple) -> object:
+        return cache.get(key, lambda: loads.append(key) or object())
+
+    model_v1 = get(("model", "/m/v1", "cpu"))
+    get(("tokenizer", "/m/v1"))
+    get(("pretrained", "minilm"))
+    assert get(("model", "/m/v1", "cpu")) is model_v1 and len(loads) == 3
+    get(("model", "/m/v2", "cpu"))
+    assert cache.folders() == ["/m/v1", "minilm", "/m/v2"]  # the tokenizer of v1 stays until its role moves on
+    get(("tokenizer", "/m/v2"))
+    assert cache.folders() == ["minilm", "/m/v2"]
+
+
+def test_model_udf_names_the_outputs_it_knows() -> None:
+    with pytest.raises(ValueError, match="'embedding', 'parts', 'score', 'token_ids'.*'probs'"):
+        udf.model_udf(UdfSettings(model_file="unused"), output="probs")
 
 
 @pytest.mark.slow

@@ -274,7 +274,8 @@ def test_ad_index_partition_embeds_each_ad_and_scores_its_prior_at_each_affinity
     category-match feature at that level, the same as scoring those inputs directly."""
     import pandas as pd
 
-    from adrec_spark.scoring.udf import UdfSettings, ad_index_partition
+    from adrec_spark.model_udf import UdfSettings
+    from adrec_spark.scoring.stages import ad_index_partition
 
     model, tok = build_model(tiny, _spec(), seed=6).eval(), load_tokenizer(tiny)
     model.save(tmp_path / "m", tok)

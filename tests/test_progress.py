@@ -15,8 +15,8 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.sql.functions import pandas_udf
 
+from adrec_spark import model_udf as U
 from adrec_spark import progress as P
-from adrec_spark.scoring import udf as U
 
 
 class FakeClock:
@@ -102,7 +102,7 @@ def test_the_scoring_udf_adds_each_batch_to_the_progress_counter(monkeypatch) ->
     added: list[int] = []
     settings = U.UdfSettings(model_file="unused", progress=SimpleNamespace(add=added.append))
     batches = [(pd.Series(["a"] * n), pd.Series(["h"] * n), pd.DataFrame({"x": np.zeros(n)})) for n in (3, 5)]
-    out = list(U.score_udf(settings).func(iter(batches)))
+    out = list(U.model_udf(settings, output="score").func(iter(batches)))
     assert [len(o) for o in out] == [3, 5]
     assert added == [3, 5]
 
@@ -146,3 +146,20 @@ def test_without_a_counter_the_lines_count_the_running_stage_tasks(spark, caplog
     seen = [(int(m[1]), int(m[2])) for line in lines if (m := re.match(r"etl: (\d+)/(\d+) tasks of 1 running", line))]
     assert (8 in {total for _, total in seen}) and any(0 < done < 8 for done, total in seen if total == 8), lines
     assert re.fullmatch(r"etl: done in \ds", lines[-1]), lines[-1]
+
+
+def test_a_stopwatch_adds_up_each_stage_and_logs_it(monkeypatch, caplog) -> None:
+    import logging
+
+    from adrec_spark import logs
+
+    clock = iter([0.0, 1.0, 3.5, 10.0, 10.25, 12.0])  # made, stage a (2.5 s), stage a again (0.25 s), elapsed
+    monkeypatch.setattr(logs.time, "perf_counter", lambda: next(clock))
+    watch = logs.Stopwatch()
+    with watch.stage("a"):
+        pass
+    with caplog.at_level(logging.INFO), watch.stage("a", log=logging.getLogger("t"), what="the second a"):
+        pass
+    assert watch.stages == {"a": 2.75}
+    assert watch.elapsed() == 12.0
+    assert "the second a done in 0.2s" in caplog.text

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import reduce
@@ -22,6 +21,7 @@ from adrec_spark.config import AppConfig
 from adrec_spark.errors import AdrecError, InputDataError
 from adrec_spark.etl import clean, features
 from adrec_spark.io import landing, tables
+from adrec_spark.logs import Stopwatch
 from adrec_spark.progress import progress
 
 log = logging.getLogger(__name__)
@@ -204,34 +204,54 @@ def run_etl(spark: SparkSession, cfg: AppConfig, start: dt.date, end: dt.date | 
         return _run_etl(spark, cfg, start, end)
 
 
-def _run_etl(spark: SparkSession, cfg: AppConfig, start: dt.date, end: dt.date | None) -> EtlResult:
-    t0 = time.perf_counter()
-    etl, storage = cfg.etl, cfg.storage
-    dates = tables.date_range(start, end or start)
-    backfill = len(dates) > 1
+@dataclass
+class _Inputs:
+    """One run's parsed input: the dates with events (``processed``), every date whose catalog is read
+    (``catalog_dates``: those and the last date), the parsed catalog rows (persisted) and the clean ones."""
 
-    raw = landing.read_events(spark, storage.raw_events, dates, storage.input_format, allow_missing=backfill)
-    as_of = dates[-1]
+    raw: DataFrame
+    processed: list[str]
+    catalog_dates: list[str]
+    ads_parsed: DataFrame
+    ads_clean: DataFrame
+
+    def catalog(self, d: str) -> DataFrame:
+        """The clean catalog of date ``d``: each date sees its own snapshot (the newest on or before it)."""
+        return self.ads_clean.where(F.col(S.DS) == F.lit(d).cast("date"))
+
+
+def _read_inputs(spark: SparkSession, cfg: AppConfig, dates: list[dt.date]) -> _Inputs:
+    """The landing events of ``dates`` (a backfill skips dates without input) and, point in time, the catalog
+    of each processed date and of the last one."""
+    storage = cfg.storage
+    raw = landing.read_events(spark, storage.raw_events, dates, storage.input_format, allow_missing=len(dates) > 1)
     processed = sorted({str(r[S.DS]) for r in raw.select(S.DS).distinct().collect()})
     if not processed:
-        raise InputDataError(f"no events for {start}{'..' + str(end) if end else ''}: the landing files hold "
-                             "only blank lines")
-    # Point in time: each date has the catalog of its newest snapshot on or before it.
-    catalog_dates = sorted({*processed, as_of.isoformat()})
+        span = dates[0].isoformat() + (f"..{dates[-1]}" if len(dates) > 1 else "")
+        raise InputDataError(f"no events for {span}: the landing files hold only blank lines")
+    catalog_dates = sorted({*processed, dates[-1].isoformat()})
     ads_parsed = clean.parse_ads(
         landing.read_ads(spark, storage.raw_ads, [dt.date.fromisoformat(d) for d in catalog_dates],
-                         storage.input_format), ds=None, text_max_chars=etl.text_max_chars)
-    ads_parsed = ads_parsed.persist(StorageLevel.MEMORY_AND_DISK)
-    ads_clean = clean.clean_ad_rows(ads_parsed)
+                         storage.input_format), ds=None, text_max_chars=cfg.etl.text_max_chars
+    ).persist(StorageLevel.MEMORY_AND_DISK)
+    return _Inputs(raw, processed, catalog_dates, ads_parsed, clean.clean_ad_rows(ads_parsed))
 
-    parsed = clean.parse_events(raw, text_max_chars=etl.text_max_chars,
+
+def _marked_events(spark: SparkSession, cfg: AppConfig, start: dt.date, inp: _Inputs) -> DataFrame:
+    """Every input event with its status (clean, rejected with a reason, duplicate): persisted."""
+    etl = cfg.etl
+    parsed = clean.parse_events(inp.raw, text_max_chars=etl.text_max_chars,
                                 max_clock_skew_minutes=etl.max_clock_skew_minutes)
-    parsed = clean.reject_unknown_ads(parsed, ads_clean)
-    marked = clean.mark_duplicates(parsed, _previous_event_ids(spark, cfg, start, processed))
-    marked = clean.reject_events_without_impression(
-        marked, _previous_impressions(spark, cfg, start, processed), attribution_hours=etl.attribution_hours,
+    parsed = clean.reject_unknown_ads(parsed, inp.ads_clean)
+    marked = clean.mark_duplicates(parsed, _previous_event_ids(spark, cfg, start, inp.processed))
+    return clean.reject_events_without_impression(
+        marked, _previous_impressions(spark, cfg, start, inp.processed), attribution_hours=etl.attribution_hours,
         lookback_days=etl.lookback_days).persist(StorageLevel.MEMORY_AND_DISK)
 
+
+def _account(raw: DataFrame, marked: DataFrame, cfg: AppConfig) -> dict[str, DayMetrics]:
+    """Per date: input = clean + rejected + duplicates (an :class:`AccountingError` otherwise), and the rejected
+    share checked against ``etl.max_rejected_fraction`` before anything is written."""
     input_by_day = {str(r[S.DS]): int(r["count"]) for r in raw.groupBy(S.DS).count().collect()}
     days = _status_counts(marked)
     for ds, n in input_by_day.items():
@@ -243,59 +263,77 @@ def _run_etl(spark: SparkSession, cfg: AppConfig, start: dt.date, end: dt.date |
                 f" != input {n}")
         log.info("%s: input %d = clean %d + rejected %d + duplicates %d; rejected by reason %s", ds, n,
                  m.clean_rows, m.rejected_rows, m.duplicate_rows, m.rejected_by_reason)
-    _check_rejected_fraction(days, max_fraction=etl.max_rejected_fraction, on_excess=etl.on_rejected_excess)
+    _check_rejected_fraction(days, max_fraction=cfg.etl.max_rejected_fraction, on_excess=cfg.etl.on_rejected_excess)
+    return days
 
-    latest_ads = ads_parsed.where(F.col(S.DS) == F.lit(as_of.isoformat()).cast("date"))
-    ads_reasons = {r[S.REASON]: int(r["count"]) for r in
-                   latest_ads.where(F.col(clean.STATUS) == clean.REJECTED).groupBy(S.REASON).count().collect()}
-    ads_total = latest_ads.count()
-    ads_ok = ads_total - sum(ads_reasons.values())
-    log.info("ad catalog %s: %d rows = %d clean + %d rejected %s", as_of, ads_total, ads_ok,
-             sum(ads_reasons.values()), ads_reasons)
 
+def _catalog_counts(ads_parsed: DataFrame, as_of: str) -> tuple[int, dict[str, int]]:
+    """The last date's catalog: its row count and its rejected rows by reason."""
+    latest = ads_parsed.where(F.col(S.DS) == F.lit(as_of).cast("date"))
+    reasons = {r[S.REASON]: int(r["count"]) for r in
+               latest.where(F.col(clean.STATUS) == clean.REJECTED).groupBy(S.REASON).count().collect()}
+    total = latest.count()
+    log.info("ad catalog %s: %d rows = %d clean + %d rejected %s", as_of, total, total - sum(reasons.values()),
+             sum(reasons.values()), reasons)
+    return total, reasons
+
+
+def _run_etl(spark: SparkSession, cfg: AppConfig, start: dt.date, end: dt.date | None) -> EtlResult:
+    watch = Stopwatch()
+    dates = tables.date_range(start, end or start)
+    inp = _read_inputs(spark, cfg, dates)
+    marked = _marked_events(spark, cfg, start, inp)
+    days = _account(inp.raw, marked, cfg)
+    as_of = dates[-1].isoformat()
+    ads_total, ads_reasons = _catalog_counts(inp.ads_parsed, as_of)
     # Six tables, one commit each: an error before the last one (etl_runs, the day's record) puts back
     # the partitions already replaced.
-    with tables.partition_unit(spark, storage) as unit:
-        unit.write(clean.clean_event_rows(marked), S.EVENTS_CLEAN,
-                   partition_col=S.DS, values=processed)
-        rejected = clean.rejected_rows(marked, "events").unionByName(clean.rejected_rows(ads_parsed, "ads"))
-        unit.write(rejected, S.EVENTS_REJECTED, partition_col=S.DS, values=catalog_dates)
-        marked.unpersist()
-
-        # Features read the clean events back. Each date sees what a nightly run for it sees: the events
-        # landed in its own look-back window and its own catalog, so a backfill equals nightly runs.
-        def catalog(d: str) -> DataFrame:
-            return ads_clean.where(F.col(S.DS) == F.lit(d).cast("date"))
-
-        examples = _training_examples(spark, cfg, processed, catalog).persist(StorageLevel.MEMORY_AND_DISK)
-        # No split here: the training job splits the whole training data by time (adrec_spark.training.split).
-        # merge_schema (here and below): tables written by an earlier release gain the columns added since (the
-        # history texts by kind, the content hashes), null in their older dates
-        unit.write(examples, S.TRAINING_EXAMPLES, partition_col=S.DS, values=processed, merge_schema=True)
-        for r in examples.groupBy(S.DS).count().collect():
-            days[str(r[S.DS])].training_examples = int(r["count"])
-        examples.unpersist()
-
-        profiles = features.user_profiles(_lookback_window(spark, cfg, as_of.isoformat()), catalog(as_of.isoformat()),
-                                          as_of=as_of.isoformat(), max_items=etl.history_max_items,
-                                          max_chars=etl.history_max_chars)
-        unit.write(profiles, S.USER_PROFILES, partition_col=S.DS, values=[as_of.isoformat()], merge_schema=True)
-        snapshots = features.ad_snapshots(ads_clean, _lookback_window(spark, cfg, catalog_dates[-1], catalog_dates[0]),
-                                          lookback_days=etl.lookback_days)
-        unit.write(snapshots, S.ADS, partition_col=S.DS, values=catalog_dates, merge_schema=True)
-        users = tables.read_table(spark, storage, S.USER_PROFILES).where(
-            F.col(S.DS) == F.lit(as_of.isoformat()).cast("date")).count()
-        ads_parsed.unpersist()
-
-        result = EtlResult(dates=processed, days=days, ads_input=ads_total, ads_clean=ads_ok,
-                           ads_rejected_by_reason=ads_reasons, users_profiled=users,
-                           seconds=time.perf_counter() - t0)
+    with tables.partition_unit(spark, cfg.storage) as unit:
+        _write_events(unit, marked, inp)
+        _write_features(unit, spark, cfg, inp, days, as_of)
+        users = tables.read_table(spark, cfg.storage, S.USER_PROFILES).where(
+            F.col(S.DS) == F.lit(as_of).cast("date")).count()
+        inp.ads_parsed.unpersist()
+        result = EtlResult(dates=inp.processed, days=days, ads_input=ads_total,
+                           ads_clean=ads_total - sum(ads_reasons.values()), ads_rejected_by_reason=ads_reasons,
+                           users_profiled=users, seconds=watch.elapsed())
         _write_run_log(unit, result)
     log.info("ETL %s..%s: %d input rows, %d clean, %d rejected, %d duplicates, %d training examples, "
-             "%d users, %.1fs (%.0f events/s)", processed[0], processed[-1], result.input_rows,
+             "%d users, %.1fs (%.0f events/s)", inp.processed[0], inp.processed[-1], result.input_rows,
              result.clean_rows, result.rejected_rows, result.duplicate_rows, result.training_examples,
              users, result.seconds, result.input_rows / max(result.seconds, 1e-9))
     return result
+
+
+def _write_events(unit: tables.PartitionUnit, marked: DataFrame, inp: _Inputs) -> None:
+    """``events_clean`` of the processed dates and ``events_rejected`` (events and catalog rows, with reasons)."""
+    unit.write(clean.clean_event_rows(marked), S.EVENTS_CLEAN, partition_col=S.DS, values=inp.processed)
+    rejected = clean.rejected_rows(marked, "events").unionByName(clean.rejected_rows(inp.ads_parsed, "ads"))
+    unit.write(rejected, S.EVENTS_REJECTED, partition_col=S.DS, values=inp.catalog_dates)
+    marked.unpersist()
+
+
+def _write_features(unit: tables.PartitionUnit, spark: SparkSession, cfg: AppConfig, inp: _Inputs,
+                    days: dict[str, DayMetrics], as_of: str) -> None:
+    """``training_examples`` (counted into ``days``), ``user_profiles`` as of ``as_of`` and the ``ads`` snapshots,
+    from the clean events read back. Each date sees what a nightly run for it sees: the events landed in its own
+    look-back window and its own catalog, so a backfill equals nightly runs. No split here: the training job
+    splits the whole training data by time (:mod:`adrec_spark.training.split`). ``merge_schema``: tables written
+    by an earlier release gain the columns added since (the history texts by kind, the content hashes), null in
+    their older dates."""
+    etl = cfg.etl
+    examples = _training_examples(spark, cfg, inp.processed, inp.catalog).persist(StorageLevel.MEMORY_AND_DISK)
+    unit.write(examples, S.TRAINING_EXAMPLES, partition_col=S.DS, values=inp.processed, merge_schema=True)
+    for r in examples.groupBy(S.DS).count().collect():
+        days[str(r[S.DS])].training_examples = int(r["count"])
+    examples.unpersist()
+    profiles = features.user_profiles(_lookback_window(spark, cfg, as_of), inp.catalog(as_of), as_of=as_of,
+                                      max_items=etl.history_max_items, max_chars=etl.history_max_chars)
+    unit.write(profiles, S.USER_PROFILES, partition_col=S.DS, values=[as_of], merge_schema=True)
+    dates = inp.catalog_dates
+    snapshots = features.ad_snapshots(inp.ads_clean, _lookback_window(spark, cfg, dates[-1], dates[0]),
+                                      lookback_days=etl.lookback_days)
+    unit.write(snapshots, S.ADS, partition_col=S.DS, values=dates, merge_schema=True)
 
 
 def _write_run_log(unit: tables.PartitionUnit, result: EtlResult) -> None:

@@ -9,7 +9,6 @@ import logging
 import math
 import re
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,19 +41,21 @@ from adrec_spark.evaluation.uncertainty import (
     ranking_info,
 )
 from adrec_spark.io import fs, tables
+from adrec_spark.logs import Stopwatch
+from adrec_spark.model_udf import (
+    PreparedModel,
+    UdfSettings,
+    model_udf,
+    numeric_struct,
+    prepare_model,
+    pretrained_cosine_udf,
+    resolve_model,
+    text_encoder,
+)
 from adrec_spark.progress import Progress, progress
 from adrec_spark.registry import registry
 from adrec_spark.scoring import text_similarity as T
 from adrec_spark.scoring.candidates import COLD_STRATEGIES, PERSONALIZED, QUERY
-from adrec_spark.scoring.pipeline import model_numeric_features
-from adrec_spark.scoring.udf import (
-    UdfSettings,
-    embed_udf,
-    numeric_struct,
-    pretrained_cosine_udf,
-    score_parts_udf,
-    ship_model_dir,
-)
 from adrec_spark.training import split as split_mod
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ def add_baseline_scores(df: DataFrame, train: DataFrame, cfg: AppConfig, *, base
         T.require_history_texts(df, "the test rows")
         text_train = _text_train(train)
         if vectors is None:
-            vectors = T.collect_text_vectors([df, text_train], T.text_encoder(cfg))
+            vectors = T.collect_text_vectors([df, text_train], text_encoder(cfg))
         test_sims = df if set(S.TEXT_SIMILARITY_FEATURES) <= set(df.columns) else \
             T.with_text_similarity(df, vectors=vectors)
         scored = B.logistic_regression_text_scores(T.with_text_similarity(text_train, vectors=vectors), test_sims,
@@ -152,8 +153,7 @@ def add_baseline_scores(df: DataFrame, train: DataFrame, cfg: AppConfig, *, base
     if "als" in baselines:
         df = B.als_scores(train, df, rank=ev.als_rank, max_iter=ev.als_max_iter, reg=ev.als_reg, seed=ev.seed)
     if "pretrained" in baselines:
-        cos = pretrained_cosine_udf(cfg.model.base_model, batch_size=cfg.score.batch_size,
-                                    max_length=cfg.model.max_length, threads=cfg.score.torch_threads)
+        cos = pretrained_cosine_udf(text_encoder(cfg))
         df = df.withColumn("pretrained", cos(F.col(S.HISTORY_TEXT), F.col(S.AD_TEXT)).cast("double"))
     return df
 
@@ -177,11 +177,12 @@ def scored_test_set(spark: SparkSession, cfg: AppConfig, settings: UdfSettings,
     if texts:
         T.require_history_texts(test, f"training_examples v{version}")
     df = test.select(*TEST_COLUMNS, *texts)
-    vectors = T.collect_text_vectors([df, *([_text_train(train)] if baseline else [])], T.text_encoder(cfg)) \
+    vectors = T.collect_text_vectors([df, *([_text_train(train)] if baseline else [])], text_encoder(cfg)) \
         if texts else None
     if vectors is not None:
         df = T.with_text_similarity(df, vectors=vectors)
-    parts = score_parts_udf(settings)(F.col(S.AD_TEXT), F.col(S.HISTORY_TEXT), numeric_struct(list(model_features)))
+    parts = model_udf(settings, output="parts")(F.col(S.AD_TEXT), F.col(S.HISTORY_TEXT),
+                                                numeric_struct(list(model_features)))
     df = (df.withColumn("_parts", parts).withColumn(MODEL, F.col("_parts.score").cast("double"))
           .withColumn(MODEL + B.RANK_SUFFIX, F.col("_parts.rank_score").cast("double")).drop("_parts"))
     df = add_baseline_scores(df, train, cfg, baselines=ev.baselines, vectors=vectors)
@@ -240,7 +241,7 @@ def method_metrics(df: DataFrame, methods: list[str],
     try:
         for m in methods:
             prob = B.PROBABILISTIC.get(m, False)
-            t = time.perf_counter()
+            watch = Stopwatch()
             click = click_metrics(df, score_col=m, threshold=ev.threshold, bins=ev.calibration_bins,
                                   probabilities=prob)
             rank_col = B.rank_column(m, df.columns)
@@ -256,7 +257,7 @@ def method_metrics(df: DataFrame, methods: list[str],
                     per_user_item(df, m), rows[by_prob], score_col=m, ks=ev.ks,
                     settings=interval_settings(cfg)).items()}
             log.info("%s: AUC %.4f, NDCG@%d %.4f (%.1fs)", m, click["auc"], max(ev.ks),
-                     ranking.get(f"ndcg@{max(ev.ks)}", float("nan")), time.perf_counter() - t)
+                     ranking.get(f"ndcg@{max(ev.ks)}", float("nan")), watch.elapsed())
     except BaseException:
         release(per_user)
         raise
@@ -320,7 +321,8 @@ def beyond_metrics(spark: SparkSession, cfg: AppConfig, score_date: dt.date, set
     if cfg.privacy.pseudonymize_user_ids:
         log.info("pseudonymous user ids in recommendations: beyond-accuracy metrics do not need raw ids")
     ads = tables.read_table(spark, cfg.storage, S.ADS).where(F.col(S.DS) == ds)
-    ads = ads.withColumn("embedding", embed_udf(settings)(F.col(S.AD_TEXT))).persist(StorageLevel.MEMORY_AND_DISK)
+    embed = model_udf(settings, output="embedding")
+    ads = ads.withColumn("embedding", embed(F.col(S.AD_TEXT))).persist(StorageLevel.MEMORY_AND_DISK)
     train, _, _ = _test_rows(spark, cfg, model)
     popularity = train.where(F.col(S.LABEL) == 1).groupBy(S.AD_ID).agg(F.countDistinct(S.USER_ID).alias("n_users"))
     total_users = train.select(S.USER_ID).distinct().count()
@@ -432,75 +434,97 @@ def _local_report_path(report_dir: str, name: str) -> Path:
 
 
 def run_evaluation(spark: SparkSession, cfg: AppConfig, score_date: dt.date | None = None) -> EvaluationResult:
-    import mlflow
-
-    t0 = time.perf_counter()
+    """Evaluate the configured model (``score.model_alias`` or ``score.model_version``) and every baseline on the
+    test split it was trained with; beyond-accuracy metrics on the recommendations of ``score_date`` (default:
+    the latest scored date). Writes ``eval_metrics`` (the evaluated date's partition, replaced on rerun), an
+    MLflow run and the HTML report."""
+    watch = Stopwatch()
     fs.to_arrow_uri(cfg.evaluate.report_dir)  # a scheme Python cannot write fails here, before any Spark work
-    model = registry.resolve(cfg.mlflow, alias=None if cfg.score.model_version else cfg.score.model_alias,
-                             version=cfg.score.model_version)
+    prepared = prepare_model(spark, cfg, resolve_model(cfg), progress=spark.sparkContext.accumulator(0))
     registry.configure_mlflow(cfg.mlflow)
-    model_dir = registry.ensure_local_model(cfg.mlflow, model, fs.local_cache_dir(cfg.storage.staging, "models"))
-    rows_scored = spark.sparkContext.accumulator(0)  # test rows the model scored, for the progress lines
-    settings = UdfSettings(model_file=ship_model_dir(spark.sparkContext, model_dir), precision=cfg.score.precision,
-                           batch_size=cfg.score.batch_size, threads=cfg.score.torch_threads, progress=rows_scored)
-    methods = [MODEL, *cfg.evaluate.baselines]
-    with progress(spark, "evaluation", unit="test rows", every_s=cfg.spark.progress_interval_s,
-                  counter=rows_scored) as scoring:
-        df, version = scored_test_set(spark, cfg, settings, model, progress=scoring,
-                                      model_features=model_numeric_features(model_dir))
-        try:
-            table, curves, per_user, info = method_metrics(df, methods, cfg)
-            comparison = paired_comparisons(per_user, k=max(cfg.evaluate.ks), label=f"{MODEL} v{model.version}")
-        finally:
-            df.unpersist()
-    table, curves, info = _with_version(table, curves, info, model.version)
+    model = prepared.model
+    table, curves, info, comparison, version = _accuracy(spark, cfg, prepared)
     score_date = score_date or _latest_score_date(spark, cfg)
-    beyond = beyond_metrics(spark, cfg, score_date, settings, model) if score_date else None
+    beyond = beyond_metrics(spark, cfg, score_date, prepared.settings, model) if score_date else None
     for frame in (beyond, comparison):
         info |= frame_info(frame, min_users=cfg.evaluate.min_users)
     # Named after the data it evaluated (the recommendations' date, else the test split's last day), never
     # today's wall-clock date; the clock only when the test split has no date at all.
     eval_date = score_date or _test_last_date(spark, cfg, model) or dt.date.today()
+    metric_rows = eval_rows([table, beyond, comparison], info)
+    report, report_location, run_id = _log_run(cfg, model, version, eval_date, score_date, metric_rows, table=table,
+                                               curves=curves, beyond=beyond, comparison=comparison, info=info)
+    _write_eval_metrics(spark, cfg, [(eval_date, run_id, model.name, model.version, version, *r) for r in metric_rows],
+                        eval_date)
+    result = EvaluationResult(run_id=run_id, eval_date=eval_date.isoformat(), model_name=model.name,
+                              model_version=model.version, table=table, beyond=beyond, report_path=report,
+                              report_location=report_location, seconds=watch.elapsed(), comparison=comparison,
+                              info=info)
+    log.info("evaluation written: %s (%.0fs)", report_location, result.seconds)
+    return result
+
+
+def _accuracy(spark: SparkSession, cfg: AppConfig,
+              prepared: PreparedModel) -> tuple[pd.DataFrame, dict, Info, pd.DataFrame, int]:
+    """The model and every baseline on the model's own test split: the method-by-metric table (the model's rows
+    named with its version), curves, n/interval/flags, the paired comparisons, and the table version."""
+    model = prepared.model
+    with progress(spark, "evaluation", unit="test rows", every_s=cfg.spark.progress_interval_s,
+                  counter=prepared.settings.progress) as scoring:
+        df, version = scored_test_set(spark, cfg, prepared.settings, model, progress=scoring,
+                                      model_features=prepared.numeric_features)
+        try:
+            table, curves, per_user, info = method_metrics(df, [MODEL, *cfg.evaluate.baselines], cfg)
+            comparison = paired_comparisons(per_user, k=max(cfg.evaluate.ks), label=f"{MODEL} v{model.version}")
+        finally:
+            df.unpersist()
+    table, curves, info = _with_version(table, curves, info, model.version)
+    return table, curves, info, comparison, version
+
+
+REPORT_NOTES = (
+    "Ranking metrics rank each user's own test impressions by score; users without a click in test are skipped. "
+    "The model and the logistic regression rank by their logit less the user-only terms (equal for all of a user's "
+    "ads when the scoring job ranks them at one moment); their [by probability] rows rank by the full score.",
+    "logistic_regression_text: the logistic regression plus the ad's cosine (pretrained encoder) to the user's "
+    "clicked ads, searches and reviews (max, mean, count).",
+    "popularity, als and pretrained scores are not probabilities: no log-loss or calibration.")
+
+
+def _log_run(cfg: AppConfig, model: registry.ResolvedModel, version: int, eval_date: dt.date,
+             score_date: dt.date | None, metric_rows: list[tuple], *, table: pd.DataFrame, curves: dict,
+             beyond: pd.DataFrame | None, comparison: pd.DataFrame | None, info: Info) -> tuple[Path, str, str]:
+    """The MLflow run (parameters, finite metrics, the report and the table as artifacts) and the HTML report in
+    ``evaluate.report_dir``: (local report file, its location in report_dir, run id)."""
+    import mlflow
 
     with mlflow.start_run(run_name=f"evaluate-{model.name}-v{model.version}") as run:
         mlflow.set_tags({"adrec.job": "evaluate", "adrec.model_version": str(model.version)})
         mlflow.log_params({"model": model.uri, "alias": cfg.score.model_alias, "training_examples_version": version,
                            "eval_date": eval_date.isoformat(), "ks": ",".join(map(str, cfg.evaluate.ks))})
-        metric_rows = eval_rows([table, beyond, comparison], info)
         for method, metric, k, value, *_ in metric_rows:
             if math.isfinite(value):
-                key = _mlflow_key(method) + f".{metric}" + (f"_at_{k}" if k else "")
-                mlflow.log_metric(key, value)
+                mlflow.log_metric(_mlflow_key(method) + f".{metric}" + (f"_at_{k}" if k else ""), value)
         report_name = f"evaluation-{eval_date.isoformat()}.html"
         report = write_report(
             _local_report_path(cfg.evaluate.report_dir, report_name),
             title=f"adrec-spark evaluation: {model.name} v{model.version}",
             subtitle=f"test split of training_examples v{version}; recommendations of {score_date or 'n/a'}",
             table=table, curves=curves, beyond=beyond, comparison=comparison, info=info,
-            notes=[f"{int(table.iloc[0].get('n', 0))} test rows. Ranking metrics rank each user's own test "
-                   "impressions by score; users without a click in test are skipped. The model and the logistic "
-                   "regression rank by their logit less the user-only terms (equal for all of a user's ads when the "
-                   "scoring job ranks them at one moment); their [by probability] rows rank by the full score.",
-                   "logistic_regression_text: the logistic regression plus the ad's cosine (pretrained encoder) "
-                   "to the user's clicked ads, searches and reviews (max, mean, count).",
-                   "popularity, als and pretrained scores are not probabilities: no log-loss or calibration."])
+            notes=[f"{int(table.iloc[0].get('n', 0))} test rows. {REPORT_NOTES[0]}", *REPORT_NOTES[1:]])
         mlflow.log_artifact(str(report), "report")
         report_location = fs.join(cfg.evaluate.report_dir, report_name)
         if not fs.is_local(report_location):
             fs.upload_file(report, report_location)
         mlflow.log_text(table.to_csv(), "eval_table.csv")
-        run_id = run.info.run_id
-    rows = [(eval_date, run_id, model.name, model.version, version, *r)
-            for r in metric_rows]
+        return report, report_location, run.info.run_id
+
+
+def _write_eval_metrics(spark: SparkSession, cfg: AppConfig, rows: list[tuple], eval_date: dt.date) -> None:
+    """``eval_metrics``' partition of ``eval_date`` (replaced on rerun)."""
     out = spark.createDataFrame(rows, "eval_date date, run_id string, model_name string, model_version int, "
                                       "training_examples_version long, method string, metric string, k int, "
                                       "value double, " + ", ".join(f"{c} {t}" for c, t in EVAL_EXTRA_COLUMNS))
     _add_eval_columns(spark, cfg)
     tables.write_partitions(out, cfg.storage, S.EVAL_METRICS, partition_col="eval_date",
                             values=[eval_date.isoformat()])
-    result = EvaluationResult(run_id=run_id, eval_date=eval_date.isoformat(), model_name=model.name,
-                              model_version=model.version, table=table, beyond=beyond, report_path=report,
-                              report_location=report_location,
-                              seconds=time.perf_counter() - t0, comparison=comparison, info=info)
-    log.info("evaluation written: %s (%.0fs)", report_location, result.seconds)
-    return result

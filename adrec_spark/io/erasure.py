@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -39,6 +38,7 @@ from adrec_spark.config import AppConfig
 from adrec_spark.errors import InputDataError
 from adrec_spark.frames import require_columns
 from adrec_spark.io import fs, tables
+from adrec_spark.logs import Stopwatch
 from adrec_spark.privacy import pseudonym, pseudonym_salt, pseudonymize
 
 log = logging.getLogger(__name__)
@@ -183,14 +183,14 @@ def forget_users(spark: SparkSession, cfg: AppConfig, user_ids: Sequence[str]) -
         else:
             log.info("%s: no user_id column (skipped)", name)
             continue
-        t0 = time.perf_counter()
+        watch = Stopwatch()
         with tables.commit_lock(spark, path, what=name):
             n = tables.with_conflict_retries(action, what=f"{name}: delete", retries=cfg.storage.write_retries,
                                              advice="run forget-users again")
             if n:
                 _purge_deletion_vectors(spark, table, path, name)
         deleted[name] = n
-        log.info("%s: deleted %d row(s) in %.1fs (now version %s)", name, n, time.perf_counter() - t0,
+        log.info("%s: deleted %d row(s) in %.1fs (now version %s)", name, n, watch.elapsed(),
                  tables.table_version(spark, cfg.storage, name))
     log.info("forgot %d user(s): %d row(s) deleted from %d table(s); older versions keep them until VACUUM",
              len(ids), sum(deleted.values()), len(deleted))
@@ -275,9 +275,9 @@ def vacuum_tables(spark: SparkSession, cfg: AppConfig, retention_hours: float = 
             if not tables.is_delta_table(spark, path):
                 log.info("%s: no table at %s (not vacuumed)", name, path)
                 continue
-            t0 = time.perf_counter()
+            watch = Stopwatch()
             with tables.commit_lock(spark, path, what=name):  # VACUUM commits its start and end to the log
                 DeltaTable.forPath(spark, path).vacuum(float(retention_hours))
-            log.info("%s: vacuumed (retention %.1f h) in %.1fs", name, retention_hours, time.perf_counter() - t0)
+            log.info("%s: vacuumed (retention %.1f h) in %.1fs", name, retention_hours, watch.elapsed())
             done.append(name)
     return done

@@ -505,9 +505,10 @@ def default_threads() -> int:
 
 
 class ModelCache:
-    """A Python worker's loaded scorers, bounded to the models of one folder (one model version): loading
-    another folder evicts the others first and frees their memory (GPU memory too), so a long-lived worker
-    that scores version 2 after version 1 does not hold both."""
+    """A Python worker's loaded models, bounded to one model folder (one model version) per role: loading
+    another folder for a role evicts that role's others first and frees their memory (GPU memory too), so a
+    long-lived worker that scores version 2 after version 1 does not hold both. Keys are ``(role, folder,
+    ...)``; the rest of the key tells apart loads of one folder (device, precision)."""
 
     def __init__(self) -> None:
         self._items: dict[tuple, object] = {}
@@ -516,14 +517,14 @@ class ModelCache:
         return len(self._items)
 
     def folders(self) -> list[str]:
-        """The model folders held (one, or none)."""
-        return list(dict.fromkeys(str(k[0]) for k in self._items))
+        """The model folders held (at most one per role)."""
+        return list(dict.fromkeys(str(k[1]) for k in self._items))
 
     def get(self, key: tuple, load: Callable[[], object]) -> object:
-        """The item for ``key`` (its first element is the model folder), loaded by ``load`` when missing."""
+        """The item for ``key`` (role, folder, ...), loaded by ``load`` when missing."""
         if key in self._items:
             return self._items[key]
-        stale = [k for k in self._items if k[0] != key[0]]
+        stale = [k for k in self._items if k[0] == key[0] and k[1] != key[1]]
         if stale:
             self.evict(stale)
         self._items[key] = load()
@@ -538,4 +539,4 @@ class ModelCache:
         gc.collect()
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.empty_cache()
-        log.info("evicted %d cached model(s) from pid %d: %s", len(gone), os.getpid(), [k[0] for k in gone])
+        log.info("evicted %d cached model(s) from pid %d: %s", len(gone), os.getpid(), [k[1] for k in gone])

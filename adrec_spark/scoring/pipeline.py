@@ -11,13 +11,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,30 +31,35 @@ from adrec_spark.config import AppConfig
 from adrec_spark.errors import InputDataError
 from adrec_spark.etl import features
 from adrec_spark.frames import require_columns
-from adrec_spark.io import fs, tables
+from adrec_spark.io import tables
+from adrec_spark.logs import Stopwatch
+from adrec_spark.model_udf import (
+    PreparedModel,
+    UdfSettings,
+    model_udf,
+    prepare_model,
+    resolve_model,
+    text_encoder,
+    token_columns,
+    with_token_ids,
+)
 from adrec_spark.progress import progress
 from adrec_spark.registry import registry
 from adrec_spark.scoring import candidates as C
 from adrec_spark.scoring import incremental as inc
 from adrec_spark.scoring.rerank import AdInfo, rerank_group
+from adrec_spark.scoring.stages import (
+    AD_INDEX_FIELDS,
+    ad_index_partition,
+    check_profile_supported,
+    score_pairs,
+    scoring_profile,
+)
 from adrec_spark.scoring.text_similarity import (
     collect_text_vectors,
     require_history_texts,
-    text_encoder,
     uses_text_similarity,
     with_text_similarity,
-)
-from adrec_spark.scoring.udf import (
-    AD_INDEX_FIELDS,
-    UdfSettings,
-    ad_index_partition,
-    check_profile_supported,
-    embed_udf,
-    score_pairs,
-    scoring_profile,
-    ship_model_dir,
-    token_columns,
-    with_token_ids,
 )
 
 log = logging.getLogger(__name__)
@@ -215,13 +218,6 @@ def text_vectors_of(users: DataFrame, ads: DataFrame, cfg: AppConfig) -> Broadca
          ads.select(S.AD_TEXT, *[empty.alias(c) for c in S.HISTORY_ITEM_TEXTS])], text_encoder(cfg))
 
 
-def model_numeric_features(model_dir: str | Path) -> list[str]:
-    """The numeric features the model in ``model_dir`` reads, in its order (its spec)."""
-    from adrec_spark.model.relevance import ModelSpec
-
-    return list(ModelSpec.from_json((Path(model_dir) / "spec.json").read_text()).numeric_features)
-
-
 def _neutral_user_features(ads: DataFrame, cfg: AppConfig) -> DataFrame:
     """Ads with the features of a user about whom nothing is known: the input of the prior score (text
     similarity: no history texts, so the neutral 0 throughout)."""
@@ -277,7 +273,7 @@ def candidate_pairs(users: DataFrame, ads: DataFrame, index: C.AdIndex, cfg: App
     spark = users.sparkSession
     bindex = spark.sparkContext.broadcast(index)
     embedded = users.withColumn("embedding", F.when(~F.col(S.STRATEGY).isin(*C.COLD_STRATEGIES),
-                                                    embed_udf(settings)(F.col("retrieval_text"))))
+                                                    model_udf(settings, output="embedding")(F.col("retrieval_text"))))
     sc = cfg.score
     cs = sc.cold_start
     cold = C.ColdStart(strategy=cs.strategy, pool_size=cs.pool_size, shown_fraction=cs.shown_fraction,
@@ -328,8 +324,7 @@ def _read_users_and_model(spark: SparkSession, cfg: AppConfig, score_date: dt.da
     try:
         counting = pool.submit(count_users)
         try:
-            model = registry.resolve(cfg.mlflow, alias=None if sc.model_version else sc.model_alias,
-                                     version=sc.model_version)
+            model = resolve_model(cfg)
         except BaseException:
             # The read has started: cancel its Spark jobs (the pool's shutdown drops only unstarted futures).
             spark.sparkContext.cancelJobsWithTag(tag)
@@ -412,135 +407,161 @@ def _split_reusable(pairs: DataFrame, users: DataFrame, reuse: _Reuse | None,
     return to_score, carried, [marked, pairs, reuse.user_changes, reuse.ad_changes]
 
 
+@dataclass
+class _Night:
+    """What one date's scoring reads: the table versions, the users (with strategy) and their counts by
+    strategy, the pinned model, the ads eligible on the serving day."""
+
+    score_date: dt.date
+    versions: dict[str, int | None]
+    users: DataFrame
+    by_strategy: dict[str, int]
+    model: registry.ResolvedModel
+    ads: DataFrame
+
+    @property
+    def n_users(self) -> int:
+        return sum(self.by_strategy.values())
+
+
+def _read_night(spark: SparkSession, cfg: AppConfig, score_date: dt.date) -> _Night:
+    """The date's users and model (:func:`_read_users_and_model`) and its eligible ads, at pinned table versions;
+    no users is an :class:`InputDataError`."""
+    versions = {t: tables.table_version(spark, cfg.storage, t) for t in (S.USER_PROFILES, S.ADS)}
+    users, by_strategy, model = _read_users_and_model(spark, cfg, score_date, versions[S.USER_PROFILES])
+    if sum(by_strategy.values()) == 0:
+        raise InputDataError(f"no user profiles for {score_date}: nothing to score (run the ETL for that date)")
+    ads = (tables.read_table(spark, cfg.storage, S.ADS, version=versions[S.ADS])
+           .where(F.col(S.DS) == F.lit(score_date.isoformat()).cast("date")))
+    return _Night(score_date, versions, users, by_strategy, model,
+                  eligible_ads(ads, score_date + dt.timedelta(days=1)))
+
+
 def run_scoring(spark: SparkSession, cfg: AppConfig, score_date: dt.date, *, full: bool = False) -> ScoringResult:
     """Score the users and ads of ``score_date`` (profiles as of the end of that day; ads eligible the next
     day, when the recommendations are served) and replace that date's partitions. With ``score.mode:
     incremental`` (unless ``full``) the pairs whose user and ad are unchanged since the day before keep that
     day's score (:mod:`adrec_spark.scoring.incremental`); ``scoring_runs`` records what the run built on."""
-    t0 = time.perf_counter()
-    stages: dict[str, float] = {}
-    sc = cfg.score
-    ds = F.lit(score_date.isoformat()).cast("date")
-    versions = {t: tables.table_version(spark, cfg.storage, t) for t in (S.USER_PROFILES, S.ADS)}
-    users, by_strategy, model = _read_users_and_model(spark, cfg, score_date, versions[S.USER_PROFILES])
-    ads = tables.read_table(spark, cfg.storage, S.ADS, version=versions[S.ADS]).where(F.col(S.DS) == ds)
-    n_users = sum(by_strategy.values())
-    if n_users == 0:
-        raise InputDataError(f"no user profiles for {score_date}: nothing to score (run the ETL for that date)")
-    ads = eligible_ads(ads, score_date + dt.timedelta(days=1))
-    settings_used = inc.score_settings(cfg, model.name, model.version)
-    plan, reuse = _plan(spark, cfg, score_date, users, ads, settings_used, full=full)
+    watch = Stopwatch()
+    with watch.stage("setup"):
+        night = _read_night(spark, cfg, score_date)
+        settings_used = inc.score_settings(cfg, night.model.name, night.model.version)
+        plan, reuse = _plan(spark, cfg, score_date, night.users, night.ads, settings_used, full=full)
+        check_profile_supported(spark.sparkContext.master, cfg.score.gpu)
+        # The accumulator counts the distinct inputs the UDF scored, for the progress lines.
+        prepared = prepare_model(spark, cfg, night.model, progress=spark.sparkContext.accumulator(0), chaos=True)
+    with watch.stage("ad_index"):
+        # The index holds every eligible ad (collected to the driver): its size is their count, and no ads is an
+        # error before anything is written.
+        index, info = build_ad_index(night.ads, cfg, prepared.settings, with_prior=cfg.score.candidates != "all",
+                                     numeric_features=prepared.numeric_features, empty_message=(
+                                         f"no ads eligible on {score_date + dt.timedelta(days=1)} in the "
+                                         f"{score_date} catalog"))
+    with watch.stage("score_pairs"):
+        # The cascade runs for every user (candidates equal a full run's); only the cross-encoder skips the pairs
+        # whose score carries over from the day before.
+        to_score, carried, cached = _split_reusable(
+            candidate_pairs(night.users, night.ads, index, cfg, prepared.settings, score_date), night.users, reuse, cfg)
+        featured = model_inputs(to_score, night.users, night.ads, prepared, cfg)
+        out, counts = _scores(featured, carried, night.model, prepared, cfg, score_date)
+    counts["reused"] = carried.count() if carried is not None else 0
+    result = _write_outputs(spark, cfg, night, out, info, prepared, counts, watch, cached=[featured, *cached],
+                            record=dict(plan=plan, reuse=reuse, settings=settings_used))
+    result.users, result.users_by_strategy, result.eligible_ads = night.n_users, night.by_strategy, len(index.ad_ids)
+    result.all_pairs = night.n_users * len(index.ad_ids)
+    log.info("scored %d pairs for %d users x %d ads (%s) in %.1fs (%.0f pairs/s end to end; stages %s); "
+             "%d recommendations; %s", result.pairs_scored, night.n_users, result.eligible_ads, night.by_strategy,
+             result.seconds, result.pairs_per_second, watch.rounded(), result.recommendations, result.lineage())
+    return result
 
-    model_dir = registry.ensure_local_model(cfg.mlflow, model, fs.local_cache_dir(cfg.storage.staging, "models"))
-    check_profile_supported(spark.sparkContext.master, sc.gpu)
-    scored_pairs = spark.sparkContext.accumulator(0)  # distinct inputs the UDF scored, for the progress lines
-    settings = UdfSettings(model_file=ship_model_dir(spark.sparkContext, model_dir), precision=sc.precision,
-                           batch_size=sc.batch_size, threads=sc.torch_threads, token_budget=sc.token_budget,
-                           chaos=sc.chaos, progress=scored_pairs)
-    stages["setup"] = time.perf_counter() - t0
-    t = time.perf_counter()
-    # The index holds every eligible ad (collected to the driver): its size is their count, and no ads is an
-    # error before anything is written.
-    numeric = model_numeric_features(model_dir)
-    index, info = build_ad_index(ads, cfg, settings, with_prior=sc.candidates != "all", empty_message=(
-        f"no ads eligible on {score_date + dt.timedelta(days=1)} in the {score_date} catalog"),
-        numeric_features=numeric)
-    stages["ad_index"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    # The cascade runs for every user (candidates equal a full run's); only the cross-encoder skips the pairs
-    # whose score carries over from the day before.
-    to_score, carried, cached = _split_reusable(candidate_pairs(users, ads, index, cfg, settings, score_date),
-                                                users, reuse, cfg)
-    n_reused = carried.count() if carried is not None else 0
-    parts = spark.sparkContext.defaultParallelism * 2
-    # Each history and each ad text is tokenized once; the scoring stage assembles pairs from the ids and is
-    # the only stage that asks for GPUs (score.gpu). Cached: the distinct model inputs are counted and scored
-    # from it (identical inputs once), and the scores joined back to it.
-    featured = pair_features(to_score, with_token_ids(users, settings, text_col=S.HISTORY_TEXT, prefix="history"),
-                             with_token_ids(ads, settings, text_col=S.AD_TEXT, prefix="ad"),
-                             rate_prior=cfg.etl.rate_prior, rate_prior_strength=cfg.etl.rate_prior_strength,
-                             tokens=True, text_vectors=text_vectors_of(users, ads, cfg)
-                             if uses_text_similarity(numeric) else None).persist(StorageLevel.MEMORY_AND_DISK)
+def model_inputs(pairs: DataFrame, users: DataFrame, ads: DataFrame, prepared: PreparedModel,
+                 cfg: AppConfig) -> DataFrame:
+    """``pairs`` with what the model reads (persisted: the distinct inputs are counted and scored from it, and
+    the scores joined back to it). Each history and each ad text is tokenized once; the text-similarity
+    features only when the model reads them."""
+    numeric = prepared.numeric_features
+    s = prepared.settings
+    vectors = text_vectors_of(users, ads, cfg) if uses_text_similarity(numeric) else None
+    return pair_features(pairs, with_token_ids(users, s, text_col=S.HISTORY_TEXT, prefix="history"),
+                         with_token_ids(ads, s, text_col=S.AD_TEXT, prefix="ad"), rate_prior=cfg.etl.rate_prior,
+                         rate_prior_strength=cfg.etl.rate_prior_strength, tokens=True,
+                         text_vectors=vectors).persist(StorageLevel.MEMORY_AND_DISK)
+
+
+def _scores(featured: DataFrame, carried: DataFrame | None, model: registry.ResolvedModel, prepared: PreparedModel,
+            cfg: AppConfig, score_date: dt.date) -> tuple[DataFrame, dict[str, int]]:
+    """``user_ad_scores``' rows: each distinct model input scored once in the scoring stage (the only stage that
+    asks for GPUs, ``score.gpu``), joined back to its pairs, with the carried-over pairs; and the count of
+    distinct inputs (``{"inputs": n}``)."""
+    numeric = prepared.numeric_features
     inputs = [*token_columns("ad"), *token_columns("history"), *numeric]
     n_inputs = featured.select(*inputs).dropDuplicates().count()
     scored = score_distinct_inputs(
-        featured, partial(score_pairs, settings=settings, numeric_features=numeric, out_col=S.SCORE,
-                          profile=scoring_profile(sc.gpu)), input_cols=inputs, partitions=parts
+        featured, partial(score_pairs, settings=prepared.settings, numeric_features=numeric, out_col=S.SCORE,
+                          profile=scoring_profile(cfg.score.gpu)), input_cols=inputs,
+        partitions=featured.sparkSession.sparkContext.defaultParallelism * 2,
     ).select(S.USER_ID, S.AD_ID, "source", S.SCORE)
     if carried is not None:
         scored = scored.unionByName(carried)
-    out = scored.select(ds.alias(S.SCORE_DATE), _user_key(cfg).alias(S.USER_ID), S.AD_ID, S.SCORE,
+    out = scored.select(F.lit(score_date.isoformat()).cast("date").alias(S.SCORE_DATE),
+                        _user_key(cfg).alias(S.USER_ID), S.AD_ID, S.SCORE,
                         F.col("source").alias("candidate_source"), F.lit(model.name).alias(S.MODEL_NAME),
                         F.lit(model.version).alias(S.MODEL_VERSION))
-    result = _write_outputs(spark, cfg, score_date, out, users, info, model, n_inputs, scored_pairs,
-                            stages, t, cached=[featured, *cached], record=dict(
-                                plan=plan, reuse=reuse, versions=versions, settings=settings_used,
-                                n_reused=n_reused, t0=t0))
-    result.users, result.users_by_strategy, result.eligible_ads = n_users, by_strategy, len(index.ad_ids)
-    result.all_pairs = n_users * len(index.ad_ids)
-    log.info("scored %d pairs for %d users x %d ads (%s) in %.1fs (%.0f pairs/s end to end; stages %s); "
-             "%d recommendations; %s", result.pairs_scored, n_users, result.eligible_ads, by_strategy,
-             result.seconds, result.pairs_per_second, {k: round(v, 1) for k, v in stages.items()},
-             result.recommendations, result.lineage())
-    return result
+    return out, {"inputs": n_inputs}
 
 
-def _write_outputs(spark: SparkSession, cfg: AppConfig, score_date: dt.date, out: DataFrame, users: DataFrame,
-                   info: AdInfo, model: registry.ResolvedModel, n_inputs: int, counter: Any,
-                   stages: dict[str, float], t: float, *, cached: list[DataFrame], record: dict) -> ScoringResult:
-    """Scores, recommendations and the ``scoring_runs`` row: three commits, one unit (an error before the
-    last one puts back what was written)."""
-    sc = cfg.score
-    ds = F.lit(score_date.isoformat()).cast("date")
+def _write_outputs(spark: SparkSession, cfg: AppConfig, night: _Night, out: DataFrame, info: AdInfo,
+                   prepared: PreparedModel, counts: dict[str, int], watch: Stopwatch, *,
+                   cached: list[DataFrame], record: dict[str, Any]) -> ScoringResult:
+    """Scores, recommendations and the ``scoring_runs`` row (:func:`_record_run` with ``record``): three commits,
+    one unit (an error before the last one puts back what was written)."""
+    model, score_date, date = night.model, night.score_date, night.score_date.isoformat()
+    ds = F.lit(date).cast("date")
+    n_inputs, n_reused = counts["inputs"], counts["reused"]
     with tables.partition_unit(spark, cfg.storage) as unit:
-        # The UDF scores each distinct model input once: progress counts those against their number.
-        with progress(spark, "scoring", total=n_inputs, unit="distinct pairs",
-                      every_s=cfg.spark.progress_interval_s, counter=counter):
-            unit.write(out, S.USER_AD_SCORES, partition_col=S.SCORE_DATE, values=[score_date.isoformat()],
-                       description=f"{model.uri} scores {score_date}")
-        stages["score_pairs"] = time.perf_counter() - t
-        written = tables.read_table(spark, cfg.storage, S.USER_AD_SCORES).where(F.col(S.SCORE_DATE) == ds)
-        n_pairs = written.count()
-        for df in cached:
-            df.unpersist()
-        n_reused = record["n_reused"]
+        with watch.stage("score_pairs"):
+            # The UDF scores each distinct model input once: progress counts those against their number.
+            with progress(spark, "scoring", total=n_inputs, unit="distinct pairs",
+                          every_s=cfg.spark.progress_interval_s, counter=prepared.settings.progress):
+                unit.write(out, S.USER_AD_SCORES, partition_col=S.SCORE_DATE, values=[date],
+                           description=f"{model.uri} scores {score_date}")
+            written = tables.read_table(spark, cfg.storage, S.USER_AD_SCORES).where(F.col(S.SCORE_DATE) == ds)
+            n_pairs = written.count()
+            for df in cached:
+                df.unpersist()
         log.info("%d pairs, %d distinct model inputs scored: %d pairs carried their score from the previous date, "
                  "%d took the score of an identical input", n_pairs, n_inputs, n_reused, n_pairs - n_reused - n_inputs)
-
-        t = time.perf_counter()
-        recs = rerank(written, users.withColumn("_key", _user_key(cfg)), info, cfg)
-        recs_out = recs.select(ds.alias(S.SCORE_DATE), S.USER_ID, S.RANK, S.AD_ID, S.SCORE, S.REASON, S.STRATEGY,
-                               F.lit(model.name).alias(S.MODEL_NAME), F.lit(model.version).alias(S.MODEL_VERSION))
-        unit.write(recs_out, S.RECOMMENDATIONS, partition_col=S.SCORE_DATE, values=[score_date.isoformat()],
-                   description=f"{model.uri} top-{sc.top_k} {score_date}")
-        n_recs = tables.read_table(spark, cfg.storage, S.RECOMMENDATIONS).where(F.col(S.SCORE_DATE) == ds).count()
-        stages["rerank"] = time.perf_counter() - t
-        result = ScoringResult(score_date=score_date.isoformat(), model_name=model.name,
-                               model_version=model.version, users=0, users_by_strategy={}, eligible_ads=0,
-                               pairs_scored=n_pairs, all_pairs=0, recommendations=n_recs,
-                               seconds=time.perf_counter() - record["t0"], stage_seconds=stages,
+        with watch.stage("rerank"):
+            recs = rerank(written, night.users.withColumn("_key", _user_key(cfg)), info, cfg)
+            recs_out = recs.select(ds.alias(S.SCORE_DATE), S.USER_ID, S.RANK, S.AD_ID, S.SCORE, S.REASON, S.STRATEGY,
+                                   F.lit(model.name).alias(S.MODEL_NAME), F.lit(model.version).alias(S.MODEL_VERSION))
+            unit.write(recs_out, S.RECOMMENDATIONS, partition_col=S.SCORE_DATE, values=[date],
+                       description=f"{model.uri} top-{cfg.score.top_k} {score_date}")
+            n_recs = tables.read_table(spark, cfg.storage, S.RECOMMENDATIONS).where(F.col(S.SCORE_DATE) == ds).count()
+        result = ScoringResult(score_date=date, model_name=model.name, model_version=model.version, users=0,
+                               users_by_strategy={}, eligible_ads=0, pairs_scored=n_pairs, all_pairs=0,
+                               recommendations=n_recs, seconds=watch.elapsed(), stage_seconds=watch.stages,
                                inputs_scored=n_inputs, pairs_reused=n_reused)
-        _record_run(unit, cfg, score_date, result, record)
+        _record_run(unit, cfg, score_date, result, versions=night.versions, **record)
     return result
 
 
-def _record_run(unit: tables.PartitionUnit, cfg: AppConfig, score_date: dt.date, result: ScoringResult,
-                record: dict) -> None:
+def _record_run(unit: tables.PartitionUnit, cfg: AppConfig, score_date: dt.date, result: ScoringResult, *,
+                plan: inc.Plan, reuse: _Reuse | None, versions: dict[str, int | None], settings: dict) -> None:
     """``scoring_runs``' row of the date (replaced on rerun), and the lineage on ``result``."""
-    plan, reuse, versions = record["plan"], record["reuse"], record["versions"]
     base = plan.base
     result.mode, result.fallback_reason = plan.mode, plan.reason
     result.base_date = base.score_date.isoformat() if base else None
-    result.built_on = {} if base is None else {
+    result.built_on = {} if base is None or reuse is None else {
         "user_profiles_version": base.user_profiles_version, "ads_version": base.ads_version,
         "user_ad_scores_version": reuse.base_scores_version}
     result.changes = dict(reuse.changes) if reuse else {}
     row = inc.runs_row(unit.spark, {
         "score_date": score_date, "mode": plan.mode, "base_date": base.score_date if base else None,
         "fallback_reason": plan.reason or None, "model_name": result.model_name,
-        "model_version": result.model_version, "score_settings": json.dumps(record["settings"], sort_keys=True),
-        "settings_fingerprint": inc.fingerprint(record["settings"]),
+        "model_version": result.model_version, "score_settings": json.dumps(settings, sort_keys=True),
+        "settings_fingerprint": inc.fingerprint(settings),
         "user_profiles_version": versions[S.USER_PROFILES], "ads_version": versions[S.ADS],
         "base_scores_version": reuse.base_scores_version if reuse else None,
         "base_user_profiles_version": base.user_profiles_version if base else None,

@@ -16,7 +16,6 @@ the driver and every executor: 1.5 KB per distinct text with all-MiniLM-L6-v2 (3
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial, reduce
@@ -30,40 +29,15 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, DoubleType, FloatType, StringType, StructField, StructType
 
 from adrec_spark import schema as S
-from adrec_spark.config import AppConfig
 from adrec_spark.errors import InputDataError
 from adrec_spark.frames import require_columns
+from adrec_spark.logs import Stopwatch
+from adrec_spark.model_udf import worker_encoder
 
 log = logging.getLogger(__name__)
 
 TEXT, EMBEDDING = "text", "embedding"
 _KINDS = ((S.HISTORY_CLICK_TEXTS, "click"), (S.HISTORY_SEARCH_TEXTS, "search"), (S.HISTORY_REVIEW_TEXTS, "review"))
-
-
-@dataclass(frozen=True)
-class TextEncoder:
-    """How a Python worker loads the pretrained sentence encoder (small and picklable). ``base_model`` as in
-    ``model.base_model``; resolved on the worker, where the packaged model is installed."""
-
-    base_model: str
-    batch_size: int = 64
-    max_length: int = 256
-    threads: int | None = 1
-
-    def load(self) -> Any:
-        """An object whose ``embed(texts) -> (n, dim)`` returns L2-normalised float32 rows."""
-        from adrec_spark.model.encoder import resolve_base_model
-        from adrec_spark.model.inference import Embedder
-
-        return Embedder(resolve_base_model(self.base_model), batch_size=self.batch_size,
-                        max_length=self.max_length, threads=self.threads)
-
-
-def text_encoder(cfg: AppConfig) -> TextEncoder:
-    """The pretrained encoder of the text-similarity features: ``model.base_model`` (never the fine-tuned one, so
-    the features mean the same for every model version), with the scoring batch size and threads."""
-    return TextEncoder(cfg.model.base_model, batch_size=cfg.score.batch_size, max_length=cfg.model.max_length,
-                       threads=cfg.score.torch_threads)
 
 
 def uses_text_similarity(numeric_features: Sequence[str]) -> bool:
@@ -78,19 +52,6 @@ def require_history_texts(df: DataFrame, what: str) -> None:
         raise InputDataError(
             f"{what} has no {', '.join(missing)} (written by the ETL of an earlier release), which the "
             "text-similarity features need: rerun the ETL for its dates to add them")
-
-
-_ENCODERS: dict[Any, Any] = {}  # this worker's loaded encoder (one at a time)
-
-
-def worker_encoder(encoder: Any) -> Any:
-    """This Python worker's loaded ``encoder`` (loaded on first use; another spec replaces it)."""
-    if encoder not in _ENCODERS:
-        _ENCODERS.clear()
-        t0 = time.perf_counter()
-        _ENCODERS[encoder] = encoder.load()
-        log.info("loaded text encoder %s in %.1fs", encoder, time.perf_counter() - t0)
-    return _ENCODERS[encoder]
 
 
 @dataclass(frozen=True)
@@ -139,12 +100,12 @@ def collect_text_vectors(frames: Sequence[DataFrame], encoder: Any) -> Broadcast
         raise ValueError("collect_text_vectors: no frames given")
     spark = frames[0].sparkSession
     texts = reduce(DataFrame.unionByName, [distinct_texts(f) for f in frames]).distinct()
-    t0 = time.perf_counter()
+    watch = Stopwatch()
     got = embed_texts(texts, encoder, partitions=spark.sparkContext.defaultParallelism).toPandas()
     dim = len(got[EMBEDDING].iloc[0]) if len(got) else 0
     vectors = np.stack(got[EMBEDDING].to_numpy()).astype(np.float32) if len(got) else np.zeros((0, 0), np.float32)
     log.info("text similarity: %d distinct texts embedded once each (dim %d, %.1f MB) in %.1fs", len(got), dim,
-             vectors.nbytes / 1e6, time.perf_counter() - t0)
+             vectors.nbytes / 1e6, watch.elapsed())
     return spark.sparkContext.broadcast(TextVectors(got[TEXT].tolist(), vectors))
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +21,12 @@ from adrec_spark.config import AppConfig, SplitConfig
 from adrec_spark.errors import InputDataError, TrainingDataError
 from adrec_spark.frames import require_columns
 from adrec_spark.io import fs, tables
+from adrec_spark.logs import Stopwatch
 from adrec_spark.model.data import PAIR_COLUMNS, Batch
 from adrec_spark.model.encoder import resolve_base_model
 from adrec_spark.model.relevance import ModelSpec
 from adrec_spark.model.trainer import TrainParams, TrainSummary, binary_metrics, mean_ndcg_at_k, train_worker
+from adrec_spark.model_udf import text_encoder
 from adrec_spark.registry import registry
 from adrec_spark.scoring import text_similarity as T
 from adrec_spark.training import split as split_mod
@@ -98,7 +99,7 @@ def with_text_similarity_once(df: DataFrame, cfg: AppConfig) -> DataFrame:
     encoder (:mod:`adrec_spark.scoring.text_similarity`; one Spark job here)."""
     cols = [c for c in df.columns if c not in S.TEXT_SIMILARITY_FEATURES]
     df = df.select(*cols)
-    return T.with_text_similarity(df, vectors=T.collect_text_vectors([df], T.text_encoder(cfg)))
+    return T.with_text_similarity(df, vectors=T.collect_text_vectors([df], text_encoder(cfg)))
 
 
 def _distributor_local_mode(spark: SparkSession, run_on: str) -> bool:
@@ -220,7 +221,7 @@ def run_training(spark: SparkSession, cfg: AppConfig, *, init_from: str | None =
         resume: continue from the last checkpoint of an interrupted run of this model.
     """
 
-    t0 = time.perf_counter()
+    watch = Stopwatch()
     for location in (cfg.storage.staging, cfg.train.checkpoint_dir):  # the trainer's Python must reach both
         fs.to_arrow_uri(location)
     registry.configure_mlflow(cfg.mlflow)
@@ -239,13 +240,13 @@ def run_training(spark: SparkSession, cfg: AppConfig, *, init_from: str | None =
     try:
         df, cutoffs = split_training_data(table, cfg.train.split, window_days=cfg.train.window_days)
         return _train_and_register(spark, cfg, df, cutoffs, version=version, init_from=init_from, resume=resume,
-                                   t0=t0)
+                                   watch=watch)
     finally:
         table.unpersist()
 
 
 def _train_and_register(spark: SparkSession, cfg: AppConfig, df: DataFrame, cutoffs: split_mod.SplitCutoffs, *,
-                        version: int, init_from: str | None, resume: bool, t0: float) -> TrainingResult:
+                        version: int, init_from: str | None, resume: bool, watch: Stopwatch) -> TrainingResult:
     import mlflow
 
 
@@ -295,7 +296,7 @@ def _train_and_register(spark: SparkSession, cfg: AppConfig, df: DataFrame, cuto
                                                                   ("champion", decision.champion)) if m
                             for name, v in (("auc", m.auc), (f"ndcg_at_{decision.k}", m.ndcg)) if np.isfinite(v)})
     log.info("registered %s v%d as %s; %s (%.0fs)", cfg.mlflow.model_name, new_version, cfg.train.challenger_alias,
-             decision.reason, time.perf_counter() - t0)
+             decision.reason, watch.elapsed())
     return TrainingResult(run_id=run_id, model_version=new_version, promoted=decision.promote,
                           decision=decision.reason, test_auc=test["auc"],
                           pretrained_test_auc=pre, gate=decision, table_version=version, rows=rows,

@@ -2,7 +2,7 @@
 no task asks for one by default, and only stages with the scoring profile get a share of it.
 
 Prints one JSON line: the GPU addresses a plain stage's tasks saw, those the profiled stage's tasks saw (and
-the amount), and the scores :func:`adrec_spark.scoring.udf.score_pairs` produced with that profile on the
+the amount), and the scores :func:`adrec_spark.scoring.stages.score_pairs` produced with that profile on the
 tiny model given as argv[1] (argv[2]: the jars).
 """
 
@@ -24,7 +24,8 @@ def main(model_dir: str, jars: str) -> None:
 
     from adrec_spark import schema as S
     from adrec_spark.config import ScoreGpuConfig
-    from adrec_spark.scoring.udf import UdfSettings, score_pairs, scoring_profile, with_token_ids
+    from adrec_spark.model_udf import UdfSettings, with_token_ids
+    from adrec_spark.scoring.stages import score_pairs, scoring_profile
 
     script = Path(tempfile.mkdtemp()) / "gpus.sh"
     script.write_text('#!/bin/sh\necho \'{"name": "gpu", "addresses": ["0"]}\'\n')

@@ -24,7 +24,7 @@ def main(model_dir: str, jars: str) -> None:
     from pyspark.sql import functions as F
 
     from adrec_spark import schema as S
-    from adrec_spark.scoring.udf import UdfSettings, numeric_struct, score_udf
+    from adrec_spark.model_udf import UdfSettings, model_udf, numeric_struct
 
     script = Path(tempfile.mkdtemp()) / "gpus.sh"
     script.write_text('#!/bin/sh\necho \'{"name": "gpu", "addresses": ["0"]}\'\n')
@@ -39,7 +39,7 @@ def main(model_dir: str, jars: str) -> None:
              .config("spark.executorEnv.PYTHONPATH", os.pathsep.join(sys.path)).getOrCreate())
 
     def probe(_):
-        from adrec_spark.scoring.udf import task_device
+        from adrec_spark.model_udf import task_device
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -51,7 +51,7 @@ def main(model_dir: str, jars: str) -> None:
     seen = json.loads(spark.sparkContext.parallelize([0], 1).mapPartitions(probe).collect()[0])
     rows = [("good travel deal", "clicked: travel flights", *[0.1] * len(S.NUMERIC_FEATURES))] * 3
     df = spark.createDataFrame(rows, [S.AD_TEXT, S.HISTORY_TEXT, *S.NUMERIC_FEATURES])
-    udf = score_udf(UdfSettings(model_file=model_dir, precision="auto"))
+    udf = model_udf(UdfSettings(model_file=model_dir, precision="auto"), output="score")
     scores = [r[0] for r in df.select(udf(F.col(S.AD_TEXT), F.col(S.HISTORY_TEXT),
                                           numeric_struct(list(S.NUMERIC_FEATURES)))).collect()]
     spark.stop()

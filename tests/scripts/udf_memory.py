@@ -2,7 +2,7 @@
 
 Starts its own ``local[1]`` session (one task at a time, so one reused Python worker does all the work) with
 ``spark.arrow_max_records_per_batch`` from the command line, and scores one-partition DataFrames of generated
-pairs with :func:`adrec_spark.scoring.udf.score_udf`. After each job it reads the worker's ``VmHWM`` (peak
+pairs with :func:`adrec_spark.model_udf.model_udf`. After each job it reads the worker's ``VmHWM`` (peak
 resident set size since the worker started, from ``/proc``): it only ever grows, so the reading after the 4N
 job is the peak of everything the worker did up to then. As a control it runs a UDF that holds every batch of
 its partition before answering (what an unbounded UDF does): its peak must grow with N, which shows the
@@ -99,7 +99,7 @@ def main() -> None:
 
     from adrec_spark import schema as S
     from adrec_spark.config import load_config
-    from adrec_spark.scoring.udf import UdfSettings, numeric_struct, score_udf
+    from adrec_spark.model_udf import UdfSettings, model_udf, numeric_struct
     from adrec_spark.session import build_spark
 
     cfg = load_config(overrides=[
@@ -130,7 +130,8 @@ def main() -> None:
         for ad, _history, _numeric in kept:
             yield pd.Series(np.zeros(len(ad), dtype=np.float32))
 
-    score = score_udf(UdfSettings(model_file=str(Path(args.model_dir).resolve()), precision="fp32", batch_size=64))
+    score = model_udf(UdfSettings(model_file=str(Path(args.model_dir).resolve()), precision="fp32", batch_size=64),
+                      output="score")
     numeric = numeric_struct(list(S.NUMERIC_FEATURES))
 
     def run(udf, n: int) -> dict[str, object]:
