@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from adrec_spark import schema as S
+
 PERSONALIZED, QUERY, POPULAR = "personalized", "query", "popular"
 SHOWN = "shown"  # no history, but shown ads: the categories of those impressions steer the candidates
 COLD_STRATEGIES = (SHOWN, POPULAR)
@@ -242,7 +244,7 @@ def retrieve_partition(frames: Iterator[pd.DataFrame], index: AdIndex, *, top_n:
         ucl = df["user_clicks"] if "user_clicks" in df else [0] * len(df)
         shown = df["shown_categories"] if "shown_categories" in df else [None] * len(df)
         for user, vec, clicked, strategy, cc, uc, sh in zip(df["user_id"], df["embedding"], df["clicked_ad_ids"],
-                                                            df["strategy"], cat, ucl, shown, strict=True):
+                                                            df[S.STRATEGY], cat, ucl, shown, strict=True):
             vec = None if vec is None or len(vec) == 0 else np.asarray(vec, dtype=np.float32)
             shown_total = sum(v for _, v in _items(sh)) if sh is not None else 0
             for ad, source in retrieve(index, vec, list(clicked) if clicked is not None else [], strategy,
@@ -252,4 +254,4 @@ def retrieve_partition(frames: Iterator[pd.DataFrame], index: AdIndex, *, top_n:
                 users.append(user)
                 ads.append(ad)
                 sources.append(source)
-        yield pd.DataFrame({"user_id": users, "ad_id": ads, "source": sources})
+        yield pd.DataFrame({S.USER_ID: users, S.AD_ID: ads, S.SOURCE: sources})

@@ -41,8 +41,8 @@ NEW, CHANGED, UNCHANGED, GONE = "new", "changed", "unchanged", "gone"
 REUSED_SCORE = "reused_score"
 
 RUNS_COLUMNS = (
-    ("score_date", "date"), ("mode", "string"), ("base_date", "date"), ("fallback_reason", "string"),
-    ("model_name", "string"), ("model_version", "int"), ("score_settings", "string"),
+    (S.SCORE_DATE, "date"), ("mode", "string"), ("base_date", "date"), ("fallback_reason", "string"),
+    (S.MODEL_NAME, "string"), (S.MODEL_VERSION, "int"), ("score_settings", "string"),
     ("settings_fingerprint", "string"), ("user_profiles_version", "long"), ("ads_version", "long"),
     ("base_scores_version", "long"), ("base_user_profiles_version", "long"), ("base_ads_version", "long"),
     ("pairs", "long"), ("pairs_reused", "long"), ("inputs_scored", "long"), ("changes", "map<string,long>"),

@@ -269,7 +269,7 @@ def candidate_pairs(users: DataFrame, ads: DataFrame, index: C.AdIndex, cfg: App
     if cfg.score.candidates == "all":
         return (users.select(S.USER_ID, "clicked_ad_ids").crossJoin(ads.select(S.AD_ID))
                 .where(~F.array_contains("clicked_ad_ids", F.col(S.AD_ID)))
-                .select(S.USER_ID, S.AD_ID, F.lit("all").alias("source")))
+                .select(S.USER_ID, S.AD_ID, F.lit("all").alias(S.SOURCE)))
     spark = users.sparkSession
     bindex = spark.sparkContext.broadcast(index)
     embedded = users.withColumn("embedding", F.when(~F.col(S.STRATEGY).isin(*C.COLD_STRATEGIES),
@@ -403,7 +403,7 @@ def _split_reusable(pairs: DataFrame, users: DataFrame, reuse: _Reuse | None,
                                     base_scores=reuse.base_scores).persist(StorageLevel.MEMORY_AND_DISK)
     to_score = marked.where(F.col(inc.REUSED_SCORE).isNull()).drop(inc.REUSED_SCORE)
     carried = (marked.where(F.col(inc.REUSED_SCORE).isNotNull())
-               .select(S.USER_ID, S.AD_ID, "source", F.col(inc.REUSED_SCORE).alias(S.SCORE)))
+               .select(S.USER_ID, S.AD_ID, S.SOURCE, F.col(inc.REUSED_SCORE).alias(S.SCORE)))
     return to_score, carried, [marked, pairs, reuse.user_changes, reuse.ad_changes]
 
 
@@ -501,12 +501,12 @@ def _scores(featured: DataFrame, carried: DataFrame | None, model: registry.Reso
         featured, partial(score_pairs, settings=prepared.settings, numeric_features=numeric, out_col=S.SCORE,
                           profile=scoring_profile(cfg.score.gpu)), input_cols=inputs,
         partitions=featured.sparkSession.sparkContext.defaultParallelism * 2,
-    ).select(S.USER_ID, S.AD_ID, "source", S.SCORE)
+    ).select(S.USER_ID, S.AD_ID, S.SOURCE, S.SCORE)
     if carried is not None:
         scored = scored.unionByName(carried)
     out = scored.select(F.lit(score_date.isoformat()).cast("date").alias(S.SCORE_DATE),
                         _user_key(cfg).alias(S.USER_ID), S.AD_ID, S.SCORE,
-                        F.col("source").alias("candidate_source"), F.lit(model.name).alias(S.MODEL_NAME),
+                        F.col(S.SOURCE).alias("candidate_source"), F.lit(model.name).alias(S.MODEL_NAME),
                         F.lit(model.version).alias(S.MODEL_VERSION))
     return out, {"inputs": n_inputs}
 
@@ -558,9 +558,9 @@ def _record_run(unit: tables.PartitionUnit, cfg: AppConfig, score_date: dt.date,
         "user_ad_scores_version": reuse.base_scores_version}
     result.changes = dict(reuse.changes) if reuse else {}
     row = inc.runs_row(unit.spark, {
-        "score_date": score_date, "mode": plan.mode, "base_date": base.score_date if base else None,
-        "fallback_reason": plan.reason or None, "model_name": result.model_name,
-        "model_version": result.model_version, "score_settings": json.dumps(settings, sort_keys=True),
+        S.SCORE_DATE: score_date, "mode": plan.mode, "base_date": base.score_date if base else None,
+        "fallback_reason": plan.reason or None, S.MODEL_NAME: result.model_name,
+        S.MODEL_VERSION: result.model_version, "score_settings": json.dumps(settings, sort_keys=True),
         "settings_fingerprint": inc.fingerprint(settings),
         "user_profiles_version": versions[S.USER_PROFILES], "ads_version": versions[S.ADS],
         "base_scores_version": reuse.base_scores_version if reuse else None,

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from adrec_spark import schema as S
 from adrec_spark.scoring.candidates import POPULAR, QUERY
 
 # Candidate sources (candidates.retrieve and the ``all`` mode)
@@ -109,12 +110,12 @@ def rerank_group(df: pd.DataFrame, info: AdInfo, *, k: int, max_per_advertiser: 
     queries = list(first["recent_queries"]) if first["recent_queries"] is not None else []
     return pd.DataFrame({
         "user_id": [first["user_id"]] * len(picks),
-        "rank": list(range(1, len(picks) + 1)),
+        S.RANK: list(range(1, len(picks) + 1)),
         "ad_id": [ads[i] for i in picks],
         "score": [float(scores[i]) for i in picks],
-        "reason": [reason_for(ads[i], first["strategy"], clicked, queries, info, source=str(sources[i]),
+        S.REASON: [reason_for(ads[i], first[S.STRATEGY], clicked, queries, info, source=str(sources[i]),
                               min_similarity=reason_min_similarity) for i in picks],
-        "strategy": [first["strategy"]] * len(picks),
+        S.STRATEGY: [first[S.STRATEGY]] * len(picks),
     })
 
 

@@ -17,6 +17,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, DoubleType, FloatType, StructField, StructType
 
+from adrec_spark import schema as S
 from adrec_spark.config import ScoreGpuConfig
 from adrec_spark.errors import ConfigError
 from adrec_spark.frames import require_columns
@@ -37,7 +38,7 @@ def ad_index_partition(frames: Iterator[pd.DataFrame], *, settings: UdfSettings,
         if df.empty:
             continue
         scorer = scorer or get_scorer(settings)
-        texts = df["ad_text"].tolist()
+        texts = df[S.AD_TEXT].tolist()
         vecs = scorer.embed(texts)
         prior: list[object] = [None] * len(df)
         if levels:
@@ -46,7 +47,7 @@ def ad_index_partition(frames: Iterator[pd.DataFrame], *, settings: UdfSettings,
             numeric[:, numeric_features.index(match_feature)] = np.repeat(lv, n)
             probs = scorer.score(texts * len(lv), [""] * (n * len(lv)), numeric).reshape(len(lv), n)
             prior = list(probs.T.astype(np.float64))
-        yield df.drop(columns=["ad_text", *numeric_features]).assign(embedding=list(vecs), prior=prior)
+        yield df.drop(columns=[S.AD_TEXT, *numeric_features]).assign(embedding=list(vecs), prior=prior)
 
 
 def score_partition(batches: Iterator[Any], *, settings: UdfSettings, numeric_features: list[str],

@@ -206,8 +206,8 @@ def _log_plots(run_id: str, out_dir: Path) -> None:
     mlflow.log_figure(fig, "plots/learning_curves.png")
     plt.close(fig)
     pred = np.load(out_dir / "test_predictions.npz")
-    if len(np.unique(pred["label"])) == 2:
-        fig = plots.roc_pr_calibration(pred["label"], {"fine-tuned": pred["score"]})
+    if len(np.unique(pred[S.LABEL])) == 2:
+        fig = plots.roc_pr_calibration(pred[S.LABEL], {"fine-tuned": pred[S.SCORE]})
         mlflow.log_figure(fig, "plots/test_roc_pr_calibration.png")
         plt.close(fig)
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -163,6 +163,22 @@ def _fraction_ranks(n: int, cfg: SplitConfig) -> tuple[int, int]:
     return int(n * (1.0 - cfg.valid_fraction - cfg.test_fraction)), int(n * (1.0 - cfg.test_fraction))
 
 
+def _cutoffs(cfg: SplitConfig, latest: float | None, start: float | None,
+             keys_at_ranks: Callable[[], tuple[Key | None, Key | None]]) -> SplitCutoffs:
+    """The cut-offs of ``cfg`` given the latest event time, the window start, and (for ``fraction``) a function
+    that finds the keys at the validation and test ranks of the windowed rows."""
+    if cfg.method == "dates":
+        valid, test = date_cutoffs(str(cfg.valid_start), str(cfg.test_start))
+    elif cfg.method == "days":
+        if latest is None:
+            return SplitCutoffs(None, None, start, cfg.method)
+        valid, test = day_cutoffs(latest, valid_days=cfg.valid_days, test_days=cfg.test_days)
+    else:
+        valid, test = keys_at_ranks()
+        valid, test = (valid if cfg.valid_fraction > 0 else None), (test if cfg.test_fraction > 0 else None)
+    return SplitCutoffs(valid_from=valid, test_from=test, window_start=start, method=cfg.method)
+
+
 def compute_cutoffs(df: DataFrame, cfg: SplitConfig, *, window_days: int | None = None) -> SplitCutoffs:
     """The cut-offs of ``cfg`` over all rows of ``df`` (the pinned training data), within the retraining window.
 
@@ -174,18 +190,7 @@ def compute_cutoffs(df: DataFrame, cfg: SplitConfig, *, window_days: int | None 
     start = window_start(latest, window_days)
     if start is not None:
         df = df.where(F.col(S.EVENT_TS).cast("double") > F.lit(start))
-    if cfg.method == "dates":
-        valid, test = date_cutoffs(str(cfg.valid_start), str(cfg.test_start))
-    elif cfg.method == "days":
-        if latest is None:
-            return SplitCutoffs(None, None, start, cfg.method)
-        valid, test = day_cutoffs(latest, valid_days=cfg.valid_days, test_days=cfg.test_days)
-    else:
-        found = _keys_at_ranks(df, cfg)
-        return SplitCutoffs(valid_from=found[0] if cfg.valid_fraction > 0 else None,
-                            test_from=found[1] if cfg.test_fraction > 0 else None, window_start=start,
-                            method=cfg.method)
-    return SplitCutoffs(valid_from=valid, test_from=test, window_start=start, method=cfg.method)
+    return _cutoffs(cfg, latest, start, lambda: _keys_at_ranks(df, cfg))
 
 
 def _keys_at_ranks(df: DataFrame, cfg: SplitConfig) -> tuple[Key | None, Key | None]:
@@ -224,17 +229,11 @@ def compute_cutoffs_pandas(df: pd.DataFrame, cfg: SplitConfig, *, window_days: i
     start = window_start(latest, window_days)
     if start is not None:
         df = df[df[S.EVENT_TS].astype("float64") > start]
-    if cfg.method == "dates":
-        valid, test = date_cutoffs(str(cfg.valid_start), str(cfg.test_start))
-    elif cfg.method == "days":
-        if latest is None:
-            return SplitCutoffs(None, None, start, cfg.method)
-        valid, test = day_cutoffs(latest, valid_days=cfg.valid_days, test_days=cfg.test_days)
-    else:
+
+    def keys_at_ranks() -> tuple[Key | None, Key | None]:
         keys = pd.DataFrame({S.EVENT_TS: df[S.EVENT_TS].astype("float64"),
                              **{c: df[c].astype(str) for c in SPLIT_KEY[1:]}})
         keys = keys.sort_values(list(SPLIT_KEY), kind="stable").reset_index(drop=True)
-        k_valid, k_test = _fraction_ranks(len(keys), cfg)
 
         def at(k: int) -> Key | None:
             if k >= len(keys):
@@ -242,10 +241,10 @@ def compute_cutoffs_pandas(df: pd.DataFrame, cfg: SplitConfig, *, window_days: i
             row = keys.iloc[k]
             return (float(row[S.EVENT_TS]), str(row[S.USER_ID]), str(row[S.AD_ID]), str(row[S.EVENT_ID]))
 
-        return SplitCutoffs(valid_from=at(k_valid) if cfg.valid_fraction > 0 else None,
-                            test_from=at(k_test) if cfg.test_fraction > 0 else None, window_start=start,
-                            method=cfg.method)
-    return SplitCutoffs(valid_from=valid, test_from=test, window_start=start, method=cfg.method)
+        k_valid, k_test = _fraction_ranks(len(keys), cfg)
+        return at(k_valid), at(k_test)
+
+    return _cutoffs(cfg, latest, start, keys_at_ranks)
 
 
 def assign_split_pandas(df: pd.DataFrame, cutoffs: SplitCutoffs) -> pd.DataFrame:
