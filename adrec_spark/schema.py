@@ -66,6 +66,8 @@ SOURCE = "source"
 REASON = "reason"
 PAYLOAD = "payload"
 SCORE = "score"
+# The text part of a pair's logit (the encoder pass): carried over by incremental scoring while both texts stay
+TEXT_LOGIT = "text_logit"
 MODEL_NAME = "model_name"
 MODEL_VERSION = "model_version"
 RANK = "rank"

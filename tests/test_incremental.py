@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 
 import pytest
 
@@ -59,28 +60,45 @@ def test_compare_snapshots_names_a_missing_column(spark) -> None:
         inc.compare_snapshots(df, df, key=S.AD_ID)
 
 
-def test_only_pairs_of_an_unchanged_user_and_an_unchanged_ad_that_the_base_scored_are_reused(spark) -> None:
-    pairs = spark.createDataFrame(
-        [("u1", "a1", "similarity"), ("u1", "a2", "prior"), ("u1", "a3", "prior"), ("u1", "a4", "prior"),
-         ("u2", "a1", "similarity"), ("u3", "a1", "popular")],
-        "user_id string, ad_id string, source string")
-    users = spark.createDataFrame([("u1", "unchanged"), ("u2", "changed"), ("u3", "new")],
-                                  "user_id string, change string")
-    ads = spark.createDataFrame([("a1", "unchanged"), ("a2", "changed"), ("a3", "new"), ("a4", "unchanged"),
-                                 ("a9", "gone")], "ad_id string, change string")
-    keys = spark.createDataFrame([("u1", "k1"), ("u2", "k2"), ("u3", "k3")], "user_id string, _key string")
-    # the base holds the output id (here pseudonymous): u1's pairs are found under k1
-    base = spark.createDataFrame([("k1", "a1", 0.7), ("k1", "a2", 0.6), ("k2", "a1", 0.5), ("u1", "a4", 0.4),
-                                  ("k3", "a1", 0.3), ("k1", "a9", 0.2)],
-                                 "user_id string, ad_id string, score double")
-    out = inc.with_reused_scores(pairs, user_changes=users, ad_changes=ads, user_keys=keys, base_scores=base)
-    got = {(r.user_id, r.ad_id): (r.source, r.reused_score) for r in out.collect()}
-    assert got == {("u1", "a1"): ("similarity", 0.7),  # both unchanged, scored yesterday
-                   ("u1", "a2"): ("prior", None),  # the ad changed
-                   ("u1", "a3"): ("prior", None),  # a new ad
-                   ("u1", "a4"): ("prior", None),  # not scored under the output id yesterday
-                   ("u2", "a1"): ("similarity", None),  # the user changed
-                   ("u3", "a1"): ("popular", None)}  # a new user
+def test_text_hashes_read_the_text_alone_and_a_null_as_empty(spark) -> None:
+    df = spark.createDataFrame([("a", "red shoes"), ("b", "red shoes"), ("n", None), ("e", ""), ("c", "red shoes!")],
+                               "ad_id string, ad_text string")
+    got = {r.ad_id: r.h for r in inc.text_hashes(df, key=S.AD_ID, text=S.AD_TEXT, out="h").collect()}
+    assert got["a"] == got["b"] == hashlib.sha256(b"red shoes").hexdigest()
+    assert got["n"] == got["e"] == hashlib.sha256(b"").hexdigest()
+    assert got["c"] != got["a"]
+
+
+def test_text_logits_are_reused_by_text_input_not_by_pair(spark) -> None:
+    """A pair tonight takes the base's text logit of the same (ad text, history text), whichever pair the base
+    scored it for; a text the base never scored, or scored without a text logit, goes to the cross-encoder."""
+    h = {t: hashlib.sha256(t.encode()).hexdigest() for t in ("", "hist1", "hist1 more", "hist2", "ad1", "ad2",
+                                                              "ad2 v2", "ad3")}
+    # the base: k1 (history "hist1") scored ad1 and ad2; k2 (no history) scored ad1; k3 ("hist2") ad3 without one
+    base_scores = spark.createDataFrame([("k1", "a1", 0.7), ("k1", "a2", 0.6), ("k2", "a1", -0.5), ("k3", "a3", None)],
+                                        "user_id string, ad_id string, text_logit double")
+    base_users = spark.createDataFrame([("k1", h["hist1"]), ("k2", h[""]), ("k3", h["hist2"])],
+                                       f"user_id string, {inc.HISTORY_TEXT_HASH} string")
+    base_ads = spark.createDataFrame([("a1", h["ad1"]), ("a2", h["ad2"]), ("a3", h["ad3"])],
+                                     f"ad_id string, {inc.AD_TEXT_HASH} string")
+    base = inc.base_text_logits(base_scores, user_hashes=base_users, ad_hashes=base_ads)
+    # tonight: u1 kept "hist1" (its counts may have moved), u4 is new without history, u5 wrote more history;
+    # ad a2's text changed, a4 is new but reads like a1
+    users = spark.createDataFrame([("u1", h["hist1"]), ("u4", h[""]), ("u5", h["hist1 more"]), ("u3", h["hist2"])],
+                                  f"user_id string, {inc.HISTORY_TEXT_HASH} string")
+    ads = spark.createDataFrame([("a1", h["ad1"]), ("a2", h["ad2 v2"]), ("a3", h["ad3"]), ("a4", h["ad1"])],
+                                f"ad_id string, {inc.AD_TEXT_HASH} string")
+    pairs = spark.createDataFrame([("u1", "a1", "similarity"), ("u1", "a2", "prior"), ("u1", "a4", "prior"),
+                                   ("u4", "a1", "popular"), ("u5", "a1", "similarity"), ("u3", "a3", "prior")],
+                                  "user_id string, ad_id string, source string")
+    out = inc.with_reused_text_logits(pairs, user_hashes=users, ad_hashes=ads, base_logits=base)
+    got = {(r.user_id, r.ad_id): (r.source, r[inc.REUSED]) for r in out.collect()}
+    assert got == {("u1", "a1"): ("similarity", 0.7),  # the same texts as yesterday
+                   ("u1", "a2"): ("prior", None),  # the ad's text changed
+                   ("u1", "a4"): ("prior", 0.7),  # a new ad with a text the base scored for u1
+                   ("u4", "a1"): ("popular", -0.5),  # a new user without history, like k2 yesterday
+                   ("u5", "a1"): ("similarity", None),  # the history text grew
+                   ("u3", "a3"): ("prior", None)}  # scored yesterday, but without a text logit
 
 
 def _run(day: dt.date, **settings) -> inc.BaseRun:

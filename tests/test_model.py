@@ -250,6 +250,34 @@ def test_user_only_features_enter_only_an_additive_user_bias(tiny) -> None:
     assert list(np.argsort(-(p + u), kind="stable")) == list(np.argsort(-p, kind="stable"))
 
 
+def test_the_logit_is_a_text_part_that_reads_only_tokens_plus_a_numeric_part(tiny) -> None:
+    """The head's concatenation written out by hand: head(cat(pooled, mlp(z_pair))) + wide(z_pair) equals the
+    text logit (tokens alone) plus the numeric pair part; so a pair's text logit survives any change of its
+    numeric features (what incremental scoring carries over)."""
+    model, tok = build_model(tiny, _spec(user_features=USER_ONLY), seed=5).eval(), load_tokenizer(tiny)
+    with torch.no_grad():
+        model.head.weight.normal_(0, 0.5)
+        model.head.bias.fill_(0.3)
+    scorer = Scorer(None, model=model, tokenizer=tok)
+    df = make_pairs(20, 4)
+    num = df[list(S.NUMERIC_FEATURES)].to_numpy().astype(np.float32)
+    ads, hist = scorer.tokenize(df[S.AD_TEXT]), scorer.tokenize(df[S.HISTORY_TEXT])
+    text = scorer.text_logits_ids(ads, hist)
+    pair_num, user = scorer.numeric_logit_parts(num)
+    with torch.no_grad():  # the reference: the head over the concatenation, as the model was first written
+        enc = tok(list(df[S.AD_TEXT]), list(df[S.HISTORY_TEXT]), truncation="longest_first", max_length=64,
+                  padding=True, return_tensors="pt")
+        pooled = model.pool(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
+        z = (torch.from_numpy(num) - model.num_mean) / model.num_std
+        z_pair = z * (1 - model.user_mask)
+        want = (model.head(torch.cat([pooled, model.num_mlp(z_pair)], dim=-1)) + model.wide(z_pair)).squeeze(-1)
+    np.testing.assert_allclose(text + pair_num, want.numpy(), atol=1e-5)
+    np.testing.assert_allclose(np.add(*scorer.logit_parts_ids(ads, hist, num)), text + pair_num + user, atol=1e-5)
+    moved = num + np.linspace(-2, 2, len(df), dtype=np.float32)[:, None]
+    np.testing.assert_allclose(scorer.logit_parts_ids(ads, hist, moved)[0] - scorer.numeric_logit_parts(moved)[0],
+                               text, atol=1e-5)
+
+
 def test_without_user_features_the_user_term_is_zero(tiny, tmp_path) -> None:
     model, tok = build_model(tiny, _spec(), seed=4).eval(), load_tokenizer(tiny)
     df = make_pairs(10, 6)

@@ -252,15 +252,20 @@ class Scorer:
                                             numeric=x.to(dev, non_blocking=True))
         return torch.stack([pair.float(), user.float()])
 
+    def _forward_text(self, host: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        dev = self._run_device
+        enc = {k: v.to(dev, non_blocking=True).long() for k, v in host.items()}
+        return self.model.text_logit(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                     token_type_ids=enc["token_type_ids"]).float().unsqueeze(0)
+
     @torch.inference_mode()
-    def logit_parts_ids(self, ads: TokenIds, hist: TokenIds,
-                        numeric: np.ndarray | Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`logit_parts` from token ids (:meth:`tokenize`, or the Spark token columns)."""
+    def _run(self, ads: TokenIds, hist: TokenIds, numeric: np.ndarray | Sequence[Sequence[float]],
+             forward: Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]) -> np.ndarray:
+        """``forward``'s (k, n) outputs over every pair, in token-budget batches; the next batch assembled on a
+        background thread while this one runs; one copy back per call."""
         n = len(ads)
         if len(hist) != n:
             raise ValueError(f"{n} ads but {len(hist)} histories")
-        if n == 0:
-            return np.empty(0, dtype=np.float32), np.empty(0, dtype=np.float32)
         t0 = time.perf_counter()
         num = self._numeric(numeric, n)
         batches = token_budget_batches(pair_lengths(ads, hist, self.spec.max_length), self.token_budget,
@@ -272,14 +277,39 @@ class Scorer:
                 host, x = pending.result()
                 if b + 1 < len(batches):  # the next batch is assembled while this one runs
                     pending = pool.submit(self._prepare, ads, hist, num, batches[b + 1])
-                outs.append(self._forward(host, x))
-        parts = torch.cat(outs, dim=1).cpu().numpy()  # one copy back per call
-        order = np.concatenate(batches)
-        pair_out, user_out = np.empty(n, dtype=np.float32), np.empty(n, dtype=np.float32)
-        pair_out[order], user_out[order] = parts[0], parts[1]
+                outs.append(forward(host, x))
+        parts = torch.cat(outs, dim=1).cpu().numpy()
+        out = np.empty_like(parts)
+        out[:, np.concatenate(batches)] = parts
         self.pairs_scored += n
         self.seconds += time.perf_counter() - t0
-        return pair_out, user_out
+        return out
+
+    def logit_parts_ids(self, ads: TokenIds, hist: TokenIds,
+                        numeric: np.ndarray | Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`logit_parts` from token ids (:meth:`tokenize`, or the Spark token columns)."""
+        if len(ads) == 0:
+            return np.empty(0, dtype=np.float32), np.empty(0, dtype=np.float32)
+        parts = self._run(ads, hist, numeric, self._forward)
+        return parts[0], parts[1]
+
+    def text_logits_ids(self, ads: TokenIds, hist: TokenIds) -> np.ndarray:
+        """The text part of each pair's logit (:meth:`RelevanceModel.text_logit`): the encoder pass alone."""
+        if len(ads) == 0:
+            return np.empty(0, dtype=np.float32)
+        return self._run(ads, hist, np.zeros((len(ads), len(self.spec.numeric_features)), np.float32),
+                         self._forward_text)[0]
+
+    @torch.inference_mode()
+    def numeric_logit_parts(self, numeric: np.ndarray | Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
+        """(pair, user) parts of each pair's logit from its numeric features alone (no encoder pass): with
+        :meth:`text_logits_ids` they add up to :meth:`logit_parts_ids`."""
+        n = len(numeric)
+        if n == 0:
+            return np.empty(0, dtype=np.float32), np.empty(0, dtype=np.float32)
+        x = torch.from_numpy(self._numeric(numeric, n)).to(self._run_device)
+        pair, user = self.model.numeric_logit_parts(x)
+        return pair.float().cpu().numpy(), user.float().cpu().numpy()
 
     def logits(self, ad_texts: Sequence[object], histories: Sequence[object],
                numeric: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:

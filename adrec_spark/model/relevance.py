@@ -96,18 +96,36 @@ class RelevanceModel(nn.Module):
             return hidden[:, 0]
         return mean_pool(hidden, attention_mask)
 
+    def text_logit(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The part of the pair logit that reads the text: the head's weights on the pooled encoder output. It
+        depends on the token ids alone, so a pair whose ad and history texts did not change keeps it, whatever
+        its counts did (incremental scoring carries it over)."""
+        pooled = self.dropout(self.pool(input_ids, attention_mask, token_type_ids))
+        hidden = pooled.shape[-1]
+        return (pooled @ self.head.weight[:, :hidden].t()).squeeze(-1)
+
+    def numeric_logit_parts(self, numeric: torch.Tensor, dtype: torch.dtype | None = None,
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pair, user) parts of the logit from the numeric features alone: the head's weights on the numeric
+        MLP, its bias and the wide term of the pair features; the wide term of the user-only features."""
+        dtype = dtype or self.head.weight.dtype
+        z = ((numeric.to(self.num_mean.dtype) - self.num_mean) / self.num_std).to(dtype)
+        mask = self.user_mask.to(dtype)
+        z_pair, z_user = z * (1 - mask), z * mask
+        hidden = self.head.weight.shape[1] - self.spec.numeric_hidden
+        pair = (self.num_mlp(z_pair) @ self.head.weight[:, hidden:].t() + self.head.bias + self.wide(z_pair))
+        user = z_user @ self.wide.weight.t()
+        return pair.squeeze(-1), user.squeeze(-1)
+
     def logit_parts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, numeric: torch.Tensor,
                     token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(pair, user): the logit is their sum; ``user`` depends on the user-only features alone."""
-        pooled = self.pool(input_ids, attention_mask, token_type_ids)
-        z = (numeric.to(self.num_mean.dtype) - self.num_mean) / self.num_std
-        z = z.to(pooled.dtype)
-        mask = self.user_mask.to(pooled.dtype)
-        z_pair, z_user = z * (1 - mask), z * mask
-        fused = torch.cat([self.dropout(pooled), self.num_mlp(z_pair)], dim=-1)
-        pair = (self.head(fused) + self.wide(z_pair)).squeeze(-1)
-        user = (z_user @ self.wide.weight.t()).squeeze(-1)
-        return pair, user
+        """(pair, user): the logit is their sum; ``user`` depends on the user-only features alone. The pair
+        logit is :meth:`text_logit` plus the pair part of :meth:`numeric_logit_parts` (the head is linear over
+        the pooled text and the numeric MLP side by side)."""
+        text = self.text_logit(input_ids, attention_mask, token_type_ids)
+        pair, user = self.numeric_logit_parts(numeric, text.dtype)
+        return text + pair, user
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, numeric: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None, return_parts: bool = False) -> torch.Tensor:

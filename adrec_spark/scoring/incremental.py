@@ -1,13 +1,23 @@
-"""Incremental nightly scoring: which earlier scores a night may reuse, and the record of what it built on.
+"""Incremental nightly scoring: which earlier results a night may reuse, and the record of what it built on.
 
-A pair's score is a function of its model input: the user's profile row (history text, counts, clicks per
-category), the ad's row (text, category, price, counts), the model version and the settings that turn those
-rows into features. The ETL writes a ``content_hash`` of every user profile and every ad snapshot
-(:func:`adrec_spark.etl.features.with_content_hash`), so a pair whose user and ad hashes equal those of the
-previous date, scored by the same model with the same :func:`score_settings`, has the same input: its score is
-carried over and only the other pairs go to the cross-encoder. The candidate cascade and the re-rank still
-run for every user (they are cheap next to the cross-encoder), so candidate sets, top-K and reasons are those
-of a full run by construction, and ads that left the catalog or whose flight ended are gone from every list.
+The model's pair logit is the sum of a text part and a numeric part (its head is linear over the pooled
+encoder output and the numeric MLP side by side: :meth:`RelevanceModel.text_logit`). The text part, the
+expensive cross-encoder pass, depends on the ad's text and the user's history text alone; the numeric part
+(counts, rates, price, category affinity, which move whenever an ad is shown) costs a small MLP. So a pair
+whose ad text and history text equal those of the previous date, scored by the same model with the same
+:func:`score_settings`, carries its text logit over (``user_ad_scores.text_logit``), and every pair's score
+is recomputed from tonight's numeric features. Reuse is keyed by the text input itself (the hashes of the ad
+text and the history text), not by the pair: only text inputs the previous night did not see go to the
+cross-encoder, so a user whose counts moved but whose history did not, or a new user without history, costs
+no encoder pass.
+
+The candidate cascade and the re-rank still run for every user (they are cheap next to the cross-encoder), so
+candidate sets, top-K and reasons are those of a full run by construction, and ads that left the catalog or
+whose flight ended are gone from every list.
+
+The ETL's ``content_hash`` of every user profile and ad snapshot (:func:`adrec_spark.etl.features.
+with_content_hash`) counts what changed at all (``changes`` in the log and ``scoring_runs``); texts are
+matched by their SHA-256 (:func:`text_hashes`).
 
 Each scored date gets a row in ``scoring_runs`` (written last, in the run's partition unit): its mode, the
 date and table versions it built on, and why it fell back to a full run when it did. The previous date's
@@ -38,7 +48,7 @@ log = logging.getLogger(__name__)
 
 FULL, INCREMENTAL = "full", "incremental"
 NEW, CHANGED, UNCHANGED, GONE = "new", "changed", "unchanged", "gone"
-REUSED_SCORE = "reused_score"
+REUSED = "reused_text_logit"
 
 RUNS_COLUMNS = (
     (S.SCORE_DATE, "date"), ("mode", "string"), ("base_date", "date"), ("fallback_reason", "string"),
@@ -133,23 +143,43 @@ def compare_snapshots(current: DataFrame, base: DataFrame, *, key: str) -> DataF
     return now.join(then, key, "full_outer").select(key, change.alias("change"))
 
 
-def with_reused_scores(pairs: DataFrame, *, user_changes: DataFrame, ad_changes: DataFrame,
-                       user_keys: DataFrame, base_scores: DataFrame) -> DataFrame:
-    """``pairs`` plus ``reused_score``: the base date's score of the pair when its user and its ad are both
-    unchanged (:func:`compare_snapshots`) and the base scored that pair; null for every pair to score.
-    ``user_keys``: ``(user_id, _key)``, the id the output tables hold (pseudonymous or not), which
-    ``base_scores`` (``user_id``, ``ad_id``, ``score``) is keyed by."""
-    require_columns(pairs, (S.USER_ID, S.AD_ID), "with_reused_scores")
-    require_columns(user_changes, (S.USER_ID, "change"), "with_reused_scores (user changes)")
-    require_columns(ad_changes, (S.AD_ID, "change"), "with_reused_scores (ad changes)")
-    require_columns(user_keys, (S.USER_ID, "_key"), "with_reused_scores (user keys)")
-    require_columns(base_scores, (S.USER_ID, S.AD_ID, S.SCORE), "with_reused_scores (base scores)")
-    same_users = (user_changes.where(F.col("change") == UNCHANGED).select(S.USER_ID)
-                  .join(user_keys.select(S.USER_ID, "_key"), S.USER_ID))
-    same_ads = ad_changes.where(F.col("change") == UNCHANGED).select(S.AD_ID)
-    base = base_scores.select(F.col(S.USER_ID).alias("_key"), S.AD_ID, F.col(S.SCORE).alias(REUSED_SCORE))
-    reusable = (pairs.select(S.USER_ID, S.AD_ID).distinct().join(same_users, S.USER_ID)
-                .join(same_ads, S.AD_ID).join(base, ["_key", S.AD_ID]).select(S.USER_ID, S.AD_ID, REUSED_SCORE))
+AD_TEXT_HASH, HISTORY_TEXT_HASH = "ad_text_hash", "history_text_hash"
+
+
+def text_hashes(df: DataFrame, *, key: str, text: str, out: str) -> DataFrame:
+    """``(key, out)``: the SHA-256 of each row's ``text`` (a null text hashed as the empty one, which is what the
+    model reads for it)."""
+    require_columns(df, (key, text), "text_hashes")
+    return df.select(key, F.sha2(F.coalesce(F.col(text), F.lit("")), 256).alias(out))
+
+
+def base_text_logits(base_scores: DataFrame, *, user_hashes: DataFrame, ad_hashes: DataFrame) -> DataFrame:
+    """``(ad_text_hash, history_text_hash, text_logit)``: every text input the base date sent through the
+    cross-encoder, once each. ``base_scores``: ``(user_id, ad_id, text_logit)`` keyed by the output id;
+    ``user_hashes``: ``(user_id, history_text_hash)`` under that same id; ``ad_hashes``: ``(ad_id,
+    ad_text_hash)`` of the base date."""
+    require_columns(base_scores, (S.USER_ID, S.AD_ID, S.TEXT_LOGIT), "base_text_logits")
+    require_columns(user_hashes, (S.USER_ID, HISTORY_TEXT_HASH), "base_text_logits (users)")
+    require_columns(ad_hashes, (S.AD_ID, AD_TEXT_HASH), "base_text_logits (ads)")
+    return (base_scores.where(F.col(S.TEXT_LOGIT).isNotNull()).join(user_hashes, S.USER_ID).join(ad_hashes, S.AD_ID)
+            .select(AD_TEXT_HASH, HISTORY_TEXT_HASH, S.TEXT_LOGIT)
+            .dropDuplicates([AD_TEXT_HASH, HISTORY_TEXT_HASH]))
+
+
+def with_reused_text_logits(pairs: DataFrame, *, user_hashes: DataFrame, ad_hashes: DataFrame,
+                            base_logits: DataFrame) -> DataFrame:
+    """``pairs`` plus ``reused_text_logit``: the base date's text logit of the pair's (ad text, history text)
+    when the base sent that text input through the cross-encoder, whichever user and ad it came from (a user
+    whose counts moved but whose history text did not, a new user without history like yesterday's); null for
+    every pair to send to the cross-encoder tonight. ``user_hashes``/``ad_hashes``: tonight's texts
+    (:func:`text_hashes`); ``base_logits``: :func:`base_text_logits`."""
+    require_columns(pairs, (S.USER_ID, S.AD_ID), "with_reused_text_logits")
+    require_columns(user_hashes, (S.USER_ID, HISTORY_TEXT_HASH), "with_reused_text_logits (users)")
+    require_columns(ad_hashes, (S.AD_ID, AD_TEXT_HASH), "with_reused_text_logits (ads)")
+    require_columns(base_logits, (AD_TEXT_HASH, HISTORY_TEXT_HASH, S.TEXT_LOGIT), "with_reused_text_logits (base)")
+    reusable = (pairs.select(S.USER_ID, S.AD_ID).distinct().join(user_hashes, S.USER_ID).join(ad_hashes, S.AD_ID)
+                .join(base_logits, [AD_TEXT_HASH, HISTORY_TEXT_HASH])
+                .select(S.USER_ID, S.AD_ID, F.col(S.TEXT_LOGIT).alias(REUSED)))
     return pairs.join(reusable, [S.USER_ID, S.AD_ID], "left")
 
 

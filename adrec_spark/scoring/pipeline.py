@@ -52,8 +52,9 @@ from adrec_spark.scoring.stages import (
     AD_INDEX_FIELDS,
     ad_index_partition,
     check_profile_supported,
-    score_pairs,
+    finish_scores,
     scoring_profile,
+    text_logits,
 )
 from adrec_spark.scoring.text_similarity import (
     collect_text_vectors,
@@ -81,9 +82,9 @@ class ScoringResult:
     recommendations: int
     seconds: float
     stage_seconds: dict[str, float] = field(default_factory=dict)
-    # Distinct model inputs the cross-encoder scored: pairs with the same input are scored once.
+    # Distinct text inputs the cross-encoder scored: pairs with the same (ad text, history text) are scored once.
     inputs_scored: int | None = None
-    # Pairs whose score carried over from the previous date (incremental mode), and what the run built on.
+    # Pairs whose text logit carried over from the previous date (incremental mode), and what the run built on.
     pairs_reused: int = 0
     mode: str = "full"
     base_date: str | None = None
@@ -161,17 +162,17 @@ def _cold_users(spark: SparkSession, cfg: AppConfig, users: DataFrame, score_dat
 
 
 def score_distinct_inputs(pairs: DataFrame, score: Callable[[DataFrame], DataFrame], *, input_cols: Sequence[str],
-                          partitions: int) -> DataFrame:
-    """``pairs`` with ``S.SCORE``: the model's score of each distinct model input, joined back to every pair
+                          partitions: int, out_col: str = S.SCORE) -> DataFrame:
+    """``pairs`` with ``out_col``: the model's output for each distinct model input, joined back to every pair
     with that input. ``score`` maps a frame holding ``input_cols`` (plus other columns it must keep) to the
-    same rows with ``S.SCORE`` (the scoring stage); pairs whose inputs are equal (e.g. an ad for every user
-    without history: same ad, empty history, same numeric features) are scored once. The join is null-safe,
-    so a null input still gets its score."""
+    same rows with ``out_col`` (the scoring stage); pairs whose inputs are equal (e.g. an ad for every user
+    without history: same ad, same empty history) are scored once. The join is null-safe, so a null input
+    still gets its output."""
     require_columns(pairs, input_cols, "score_distinct_inputs")
     names = {c: f"_in{i}" for i, c in enumerate(input_cols)}
     distinct = (pairs.select(*input_cols).dropDuplicates()
                 .select(*input_cols, *[F.col(c).alias(names[c]) for c in input_cols]).repartition(partitions))
-    scored = score(distinct).select(*names.values(), S.SCORE)
+    scored = score(distinct).select(*names.values(), out_col)
     cond = [pairs[c].eqNullSafe(scored[names[c]]) for c in input_cols]
     return pairs.join(scored, cond, "inner").drop(*names.values())
 
@@ -339,11 +340,12 @@ def _read_users_and_model(spark: SparkSession, cfg: AppConfig, score_date: dt.da
 
 @dataclass
 class _Reuse:
-    """What an incremental run reuses: the previous date's scores and what changed since."""
+    """What an incremental run reuses: the text logits of every text input the previous date scored
+    (:func:`inc.base_text_logits`, persisted), tonight's text hashes, and the counts of what changed at all."""
 
-    user_changes: DataFrame
-    ad_changes: DataFrame
-    base_scores: DataFrame
+    base_logits: DataFrame
+    user_hashes: DataFrame
+    ad_hashes: DataFrame
     base_scores_version: int
     changes: dict[str, int]
 
@@ -372,7 +374,7 @@ def _plan(spark: SparkSession, cfg: AppConfig, score_date: dt.date, users: DataF
 
 def _base_inputs(spark: SparkSession, cfg: AppConfig, base: inc.BaseRun, users: DataFrame,
                  ads: DataFrame) -> _Reuse:
-    """The base date's scores and the users and ads changed since, from the table versions its run read."""
+    """The base date's text logits by text input, from the table versions its run read, and tonight's texts."""
     bds = F.lit(base.score_date.isoformat()).cast("date")
     base_users = (tables.read_table(spark, cfg.storage, S.USER_PROFILES, version=base.user_profiles_version)
                   .where(F.col(S.DS) == bds))
@@ -381,30 +383,36 @@ def _base_inputs(spark: SparkSession, cfg: AppConfig, base: inc.BaseRun, users: 
                      (f"ads of {base.score_date}", base_ads)):
         if S.CONTENT_HASH not in df.columns:
             raise InputDataError(f"{name} has no {S.CONTENT_HASH} column (written before it existed: rerun the ETL)")
-    user_changes = inc.compare_snapshots(users, base_users, key=S.USER_ID).persist(StorageLevel.MEMORY_AND_DISK)
-    ad_changes = inc.compare_snapshots(ads, base_ads, key=S.AD_ID).persist(StorageLevel.MEMORY_AND_DISK)
-    changes = inc.change_counts(user_changes, ad_changes)  # reads both snapshots now: a vacuumed one fails here
+    # What changed at all, for the log and scoring_runs (reads both snapshots now: a vacuumed one fails here).
+    changes = inc.change_counts(inc.compare_snapshots(users, base_users, key=S.USER_ID),
+                                inc.compare_snapshots(ads, base_ads, key=S.AD_ID))
     version = tables.table_version(spark, cfg.storage, S.USER_AD_SCORES)
     if version is None:
         raise InputDataError(f"table '{S.USER_AD_SCORES}' not found")
-    scores = (tables.read_table(spark, cfg.storage, S.USER_AD_SCORES, version=version)
-              .where(F.col(S.SCORE_DATE) == bds).select(S.USER_ID, S.AD_ID, S.SCORE))
-    return _Reuse(user_changes, ad_changes, scores, version, changes)
+    scores = tables.read_table(spark, cfg.storage, S.USER_AD_SCORES, version=version).where(F.col(S.SCORE_DATE) == bds)
+    if S.TEXT_LOGIT not in scores.columns:
+        raise InputDataError(f"{S.USER_AD_SCORES} of {base.score_date} has no {S.TEXT_LOGIT} (written by an earlier "
+                             "release)")
+    base_user_hashes = inc.text_hashes(base_users.withColumn(S.USER_ID, _user_key(cfg)), key=S.USER_ID,
+                                       text=S.HISTORY_TEXT, out=inc.HISTORY_TEXT_HASH)
+    base_logits = inc.base_text_logits(
+        scores.select(S.USER_ID, S.AD_ID, S.TEXT_LOGIT), user_hashes=base_user_hashes,
+        ad_hashes=inc.text_hashes(base_ads, key=S.AD_ID, text=S.AD_TEXT, out=inc.AD_TEXT_HASH))
+    return _Reuse(base_logits.persist(StorageLevel.MEMORY_AND_DISK),
+                  inc.text_hashes(users, key=S.USER_ID, text=S.HISTORY_TEXT, out=inc.HISTORY_TEXT_HASH),
+                  inc.text_hashes(ads, key=S.AD_ID, text=S.AD_TEXT, out=inc.AD_TEXT_HASH), version, changes)
 
 
-def _split_reusable(pairs: DataFrame, users: DataFrame, reuse: _Reuse | None,
-                    cfg: AppConfig) -> tuple[DataFrame, DataFrame | None, list[DataFrame]]:
-    """(pairs to score, pairs carried with the base's score or None, frames to unpersist at the end)."""
+def _split_reusable(featured: DataFrame, reuse: _Reuse | None) -> tuple[DataFrame, DataFrame | None, list[DataFrame]]:
+    """(pairs for the cross-encoder, pairs carrying the base's text logit or None, frames to unpersist at the
+    end), both with every model input of ``featured``."""
     if reuse is None:
-        return pairs, None, []
-    pairs = pairs.persist(StorageLevel.MEMORY_AND_DISK)  # the cascade (user embeddings) runs once
-    marked = inc.with_reused_scores(pairs, user_changes=reuse.user_changes, ad_changes=reuse.ad_changes,
-                                    user_keys=users.select(S.USER_ID, _user_key(cfg).alias("_key")),
-                                    base_scores=reuse.base_scores).persist(StorageLevel.MEMORY_AND_DISK)
-    to_score = marked.where(F.col(inc.REUSED_SCORE).isNull()).drop(inc.REUSED_SCORE)
-    carried = (marked.where(F.col(inc.REUSED_SCORE).isNotNull())
-               .select(S.USER_ID, S.AD_ID, S.SOURCE, F.col(inc.REUSED_SCORE).alias(S.SCORE)))
-    return to_score, carried, [marked, pairs, reuse.user_changes, reuse.ad_changes]
+        return featured, None, []
+    marked = inc.with_reused_text_logits(featured, user_hashes=reuse.user_hashes, ad_hashes=reuse.ad_hashes,
+                                         base_logits=reuse.base_logits).persist(StorageLevel.MEMORY_AND_DISK)
+    to_score = marked.where(F.col(inc.REUSED).isNull()).drop(inc.REUSED)
+    carried = marked.where(F.col(inc.REUSED).isNotNull()).withColumnRenamed(inc.REUSED, S.TEXT_LOGIT)
+    return to_score, carried, [marked, reuse.base_logits]
 
 
 @dataclass
@@ -459,12 +467,11 @@ def run_scoring(spark: SparkSession, cfg: AppConfig, score_date: dt.date, *, ful
                                          f"{score_date} catalog"))
     with watch.stage("score_pairs"):
         # The cascade runs for every user (candidates equal a full run's); only the cross-encoder skips the pairs
-        # whose score carries over from the day before.
-        to_score, carried, cached = _split_reusable(
-            candidate_pairs(night.users, night.ads, index, cfg, prepared.settings, score_date), night.users, reuse, cfg)
-        featured = model_inputs(to_score, night.users, night.ads, prepared, cfg)
-        out, counts = _scores(featured, carried, night.model, prepared, cfg, score_date)
-    counts["reused"] = carried.count() if carried is not None else 0
+        # whose text logit carries over from the day before.
+        featured = model_inputs(candidate_pairs(night.users, night.ads, index, cfg, prepared.settings, score_date),
+                                night.users, night.ads, prepared, cfg)
+        to_score, carried, cached = _split_reusable(featured, reuse)
+        out, counts = _scores(to_score, carried, night.model, prepared, cfg, score_date)
     result = _write_outputs(spark, cfg, night, out, info, prepared, counts, watch, cached=[featured, *cached],
                             record=dict(plan=plan, reuse=reuse, settings=settings_used))
     result.users, result.users_by_strategy, result.eligible_ads = night.n_users, night.by_strategy, len(index.ad_ids)
@@ -489,26 +496,30 @@ def model_inputs(pairs: DataFrame, users: DataFrame, ads: DataFrame, prepared: P
                          text_vectors=vectors).persist(StorageLevel.MEMORY_AND_DISK)
 
 
-def _scores(featured: DataFrame, carried: DataFrame | None, model: registry.ResolvedModel, prepared: PreparedModel,
+def _scores(to_score: DataFrame, carried: DataFrame | None, model: registry.ResolvedModel, prepared: PreparedModel,
             cfg: AppConfig, score_date: dt.date) -> tuple[DataFrame, dict[str, int]]:
-    """``user_ad_scores``' rows: each distinct model input scored once in the scoring stage (the only stage that
-    asks for GPUs, ``score.gpu``), joined back to its pairs, with the carried-over pairs; and the count of
-    distinct inputs (``{"inputs": n}``)."""
+    """``user_ad_scores``' rows and their counts (``inputs``: distinct text inputs sent to the cross-encoder;
+    ``reused``: pairs whose text logit carried over). Each distinct (ad text, history text) of ``to_score`` goes
+    through the cross-encoder stage once (the only stage that asks for GPUs, ``score.gpu``) and its text logit
+    is joined back to its pairs; with the ``carried`` pairs, every pair's score is then the sigmoid of its text
+    logit plus the numeric parts of tonight's features (the model's small numeric head, no encoder pass)."""
     numeric = prepared.numeric_features
-    inputs = [*token_columns("ad"), *token_columns("history"), *numeric]
-    n_inputs = featured.select(*inputs).dropDuplicates().count()
-    scored = score_distinct_inputs(
-        featured, partial(score_pairs, settings=prepared.settings, numeric_features=numeric, out_col=S.SCORE,
+    inputs = [*token_columns("ad"), *token_columns("history")]
+    counts = {"inputs": to_score.select(*inputs).dropDuplicates().count(),
+              "reused": carried.count() if carried is not None else 0}
+    with_text = score_distinct_inputs(
+        to_score, partial(text_logits, settings=prepared.settings, out_col=S.TEXT_LOGIT,
                           profile=scoring_profile(cfg.score.gpu)), input_cols=inputs,
-        partitions=featured.sparkSession.sparkContext.defaultParallelism * 2,
-    ).select(S.USER_ID, S.AD_ID, S.SOURCE, S.SCORE)
+        partitions=to_score.sparkSession.sparkContext.defaultParallelism * 2, out_col=S.TEXT_LOGIT,
+    ).select(S.USER_ID, S.AD_ID, S.SOURCE, S.TEXT_LOGIT, *numeric)
     if carried is not None:
-        scored = scored.unionByName(carried)
+        with_text = with_text.unionByName(carried.select(S.USER_ID, S.AD_ID, S.SOURCE, S.TEXT_LOGIT, *numeric))
+    scored = finish_scores(with_text, prepared.settings, numeric_features=numeric)
     out = scored.select(F.lit(score_date.isoformat()).cast("date").alias(S.SCORE_DATE),
                         _user_key(cfg).alias(S.USER_ID), S.AD_ID, S.SCORE,
                         F.col(S.SOURCE).alias("candidate_source"), F.lit(model.name).alias(S.MODEL_NAME),
-                        F.lit(model.version).alias(S.MODEL_VERSION))
-    return out, {"inputs": n_inputs}
+                        F.lit(model.version).alias(S.MODEL_VERSION), F.col(S.TEXT_LOGIT).cast("float"))
+    return out, counts
 
 
 def _write_outputs(spark: SparkSession, cfg: AppConfig, night: _Night, out: DataFrame, info: AdInfo,
@@ -522,16 +533,17 @@ def _write_outputs(spark: SparkSession, cfg: AppConfig, night: _Night, out: Data
     with tables.partition_unit(spark, cfg.storage) as unit:
         with watch.stage("score_pairs"):
             # The UDF scores each distinct model input once: progress counts those against their number.
-            with progress(spark, "scoring", total=n_inputs, unit="distinct pairs",
+            with progress(spark, "scoring", total=n_inputs, unit="distinct text pairs",
                           every_s=cfg.spark.progress_interval_s, counter=prepared.settings.progress):
                 unit.write(out, S.USER_AD_SCORES, partition_col=S.SCORE_DATE, values=[date],
-                           description=f"{model.uri} scores {score_date}")
+                           description=f"{model.uri} scores {score_date}", merge_schema=True)
             written = tables.read_table(spark, cfg.storage, S.USER_AD_SCORES).where(F.col(S.SCORE_DATE) == ds)
             n_pairs = written.count()
             for df in cached:
                 df.unpersist()
-        log.info("%d pairs, %d distinct model inputs scored: %d pairs carried their score from the previous date, "
-                 "%d took the score of an identical input", n_pairs, n_inputs, n_reused, n_pairs - n_reused - n_inputs)
+        log.info("%d pairs, %d distinct text inputs through the cross-encoder: %d pairs carried their text logit "
+                 "from the previous date, %d took that of an identical text input", n_pairs, n_inputs, n_reused,
+                 n_pairs - n_reused - n_inputs)
         with watch.stage("rerank"):
             recs = rerank(written, night.users.withColumn("_key", _user_key(cfg)), info, cfg)
             recs_out = recs.select(ds.alias(S.SCORE_DATE), S.USER_ID, S.RANK, S.AD_ID, S.SCORE, S.REASON, S.STRATEGY,

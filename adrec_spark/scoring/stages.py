@@ -28,7 +28,7 @@ AD_INDEX_FIELDS = [StructField("embedding", ArrayType(FloatType())), StructField
 
 def ad_index_partition(frames: Iterator[pd.DataFrame], *, settings: UdfSettings, numeric_features: list[str],
                        match_feature: str, levels: list[float] | None) -> Iterator[pd.DataFrame]:
-    """mapInPandas body for the ad index, one pass per ad: rows with ``ad_text`` and the numeric features for
+    """mapInPandas body for the ad index, two encoder passes per ad (its embedding, its text logit): rows with ``ad_text`` and the numeric features for
     an unknown user -> the other columns as they are, plus ``embedding`` and ``prior`` (the input schema less
     those columns, plus :data:`AD_INDEX_FIELDS`). ``prior`` is the click probability for an empty history at
     each ``levels`` value of ``match_feature`` (the user-ad category affinity); None when ``levels`` is None
@@ -45,16 +45,19 @@ def ad_index_partition(frames: Iterator[pd.DataFrame], *, settings: UdfSettings,
             n, lv = len(df), np.asarray(levels, dtype=np.float32)
             numeric = np.tile(df[numeric_features].to_numpy(dtype=np.float32), (len(lv), 1))
             numeric[:, numeric_features.index(match_feature)] = np.repeat(lv, n)
-            probs = scorer.score(texts * len(lv), [""] * (n * len(lv)), numeric).reshape(len(lv), n)
-            prior = list(probs.T.astype(np.float64))
+            # One encoder pass per ad (its text with an empty history); each level moves the numeric part only.
+            text = scorer.text_logits_ids(scorer.tokenize(texts), scorer.tokenize([""] * n))
+            pair, user = scorer.numeric_logit_parts(numeric)
+            probs = 1.0 / (1.0 + np.exp(-(np.tile(text, len(lv)) + pair + user)))
+            prior = list(probs.reshape(len(lv), n).T.astype(np.float64))
         yield df.drop(columns=[S.AD_TEXT, *numeric_features]).assign(embedding=list(vecs), prior=prior)
 
 
-def score_partition(batches: Iterator[Any], *, settings: UdfSettings, numeric_features: list[str],
-                    keep: list[str], out_col: str) -> Iterator[Any]:
-    """mapInArrow body of the scoring stage: Arrow batches with ``ad_tokens``, ``history_tokens`` (and their
-    counts) and the numeric features -> the ``keep`` columns as they are plus ``out_col`` (click probability,
-    double). Pairs are assembled from the ids; one copy back from the device per Arrow batch."""
+def text_logit_partition(batches: Iterator[Any], *, settings: UdfSettings, keep: list[str],
+                         out_col: str) -> Iterator[Any]:
+    """mapInArrow body of the cross-encoder stage: Arrow batches with ``ad_tokens``, ``history_tokens`` (and
+    their counts) -> the ``keep`` columns as they are plus ``out_col``, the text part of the pair logit
+    (double). Pairs are assembled from the ids; one copy back from the device per Arrow batch."""
     import pyarrow as pa
 
     from adrec_spark.model.pairs import TokenIds
@@ -68,27 +71,67 @@ def score_partition(batches: Iterator[Any], *, settings: UdfSettings, numeric_fe
         col = rb.column
         ads = TokenIds.from_arrow(col(f"ad_{TOKENS}"), col(f"ad_{TOKEN_COUNT}"))
         hist = TokenIds.from_arrow(col(f"history_{TOKENS}"), col(f"history_{TOKEN_COUNT}"))
-        numeric = np.stack([col(c).to_numpy(zero_copy_only=False) for c in numeric_features], axis=1)
-        probs = scorer.score_ids(ads, hist, numeric.astype(np.float32))
+        logits = scorer.text_logits_ids(ads, hist)
         if settings.progress is not None:
-            settings.progress.add(len(probs))
+            settings.progress.add(len(logits))
+        yield pa.RecordBatch.from_arrays([*(col(c) for c in keep), pa.array(logits.astype(np.float64))],
+                                         names=[*keep, out_col])
+
+
+def text_logits(pairs: DataFrame, settings: UdfSettings, *, out_col: str = S.TEXT_LOGIT,
+                profile: Any = None) -> DataFrame:
+    """The cross-encoder stage: ``pairs`` (token columns of :func:`with_token_ids` with prefixes ``ad`` and
+    ``history``) -> their other columns plus ``out_col``, the text part of each pair's logit. ``profile`` (a
+    :func:`scoring_profile`) asks for GPUs for this stage only."""
+    inputs = [*token_columns("ad"), *token_columns("history")]
+    require_columns(pairs, inputs, "text_logits")
+    keep = [c for c in pairs.columns if c not in inputs]
+    schema = StructType([*(f for f in pairs.schema.fields if f.name in keep), StructField(out_col, DoubleType())])
+    body = partial(text_logit_partition, settings=settings, keep=keep, out_col=out_col)
+    return pairs.mapInArrow(body, schema, profile=profile)
+
+
+def finish_partition(batches: Iterator[Any], *, settings: UdfSettings, numeric_features: list[str], text_col: str,
+                     keep: list[str], out_col: str) -> Iterator[Any]:
+    """mapInArrow body: Arrow batches with ``text_col`` (the text logit) and the numeric features -> the
+    ``keep`` columns plus ``out_col``, the click probability: the sigmoid of the text logit plus the numeric
+    parts (the model's small numeric head, no encoder pass)."""
+    import pyarrow as pa
+
+    scorer = None
+    for rb in batches:
+        if rb.num_rows == 0:
+            continue
+        scorer = scorer or get_scorer(settings)
+        col = rb.column
+        numeric = np.stack([col(c).to_numpy(zero_copy_only=False) for c in numeric_features], axis=1)
+        pair, user = scorer.numeric_logit_parts(numeric.astype(np.float32))
+        text = col(text_col).to_numpy(zero_copy_only=False).astype(np.float32)
+        probs = 1.0 / (1.0 + np.exp(-(text + pair + user)))
         yield pa.RecordBatch.from_arrays([*(col(c) for c in keep), pa.array(probs.astype(np.float64))],
                                          names=[*keep, out_col])
 
 
-def score_pairs(pairs: DataFrame, settings: UdfSettings, *, numeric_features: list[str], out_col: str = "score",
-                profile: Any = None) -> DataFrame:
-    """The cross-encoder stage: ``pairs`` (token columns of :func:`with_token_ids` with prefixes ``ad`` and
-    ``history``, and the numeric features) -> their other columns plus ``out_col``. ``profile`` (a
-    :func:`scoring_profile`) asks for GPUs for this stage only."""
-    inputs = [*token_columns("ad"), *token_columns("history"), *numeric_features]
-    require_columns(pairs, inputs, "score_pairs")
-    keep = [c for c in pairs.columns if c not in inputs]
+def finish_scores(pairs: DataFrame, settings: UdfSettings, *, numeric_features: list[str],
+                  text_col: str = S.TEXT_LOGIT, out_col: str = S.SCORE) -> DataFrame:
+    """``pairs`` with their text logit (:func:`text_logits`, or carried over from an earlier night) and the
+    numeric features -> their other columns (the text logit kept) plus ``out_col``, the click probability."""
+    require_columns(pairs, [text_col, *numeric_features], "finish_scores")
+    keep = [c for c in pairs.columns if c not in numeric_features]
     schema = StructType([*(f for f in pairs.schema.fields if f.name in keep), StructField(out_col, DoubleType())])
     cast = [F.col(c).cast("float").alias(c) if c in numeric_features else F.col(c) for c in pairs.columns]
-    body = partial(score_partition, settings=settings, numeric_features=numeric_features, keep=keep,
-                   out_col=out_col)
-    return pairs.select(*cast).mapInArrow(body, schema, profile=profile)
+    body = partial(finish_partition, settings=settings, numeric_features=numeric_features, text_col=text_col,
+                   keep=keep, out_col=out_col)
+    return pairs.select(*cast).mapInArrow(body, schema)
+
+
+def score_pairs(pairs: DataFrame, settings: UdfSettings, *, numeric_features: list[str], out_col: str = S.SCORE,
+                profile: Any = None) -> DataFrame:
+    """Both stages on every pair: ``pairs`` (token columns and numeric features) -> their other columns plus
+    ``out_col`` (click probability). ``profile`` asks for GPUs for the cross-encoder stage only."""
+    with_text = text_logits(pairs, settings, out_col="_text_logit", profile=profile)
+    return finish_scores(with_text, settings, numeric_features=numeric_features, text_col="_text_logit",
+                         out_col=out_col).drop("_text_logit")
 
 
 def scoring_profile(gpu: ScoreGpuConfig) -> Any:
