@@ -157,7 +157,7 @@ def test_the_worker_cache_holds_one_folder_per_role() -> None:
 
 
 def test_model_udf_names_the_outputs_it_knows() -> None:
-    with pytest.raises(ValueError, match="'embedding', 'parts', 'score', 'token_ids'.*'probs'"):
+    with pytest.raises(ValueError, match=r"'embedding', 'parts', 'score', 'token_ids'.*'probs'"):
         udf.model_udf(UdfSettings(model_file="unused"), output="probs")
 
 
