@@ -29,10 +29,11 @@ AD_INDEX_FIELDS = [StructField("embedding", ArrayType(FloatType())), StructField
 def ad_index_partition(frames: Iterator[pd.DataFrame], *, settings: UdfSettings, numeric_features: list[str],
                        match_feature: str, levels: list[float] | None) -> Iterator[pd.DataFrame]:
     """mapInPandas body for the ad index, two encoder passes per ad (its embedding, its text logit): rows with
-    ``ad_text`` and the numeric features for an unknown user -> the other columns as they are, plus ``embedding`` and ``prior`` (the input schema less
-    those columns, plus :data:`AD_INDEX_FIELDS`). ``prior`` is the click probability for an empty history at
-    each ``levels`` value of ``match_feature`` (the user-ad category affinity); None when ``levels`` is None
-    (the ``all`` candidates mode needs no prior). The model is loaded once per worker, as in the UDFs."""
+    ``ad_text`` and the numeric features for an unknown user -> the other columns as they are, plus ``embedding``
+    and ``prior`` (the input schema less those columns, plus :data:`AD_INDEX_FIELDS`). ``prior`` is the click
+    probability for an empty history at each ``levels`` value of ``match_feature`` (the user-ad category
+    affinity); None when ``levels`` is None (the ``all`` candidates mode needs no prior). The model is loaded
+    once per worker, as in the UDFs."""
     scorer = None
     for df in frames:
         if df.empty:
