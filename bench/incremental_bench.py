@@ -9,10 +9,10 @@ back in the same JVM. Scenarios:
   ads are new, nobody else did anything: every other ad's counters stay as they were;
 - ``users 10%, ad counters move``: the same 10% of users, but with their generated events of night 2
   (impressions and clicks on existing ads), so every ad they were shown changed too: the ad's impression
-  and click counts are model inputs, and a pair is reused only when its whole input is unchanged.
+  and click counts move the numeric part of every pair it is in, not its text logit.
 
 Prints a table and writes bench/results/incremental.json: per scenario the pairs the cross-encoder scored
-(distinct model inputs and pairs) and the wall seconds of both runs, with their ratios, each a
+(distinct text inputs and pairs) and the wall seconds of both runs, with their ratios, each a
 :func:`bench.fairness.comparison` of two runs that held everything but the mode constant.
 """
 
@@ -164,6 +164,7 @@ def run() -> None:
     print(table(rows, list(rows[0])))
     save("incremental", {
         "command": COMMAND, "world": WORLD, "settings": SETTINGS, "new_ad_fraction": NEW_ADS,
+        "reuse": "text_logit",  # carried over per (ad text, history text); scores recomputed from the numeric part
         "model": "all-MiniLM-L6-v2 fine-tuned for 6 steps (quality is not measured here; cost is)",
         "size_note": "a small world so the bench runs in minutes on a busy 2-core machine: fixed Spark costs "
                      "(jobs, Delta commits, the ad index, user embeddings for the cascade) weigh more here than "

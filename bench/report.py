@@ -370,9 +370,14 @@ def incremental_section(name: str, d: Json) -> list[str]:
             f"back in one JVM, after a full first night: {d['night1_users']} users, "
             f"{d['scenarios'][0]['ads']} ads on night 2 ({d['scenarios'][0]['new_ads']} new), {d['model']}. "
             f"{d['size_note'][0].upper()}{d['size_note'][1:]}.", "",
-            "\"Pairs to the model\" are the candidate pairs not carried over from the night before; the "
-            "cross-encoder scores their distinct inputs. In the `ad counters move` row the changed users were "
-            "shown existing ads, whose impression and click counts (model inputs) therefore changed.", ""]
+            ("\"Pairs to the model\" are the candidate pairs whose (ad text, history text) the night before did not "
+             "score: the cross-encoder scores their distinct text inputs, and every pair's score is recomputed from "
+             "the night's numeric features (text logits carried over by text input). In the `ad counters move` row "
+             "the changed users were shown existing ads, whose impression and click counts (numeric inputs) "
+             "therefore changed." if d.get("reuse") == "text_logit" else
+             "\"Pairs to the model\" are the candidate pairs not carried over from the night before; the "
+             "cross-encoder scores their distinct inputs. In the `ad counters move` row the changed users were "
+             "shown existing ads, whose impression and click counts (model inputs) therefore changed."), ""]
     rows = []
     by_name = {c["name"]: c for c in d["comparisons"]}
     for sc in d["scenarios"]:
