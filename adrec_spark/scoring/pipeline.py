@@ -35,6 +35,7 @@ from adrec_spark.io import tables
 from adrec_spark.logs import Stopwatch
 from adrec_spark.model_udf import (
     PreparedModel,
+    TextEncoder,
     UdfSettings,
     model_udf,
     prepare_model,
@@ -210,22 +211,22 @@ def pair_features(pairs: DataFrame, users: DataFrame, ads: DataFrame, *, rate_pr
     return with_text_similarity(out, vectors=text_vectors).drop(*u_texts, *a_text)
 
 
-def text_vectors_of(users: DataFrame, ads: DataFrame, cfg: AppConfig) -> Broadcast:
+def text_vectors_of(users: DataFrame, ads: DataFrame, encoder: TextEncoder) -> Broadcast:
     """Each distinct text of the users' history texts by kind and of the ads' texts, embedded once."""
     require_history_texts(users, "user_profiles")
     empty = F.array().cast("array<string>")
     return collect_text_vectors(
         [users.select(F.lit(None).cast("string").alias(S.AD_TEXT), *S.HISTORY_ITEM_TEXTS),
-         ads.select(S.AD_TEXT, *[empty.alias(c) for c in S.HISTORY_ITEM_TEXTS])], text_encoder(cfg))
+         ads.select(S.AD_TEXT, *[empty.alias(c) for c in S.HISTORY_ITEM_TEXTS])], encoder)
 
 
-def _neutral_user_features(ads: DataFrame, cfg: AppConfig) -> DataFrame:
+def _neutral_user_features(ads: DataFrame, *, rate_prior: float, rate_prior_strength: float) -> DataFrame:
     """Ads with the features of a user about whom nothing is known: the input of the prior score (text
     similarity: no history texts, so the neutral 0 throughout)."""
     feats = features.numeric_features(
         user_impressions=F.lit(0), user_clicks=F.lit(0), ad_impressions=F.col(features.AD_IMPRESSIONS),
         ad_clicks=F.col(features.AD_CLICKS), price=F.col(S.PRICE), category_clicks=F.lit(0),
-        rate_prior=cfg.etl.rate_prior, rate_prior_strength=cfg.etl.rate_prior_strength)
+        rate_prior=rate_prior, rate_prior_strength=rate_prior_strength)
     return ads.select("*", *feats, *[F.lit(0.0).alias(c) for c in S.TEXT_SIMILARITY_FEATURES])
 
 
@@ -243,8 +244,8 @@ def build_ad_index(ads: DataFrame, cfg: AppConfig, settings: UdfSettings, *, wit
                    match_feature=S.CATEGORY_MATCH, levels=levels)
     meta = (S.AD_ID, S.ADVERTISER_ID, S.TITLE, S.CATEGORY, features.AD_CLICKS,  # passed through as they are
             features.AD_IMPRESSIONS)
-    inputs = _neutral_user_features(ads, cfg).select(*meta, S.AD_TEXT,
-                                                     *[F.col(c).cast("float").alias(c) for c in numeric])
+    neutral = _neutral_user_features(ads, rate_prior=cfg.etl.rate_prior, rate_prior_strength=cfg.etl.rate_prior_strength)
+    inputs = neutral.select(*meta, S.AD_TEXT, *[F.col(c).cast("float").alias(c) for c in numeric])
     schema = StructType(inputs.select(*meta).schema.fields + AD_INDEX_FIELDS)
     rows = (inputs.repartition(spark.sparkContext.defaultParallelism, S.AD_ID)
             .mapInPandas(body, schema).toPandas())
@@ -489,7 +490,7 @@ def model_inputs(pairs: DataFrame, users: DataFrame, ads: DataFrame, prepared: P
     features only when the model reads them."""
     numeric = prepared.numeric_features
     s = prepared.settings
-    vectors = text_vectors_of(users, ads, cfg) if uses_text_similarity(numeric) else None
+    vectors = text_vectors_of(users, ads, text_encoder(cfg)) if uses_text_similarity(numeric) else None
     return pair_features(pairs, with_token_ids(users, s, text_col=S.HISTORY_TEXT, prefix="history"),
                          with_token_ids(ads, s, text_col=S.AD_TEXT, prefix="ad"), rate_prior=cfg.etl.rate_prior,
                          rate_prior_strength=cfg.etl.rate_prior_strength, tokens=True,
