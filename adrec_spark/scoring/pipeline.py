@@ -244,7 +244,8 @@ def build_ad_index(ads: DataFrame, cfg: AppConfig, settings: UdfSettings, *, wit
                    match_feature=S.CATEGORY_MATCH, levels=levels)
     meta = (S.AD_ID, S.ADVERTISER_ID, S.TITLE, S.CATEGORY, features.AD_CLICKS,  # passed through as they are
             features.AD_IMPRESSIONS)
-    neutral = _neutral_user_features(ads, rate_prior=cfg.etl.rate_prior, rate_prior_strength=cfg.etl.rate_prior_strength)
+    etl = cfg.etl
+    neutral = _neutral_user_features(ads, rate_prior=etl.rate_prior, rate_prior_strength=etl.rate_prior_strength)
     inputs = neutral.select(*meta, S.AD_TEXT, *[F.col(c).cast("float").alias(c) for c in numeric])
     schema = StructType(inputs.select(*meta).schema.fields + AD_INDEX_FIELDS)
     rows = (inputs.repartition(spark.sparkContext.defaultParallelism, S.AD_ID)
