@@ -240,6 +240,7 @@ def _measure(work: Path, *, n: int, ads_per_user: int, device: str, precisions: 
     lengths = pair_lengths(ads_ids, hist_ids, max_length)
     model = load_model(model_dir)[0]
 
+    load_before = os.getloadavg()[0]  # other work on the machine slows every run alike (they take turns)
     runs: dict[str, object] = {}
     for p in precisions:
         legacy_model = prepare_model(model, device=device, precision=p)
@@ -275,6 +276,7 @@ def _measure(work: Path, *, n: int, ads_per_user: int, device: str, precisions: 
         "bench": "scorer", "command": "python bench/run.py scorer", "machine": {**machine(), **_gpu_info()},
         "model_source": source, "device": device, "precision": precisions[0], "precisions": precisions,
         "threads": threads, "pairs": n, "rounds": rounds,
+        "load_average_1m_before_after": [load_before, os.getloadavg()[0]],
         "held_constant": "the same pairs, threads, device and batch size (pairs per pass) for every run; each run "
                          "returns one logit per pair to host memory; runs take turns in every round (best of "
                          "rounds); legacy, scorer and CrossEncoder are compared within one precision",
