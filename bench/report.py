@@ -408,6 +408,10 @@ def scorer_section(name: str, d: Json) -> list[str]:
             f"{', '.join(precisions)}.", ""]
     if "held_constant" in d:
         out += [f"Held constant: {d['held_constant']}.", ""]
+    if "load_average_1m_before_after" in d:
+        before, after = d["load_average_1m_before_after"]
+        out += [f"Other work on the machine (1-minute load average before / after): {before:.1f} / {after:.1f} on "
+                f"{d['machine']['cores']} cores; it slows every run alike, as they take turns.", ""]
     rows = []
     for p, r in d.get("by_precision", {d["precision"]: {
             "legacy_pairs_per_s": d["results"]["legacy"]["pairs_per_s"],
