@@ -6,7 +6,8 @@ lakehouse: its ETL, a full run (``--full``) and an incremental run on two copies
 back in the same JVM. Scenarios:
 
 - ``users N%``: N% of night 1's users changed (each searched and was shown one of the new ads), 5% of the
-  ads are new, nobody else did anything: every other ad's counters stay as they were;
+  ads are new, nobody else did anything: every other ad's counters stay as they were, and so does its flight
+  (one that would end that night runs a day longer, so no other ad leaves the lists);
 - ``users 10%, ad counters move``: the same 10% of users, but with their generated events of night 2
   (impressions and clicks on existing ads), so every ad they were shown changed too: the ad's impression
   and click counts move the numeric part of every pair it is in, not its text logit.
@@ -84,7 +85,12 @@ for i in range(max(1, round(len(catalog) * {new_ads!r}))):
     src = dict(catalog[rng.randrange(len(catalog))])
     new_ads.append({{**src, "ad_id": f"new{{i:04d}}", "title": src["title"] + " (new)", "start_date": None,
                     "end_date": None}})
-ads2 = catalog + new_ads
+# The rest of the catalog stays as it was and eligible: a flight that would end on night 2 runs one day longer, so
+# the night's catalog change is the new ads alone (flights ending would replace candidates in many lists, each
+# replacement a new (user, ad) text input: another scenario than the one measured here).
+serve2 = str(N2 + dt.timedelta(days=1))
+extended = [{{**a, "end_date": serve2}} if a.get("end_date") and a["end_date"] < serve2 else a for a in catalog]
+ads2 = extended + new_ads
 
 def isolated_events(changed):
     out = []
@@ -121,6 +127,7 @@ for name, frac, counters in scenarios:
                        "fallback_reason": r.fallback_reason}}
     results.append({{"scenario": name, "changed_user_fraction": frac, "ad_counters_move": counters,
                      "changed_users": len(changed), "users": warm.users, "new_ads": len(new_ads),
+                     "flights_extended": sum(a is not b for a, b in zip(extended, catalog)),
                      "ads": len(ads2), **runs}})
 print(json.dumps({{"night1_users": warm.users, "night1_pairs": warm.pairs_scored, "scenarios": results}}))
 """
