@@ -127,15 +127,19 @@ def effective_max_length(ds: Dataset, recipe: tuple[str, ...]) -> int:
 
 
 def training_cost(summary: object, *, tokens: int) -> dict[str, object] | None:
-    """What fine-tuning cost, from the training summary: examples (train rows used), epochs run, tokens per
-    pair, minutes of training, the device and precision."""
+    """What fine-tuning cost, from the training summary: examples (train rows used), epochs run (the steps run
+    over the steps of an epoch: early stopping ends one part way), tokens per pair, minutes of training, the
+    device and precision."""
     if not isinstance(summary, dict) or "train_rows" not in summary:
         return None
     m = machine()
     device = str(summary.get("device", "cpu"))
     if device == "cpu":
         device = f"cpu ({m['cores']} cores, {m['cpu'] or 'CPU not recorded'})"
-    return {"examples": int(summary["train_rows"]), "epochs": int(summary.get("epochs_run", 0)), "tokens": tokens,
+    per_epoch = int(summary.get("steps_per_epoch") or 0)
+    steps = summary.get("global_step")
+    epochs = steps / per_epoch if per_epoch and steps is not None else summary.get("epochs_run", 0)
+    return {"examples": int(summary["train_rows"]), "epochs": round(float(epochs), 2), "tokens": tokens,
             "minutes": float(summary.get("train_seconds", 0.0)) / 60.0, "device": device,
             "precision": summary.get("precision")}
 

@@ -456,7 +456,7 @@ def _section_for(name: str) -> Callable[[str, Json], list[str]]:
 
 def _order(name: str) -> tuple[int, int, str]:
     index = next((i for i, (pattern, _) in enumerate(SECTIONS) if re.fullmatch(pattern, name)), len(SECTIONS))
-    return index, name != "quality-eval-v2", name  # the main MovieLens table first
+    return index, name != "quality", name  # the main MovieLens table first
 
 
 def _find(comps: list[Json], name: str) -> Json | None:
@@ -483,6 +483,18 @@ def summary_rows(results: dict[str, Json]) -> list[list[str]]:
         rows.append(["cascade: fewer cross-encoder pairs, recall@10", f"{c['reduction']:.1f}x, "
                      f"{c['recall_at_10']:.3f} ({c['cascade_seconds']:.1f} s against {c['all_seconds']:.1f} s)",
                      "", "`scoring.json`"])
+    if (d := results.get("scorer-cpu")) is not None and "by_precision" in d:
+        bp = d["by_precision"]
+        rows.append([f"scorer / per-pair loop on CPU, {' / '.join(bp)}",
+                     " / ".join(f"{r['scorer_vs_legacy']:.2f}x" for r in bp.values()), "like for like",
+                     "`scorer-cpu.json`"])
+        ce = {p: r for p, r in bp.items() if "scorer_vs_cross_encoder" in r}
+        rows.append([f"scorer / `CrossEncoder.predict` on CPU, {' / '.join(ce)}",
+                     " / ".join(f"{r['scorer_vs_cross_encoder']:.2f}x" for r in ce.values()), "like for like",
+                     "`scorer-cpu.json`"])
+        if "auto" in d:
+            rows.append([f"`precision: auto` / fastest precision on CPU ({d['auto']['fastest_precision']})",
+                         f"{d['auto']['vs_fastest']:.2f}x (chose {d['auto']['chose']})", "", "`scorer-cpu.json`"])
     if (d := results.get("incremental")) is not None:
         sc = next((x for x in d["scenarios"] if x["scenario"] == "users 10%"), None)
         if sc is not None:
@@ -499,16 +511,17 @@ def summary_rows(results: dict[str, Json]) -> list[list[str]]:
         r = d["runs"][-1]
         rows.append([f"training job / plain loop, {r['precision']}", f"{r['job_vs_plain']:.2f}x",
                      "like for like" if "comparisons" in d else PREDATES, "`training.json`"])
-    name = next((n for n in ("quality-eval-v2", "quality") if n in results), None)
+    name = next((n for n in ("quality", "quality-eval-v2") if n in results), None)
     if name is not None:
         t = results[name]["table"]
         model = next(m for m in t if m.startswith("model") and "[" not in m)
         rows.append([f"MovieLens-100k NDCG@10 / test AUC, {model}",
                      f"{t[model]['ndcg@10']:.4f} / {t[model]['auc']:.4f}", "", f"`{name}.json`"])
-        if "logistic_regression" in t:
-            lr = t["logistic_regression"]
-            rows.append(["MovieLens-100k NDCG@10 / test AUC, logistic regression",
-                         f"{lr['ndcg@10']:.4f} / {lr['auc']:.4f}", "", f"`{name}.json`"])
+        for method, label in (("logistic_regression", "logistic regression"),
+                              ("logistic_regression_text", "logistic regression + text similarity")):
+            if method in t:
+                rows.append([f"MovieLens-100k NDCG@10 / test AUC, {label}",
+                             f"{t[method]['ndcg@10']:.4f} / {t[method]['auc']:.4f}", "", f"`{name}.json`"])
     return rows
 
 
