@@ -378,6 +378,10 @@ def incremental_section(name: str, d: Json) -> list[str]:
              "\"Pairs to the model\" are the candidate pairs not carried over from the night before; the "
              "cross-encoder scores their distinct inputs. In the `ad counters move` row the changed users were "
              "shown existing ads, whose impression and click counts (model inputs) therefore changed."), ""]
+    if d["scenarios"][0].get("flights_extended"):
+        out += [f"The night's catalog change is the new ads alone: the {d['scenarios'][0]['flights_extended']} ads "
+                "whose flight would have ended that night run a day longer (counted as changed ads; their text is "
+                "the same), so no other ad leaves the candidate lists.", ""]
     rows = []
     by_name = {c["name"]: c for c in d["comparisons"]}
     for sc in d["scenarios"]:
