@@ -534,7 +534,7 @@ def _write_outputs(spark: SparkSession, cfg: AppConfig, night: _Night, out: Data
     n_inputs, n_reused = counts["inputs"], counts["reused"]
     with tables.partition_unit(spark, cfg.storage) as unit:
         with watch.stage("score_pairs"):
-            # The UDF scores each distinct model input once: progress counts those against their number.
+            # The cross-encoder sees each distinct text input once: progress counts those against their number.
             with progress(spark, "scoring", total=n_inputs, unit="distinct text pairs",
                           every_s=cfg.spark.progress_interval_s, counter=prepared.settings.progress):
                 unit.write(out, S.USER_AD_SCORES, partition_col=S.SCORE_DATE, values=[date],
