@@ -535,7 +535,7 @@ def _write_outputs(spark: SparkSession, cfg: AppConfig, night: _Night, out: Data
     with tables.partition_unit(spark, cfg.storage) as unit:
         with watch.stage("score_pairs"):
             # The cross-encoder sees each distinct text input once: progress counts those against their number.
-            with progress(spark, "scoring", total=n_inputs, unit="distinct text pairs",
+            with progress(spark, "scoring", total=n_inputs, unit="distinct pairs",
                           every_s=cfg.spark.progress_interval_s, counter=prepared.settings.progress):
                 unit.write(out, S.USER_AD_SCORES, partition_col=S.SCORE_DATE, values=[date],
                            description=f"{model.uri} scores {score_date}", merge_schema=True)
@@ -543,9 +543,9 @@ def _write_outputs(spark: SparkSession, cfg: AppConfig, night: _Night, out: Data
             n_pairs = written.count()
             for df in cached:
                 df.unpersist()
-        log.info("%d pairs, %d distinct text inputs through the cross-encoder: %d pairs carried their text logit "
-                 "from the previous date, %d took that of an identical text input", n_pairs, n_inputs, n_reused,
-                 n_pairs - n_reused - n_inputs)
+        log.info("%d pairs, %d distinct model inputs scored (text inputs, through the cross-encoder): %d pairs "
+                 "carried their text logit from the previous date, %d took that of an identical text input",
+                 n_pairs, n_inputs, n_reused, n_pairs - n_reused - n_inputs)
         with watch.stage("rerank"):
             recs = rerank(written, night.users.withColumn("_key", _user_key(cfg)), info, cfg)
             recs_out = recs.select(ds.alias(S.SCORE_DATE), S.USER_ID, S.RANK, S.AD_ID, S.SCORE, S.REASON, S.STRATEGY,
