@@ -321,10 +321,6 @@ class Scorer:
         """Click probabilities (sigmoid of the logit)."""
         return 1.0 / (1.0 + np.exp(-self.logits(ad_texts, histories, numeric)))
 
-    def score_ids(self, ads: TokenIds, hist: TokenIds, numeric: np.ndarray) -> np.ndarray:
-        pair, user = self.logit_parts_ids(ads, hist, numeric)
-        return 1.0 / (1.0 + np.exp(-(pair + user)))
-
     @torch.inference_mode()
     def embed(self, texts: Sequence[object], *, max_length: int | None = None) -> np.ndarray:
         """L2-normalised mean-pooled embeddings of single texts from the model's encoder."""
