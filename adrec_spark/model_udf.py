@@ -64,18 +64,13 @@ class UdfSettings:
 
 @dataclass(frozen=True)
 class PreparedModel:
-    """A pinned registry version, its local folder and the settings its UDFs carry to the workers."""
+    """A pinned registry version, its local folder, the settings its UDFs carry to the workers and the numeric
+    features the model reads, in its order (from its spec)."""
 
     model: registry.ResolvedModel
     local_dir: Path
     settings: UdfSettings
-
-    @property
-    def numeric_features(self) -> list[str]:
-        """The numeric features the model reads, in its order (its spec)."""
-        from adrec_spark.model.relevance import ModelSpec
-
-        return list(ModelSpec.from_json((self.local_dir / "spec.json").read_text()).numeric_features)
+    numeric_features: list[str]
 
 
 def resolve_model(cfg: AppConfig) -> registry.ResolvedModel:
@@ -96,7 +91,10 @@ def prepare_model(spark: SparkSession, cfg: AppConfig, model: registry.ResolvedM
     settings = UdfSettings(model_file=ship_model_dir(spark.sparkContext, local_dir), precision=sc.precision,
                            batch_size=sc.batch_size, threads=sc.torch_threads, token_budget=sc.token_budget,
                            chaos=sc.chaos if chaos else ChaosConfig(), progress=progress)
-    return PreparedModel(model, local_dir, settings)
+    from adrec_spark.model.relevance import ModelSpec
+
+    spec = ModelSpec.from_json((local_dir / "spec.json").read_text())
+    return PreparedModel(model, local_dir, settings, list(spec.numeric_features))
 
 
 def ship_model_dir(sc: SparkContext, model_dir: str | Path) -> str:
