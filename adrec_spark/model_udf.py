@@ -22,7 +22,8 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,8 @@ from adrec_spark.config import AppConfig, ChaosConfig
 from adrec_spark.frames import require_columns
 from adrec_spark.io import fs
 from adrec_spark.logs import Stopwatch
-from adrec_spark.model.inference import ModelCache
+from adrec_spark.model.inference import ModelCache, SpecialIds, calibrated_cpu_precision, model_cache_key
+from adrec_spark.model.relevance import load_model
 from adrec_spark.registry import registry
 
 log = logging.getLogger(__name__)
@@ -91,10 +93,39 @@ def prepare_model(spark: SparkSession, cfg: AppConfig, model: registry.ResolvedM
     settings = UdfSettings(model_file=ship_model_dir(spark.sparkContext, local_dir), precision=sc.precision,
                            batch_size=sc.batch_size, threads=sc.torch_threads, token_budget=sc.token_budget,
                            chaos=sc.chaos if chaos else ChaosConfig(), progress=progress)
+    settings = replace(settings, precision=job_precision(spark, settings, gpu_stage=sc.gpu.task_amount is not None))
     from adrec_spark.model.relevance import ModelSpec
 
     spec = ModelSpec.from_json((local_dir / "spec.json").read_text())
     return PreparedModel(model, local_dir, settings, list(spec.numeric_features))
+
+
+def job_precision(spark: SparkSession, settings: UdfSettings, *, gpu_stage: bool) -> str:
+    """The one precision every task of the job runs: ``settings.precision`` as given, or for ``auto`` bf16 when
+    the scoring stage asks for GPUs, else the calibration of one task (on an executor, whose CPU decides;
+    cached per host). Decided here, not in each worker, so one job never mixes precisions."""
+    if settings.precision != "auto":
+        return settings.precision
+    if gpu_stage:
+        return "bf16"
+    chosen, host = spark.sparkContext.parallelize([0], 1).map(partial(_measured_precision, settings)).collect()[0]
+    log.info("precision auto: %s for every task of this job (measured on %s, %s threads)", chosen, host,
+             settings.threads or "default")
+    return chosen
+
+
+def _measured_precision(settings: UdfSettings, _: object) -> tuple[str, str]:
+    """In a worker: (the calibrated CPU precision of the shipped model, this host)."""
+    import socket
+
+    import torch
+
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    path = _model_path(settings.model_file)
+    model, tokenizer = load_model(path)
+    return calibrated_cpu_precision(model, SpecialIds.of(tokenizer), threads=torch.get_num_threads(),
+                                    cache_key=model_cache_key(path)), socket.gethostname()
 
 
 def ship_model_dir(sc: SparkContext, model_dir: str | Path) -> str:

@@ -113,6 +113,19 @@ def test_gpu_config_checks() -> None:
     check_profile_supported("local-cluster[1,1,1024]", ScoreGpuConfig(task_amount=0.25))
 
 
+def test_a_job_runs_one_precision_decided_on_an_executor(spark, saved) -> None:
+    """``auto`` becomes one precision before any task scores: measured by one task (on an executor, whose
+    hardware decides) or bf16 for a GPU stage; an explicit precision is kept as given."""
+    from adrec_spark.model.inference import PRECISIONS
+
+    auto = UdfSettings(model_file=str(saved), precision="auto", threads=1)
+    measured = udf.job_precision(spark, auto, gpu_stage=False)
+    assert measured in PRECISIONS
+    assert udf.job_precision(spark, auto, gpu_stage=False) == measured
+    assert udf.job_precision(spark, auto, gpu_stage=True) == "bf16"
+    assert udf.job_precision(spark, UdfSettings(model_file=str(saved), precision="int8"), gpu_stage=False) == "int8"
+
+
 def test_a_new_model_version_evicts_the_old_one(saved, tmp_path, monkeypatch) -> None:
     import shutil
 

@@ -129,13 +129,15 @@ def test_plan_falls_back_to_full_with_the_reason(runs, settings, kw, reason) -> 
 def test_score_settings_follow_the_model_and_the_feature_settings(cfg) -> None:
     from adrec_spark.config import replace
 
-    base = inc.score_settings(cfg, "m", 1)
+    base = inc.score_settings(cfg, "m", 1, precision="int8")
     assert inc.fingerprint(base) == inc.fingerprint(dict(reversed(list(base.items()))))
-    for changed in (inc.score_settings(cfg, "m", 2), inc.score_settings(replace(cfg, "etl.rate_prior=0.2"), "m", 1),
-                    inc.score_settings(replace(cfg, "score.precision=bf16"), "m", 1)):
+    for changed in (inc.score_settings(cfg, "m", 2, precision="int8"),
+                    inc.score_settings(replace(cfg, "etl.rate_prior=0.2"), "m", 1, precision="int8"),
+                    inc.score_settings(cfg, "m", 1, precision="bf16")):
         assert inc.fingerprint(changed) != inc.fingerprint(base)
     # candidates and the re-rank run in full every night: their settings do not stop a reuse
-    assert inc.score_settings(replace(cfg, "score.top_k=3", "score.retrieval_top_n=5"), "m", 1) == base
+    assert inc.score_settings(replace(cfg, "score.top_k=3", "score.retrieval_top_n=5"), "m", 1,
+                              precision="int8") == base
 
 
 # --- several nights end to end (slow) --------------------------------------------------------------------------

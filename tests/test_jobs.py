@@ -20,7 +20,7 @@ from adrec_spark import schema as S
 from adrec_spark.config import replace
 from adrec_spark.errors import InputDataError, ModelResolutionError
 from adrec_spark.etl.pipeline import run_etl
-from adrec_spark.model.inference import Scorer, cached_cpu_precision, resolve_precision
+from adrec_spark.model.inference import PRECISIONS, Scorer, cached_cpu_precision
 from adrec_spark.registry import registry
 from adrec_spark.samples.generator import GeneratorSpec, generate
 from adrec_spark.scoring.pipeline import pair_features, run_scoring
@@ -207,13 +207,29 @@ def test_spark_scores_equal_in_process_scores(spark, world) -> None:
                           rate_prior_strength=cfg.etl.rate_prior_strength).toPandas()
     model = registry.resolve(cfg.mlflow, alias="champion")
     local = registry.download_model_dir(cfg.mlflow, model, world["tmp"] / "inproc-model")
-    precision = cfg.score.precision  # what the job ran ("auto": measured and cached on this host)
-    if precision == "auto":
-        precision = cached_cpu_precision(local, threads=cfg.score.torch_threads) or resolve_precision("auto", "cpu")
+    precision = _run_settings(spark, cfg, LAST)["precision"]  # what every task of the job ran
     want = Scorer(local, precision=precision).score(pairs[S.AD_TEXT], pairs[S.HISTORY_TEXT],
                                                     pairs[list(S.NUMERIC_FEATURES)].to_numpy())
     # bf16 sums depend a little on the micro-batch shapes (dynamic padding), fp32 and int8 hardly at all
     np.testing.assert_allclose(pairs[S.SCORE].to_numpy(), want, atol=3e-3 if precision == "bf16" else 1e-4)
+
+
+def _run_settings(spark, cfg, day) -> dict:
+    runs = _table(spark, cfg, S.SCORING_RUNS).where(F.col(S.SCORE_DATE) == day).collect()
+    return json.loads(runs[0]["score_settings"])
+
+
+def test_auto_precision_is_decided_once_per_job_and_recorded(spark, world) -> None:
+    """``auto`` is measured once per job (cached per host) and every task of the job runs that precision: a
+    rerun repeats it, and ``scoring_runs`` records it (a later night in another precision scores in full)."""
+    from adrec_spark.model_udf import prepare_model
+
+    cfg = world["cfg"]
+    assert cfg.score.precision == "auto"
+    prepared = prepare_model(spark, cfg)
+    assert prepared.settings.precision in PRECISIONS
+    assert prepared.settings.precision == cached_cpu_precision(prepared.local_dir, threads=cfg.score.torch_threads)
+    assert _run_settings(spark, cfg, LAST)["precision"] == prepared.settings.precision
 
 
 def test_rerun_of_a_date_leaves_identical_tables(spark, world) -> None:

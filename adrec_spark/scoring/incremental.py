@@ -59,12 +59,13 @@ RUNS_COLUMNS = (
     ("seconds", "double"), ("finished_at", "timestamp"))
 
 
-def score_settings(cfg: AppConfig, model_name: str, model_version: int) -> dict[str, Any]:
+def score_settings(cfg: AppConfig, model_name: str, model_version: int, *, precision: str) -> dict[str, Any]:
     """What, besides a pair's user and ad rows, decides its score: the model version (its weights, tokenizer
-    and ``max_length`` come with it), the precision it runs in, the smoothing of the rate features, and the
-    package version (the definition of the features). Candidate and re-rank settings are not here: both run
-    in full every night. Batch sizes only move bf16 rounding and are left out."""
-    return {"model_name": model_name, "model_version": int(model_version), "precision": cfg.score.precision,
+    and ``max_length`` come with it), the precision it runs in (the one the job runs, ``auto`` decided), the
+    smoothing of the rate features, and the package version (the definition of the features). Candidate and
+    re-rank settings are not here: both run in full every night. Batch sizes only move bf16 rounding and are
+    left out."""
+    return {"model_name": model_name, "model_version": int(model_version), "precision": precision,
             "rate_prior": cfg.etl.rate_prior, "rate_prior_strength": cfg.etl.rate_prior_strength,
             "package_version": adrec_spark.__version__}
 

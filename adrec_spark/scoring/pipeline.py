@@ -455,11 +455,12 @@ def run_scoring(spark: SparkSession, cfg: AppConfig, score_date: dt.date, *, ful
     watch = Stopwatch()
     with watch.stage("setup"):
         night = _read_night(spark, cfg, score_date)
-        settings_used = inc.score_settings(cfg, night.model.name, night.model.version)
-        plan, reuse = _plan(spark, cfg, score_date, night.users, night.ads, settings_used, full=full)
         check_profile_supported(spark.sparkContext.master, cfg.score.gpu)
         # The accumulator counts the distinct inputs the UDF scored, for the progress lines.
         prepared = prepare_model(spark, cfg, night.model, progress=spark.sparkContext.accumulator(0), chaos=True)
+        settings_used = inc.score_settings(cfg, night.model.name, night.model.version,
+                                           precision=prepared.settings.precision)
+        plan, reuse = _plan(spark, cfg, score_date, night.users, night.ads, settings_used, full=full)
     with watch.stage("ad_index"):
         # The index holds every eligible ad (collected to the driver): its size is their count, and no ads is an
         # error before anything is written.
