@@ -39,7 +39,7 @@ from adrec_spark.config import AppConfig, ChaosConfig
 from adrec_spark.frames import require_columns
 from adrec_spark.io import fs
 from adrec_spark.logs import Stopwatch
-from adrec_spark.model.inference import ModelCache, SpecialIds, calibrated_cpu_precision, model_cache_key
+from adrec_spark.model.inference import ModelCache, SpecialIds, calibrated_cpu_precision, model_cache_key, sigmoid
 from adrec_spark.model.relevance import load_model
 from adrec_spark.registry import registry
 
@@ -263,7 +263,7 @@ def _score(s: UdfSettings, ad_text: pd.Series, history: pd.Series, numeric: pd.D
 
 def _parts(s: UdfSettings, ad_text: pd.Series, history: pd.Series, numeric: pd.DataFrame) -> pd.DataFrame:
     pair, user = get_scorer(s).logit_parts(ad_text.tolist(), history.tolist(), numeric.to_numpy(dtype=np.float32))
-    prob = 1.0 / (1.0 + np.exp(-(pair + user)))
+    prob = sigmoid(pair + user)
     return pd.DataFrame({"score": prob.astype(np.float32), "rank_score": pair.astype(np.float32)})
 
 

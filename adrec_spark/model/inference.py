@@ -168,6 +168,11 @@ def token_budget_batches(lengths: Sequence[int] | np.ndarray, token_budget: int,
     return out
 
 
+def sigmoid(logit: np.ndarray) -> np.ndarray:
+    """Click probabilities of logits."""
+    return 1.0 / (1.0 + np.exp(-logit))
+
+
 def _as_str(values: Sequence[object]) -> list[str]:
     return ["" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in values]
 
@@ -234,14 +239,15 @@ class Scorer:
             raise ValueError(f"{len(ad_texts)} ad texts but {len(histories)} histories")
         return self.logit_parts_ids(self.tokenize(ad_texts), self.tokenize(histories), numeric)
 
-    def _prepare(self, ads: TokenIds, hist: TokenIds, num: np.ndarray,
-                 idx: np.ndarray) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def _prepare(self, ads: TokenIds, hist: TokenIds, num: np.ndarray | None,
+                 idx: np.ndarray) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """One micro-batch on the host: the assembled pairs and their numeric rows (None: a text-only pass)."""
         arrays = assemble_pairs(ads, hist, self.special, self.spec.max_length, rows=idx)
         host = {k: torch.from_numpy(getattr(arrays, k)) for k in ("input_ids", "token_type_ids", "attention_mask")}
-        x = torch.from_numpy(np.ascontiguousarray(num[idx]))
+        x = None if num is None else torch.from_numpy(np.ascontiguousarray(num[idx]))
         if self._pin:
             host = {k: v.pin_memory() for k, v in host.items()}
-            x = x.pin_memory()
+            x = None if x is None else x.pin_memory()
         return host, x
 
     def _forward(self, host: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -252,22 +258,22 @@ class Scorer:
                                             numeric=x.to(dev, non_blocking=True))
         return torch.stack([pair.float(), user.float()])
 
-    def _forward_text(self, host: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    def _forward_text(self, host: dict[str, torch.Tensor], x: torch.Tensor | None) -> torch.Tensor:
         dev = self._run_device
         enc = {k: v.to(dev, non_blocking=True).long() for k, v in host.items()}
         return self.model.text_logit(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
                                      token_type_ids=enc["token_type_ids"]).float().unsqueeze(0)
 
     @torch.inference_mode()
-    def _run(self, ads: TokenIds, hist: TokenIds, numeric: np.ndarray | Sequence[Sequence[float]],
-             forward: Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]) -> np.ndarray:
+    def _run(self, ads: TokenIds, hist: TokenIds, numeric: np.ndarray | Sequence[Sequence[float]] | None,
+             forward: Callable[[dict[str, torch.Tensor], torch.Tensor | None], torch.Tensor]) -> np.ndarray:
         """``forward``'s (k, n) outputs over every pair, in token-budget batches; the next batch assembled on a
-        background thread while this one runs; one copy back per call."""
+        background thread while this one runs; one copy back per call. ``numeric`` None: a text-only pass."""
         n = len(ads)
         if len(hist) != n:
             raise ValueError(f"{n} ads but {len(hist)} histories")
         t0 = time.perf_counter()
-        num = self._numeric(numeric, n)
+        num = None if numeric is None else self._numeric(numeric, n)
         batches = token_budget_batches(pair_lengths(ads, hist, self.spec.max_length), self.token_budget,
                                        self.batch_size)
         outs: list[torch.Tensor] = []
@@ -297,8 +303,7 @@ class Scorer:
         """The text part of each pair's logit (:meth:`RelevanceModel.text_logit`): the encoder pass alone."""
         if len(ads) == 0:
             return np.empty(0, dtype=np.float32)
-        return self._run(ads, hist, np.zeros((len(ads), len(self.spec.numeric_features)), np.float32),
-                         self._forward_text)[0]
+        return self._run(ads, hist, None, self._forward_text)[0]
 
     @torch.inference_mode()
     def numeric_logit_parts(self, numeric: np.ndarray | Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
@@ -319,7 +324,7 @@ class Scorer:
     def score(self, ad_texts: Sequence[object], histories: Sequence[object],
               numeric: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
         """Click probabilities (sigmoid of the logit)."""
-        return 1.0 / (1.0 + np.exp(-self.logits(ad_texts, histories, numeric)))
+        return sigmoid(self.logits(ad_texts, histories, numeric))
 
     @torch.inference_mode()
     def embed(self, texts: Sequence[object], *, max_length: int | None = None) -> np.ndarray:

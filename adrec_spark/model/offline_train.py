@@ -197,7 +197,7 @@ def score_test_rows(model_dir: str | Path, test_dir: str | Path, *, device: str,
     user's ads (``rank_score``, as the evaluation job's ``model__rank``) and, with ``base_model_dir``, the
     pretrained zero-shot cosine of history and ad (``pretrained``, as the evaluation job's baseline)."""
     from adrec_spark.model.data import PairDataset
-    from adrec_spark.model.inference import Embedder, Scorer
+    from adrec_spark.model.inference import Embedder, Scorer, sigmoid
 
     rows = PairDataset(test_dir, extra_columns=(S.EVENT_ID, S.USER_ID, S.AD_ID)).read_all()
     pair, user = Scorer(model_dir, device=device, precision="fp32", batch_size=batch_size).logit_parts(
@@ -205,7 +205,7 @@ def score_test_rows(model_dir: str | Path, test_dir: str | Path, *, device: str,
     logit = pair.astype(np.float64) + user
     out = pd.DataFrame({S.EVENT_ID: rows.extra[S.EVENT_ID].astype(str), S.USER_ID: rows.extra[S.USER_ID].astype(str),
                         S.AD_ID: rows.extra[S.AD_ID].astype(str), S.LABEL: rows.label.astype(np.int32),
-                        "score": 1.0 / (1.0 + np.exp(-logit)), "rank_score": pair.astype(np.float64)})
+                        "score": sigmoid(logit), "rank_score": pair.astype(np.float64)})
     if base_model_dir is not None:
         emb = Embedder(base_model_dir, batch_size=batch_size, max_length=max_length, device=device)
         out["pretrained"] = (emb.embed(rows.history_text) * emb.embed(rows.ad_text)).sum(axis=1).astype(np.float64)

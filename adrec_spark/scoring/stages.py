@@ -21,6 +21,7 @@ from adrec_spark import schema as S
 from adrec_spark.config import ScoreGpuConfig
 from adrec_spark.errors import ConfigError
 from adrec_spark.frames import require_columns
+from adrec_spark.model.inference import sigmoid
 from adrec_spark.model_udf import TOKEN_COUNT, TOKENS, UdfSettings, chaos, get_scorer, token_columns
 
 AD_INDEX_FIELDS = [StructField("embedding", ArrayType(FloatType())), StructField("prior", ArrayType(DoubleType()))]
@@ -49,7 +50,7 @@ def ad_index_partition(frames: Iterator[pd.DataFrame], *, settings: UdfSettings,
             # One encoder pass per ad (its text with an empty history); each level moves the numeric part only.
             text = scorer.text_logits_ids(scorer.tokenize(texts), scorer.tokenize([""] * n))
             pair, user = scorer.numeric_logit_parts(numeric)
-            probs = 1.0 / (1.0 + np.exp(-(np.tile(text, len(lv)) + pair + user)))
+            probs = sigmoid(np.tile(text, len(lv)) + pair + user)
             prior = list(probs.reshape(len(lv), n).T.astype(np.float64))
         yield df.drop(columns=[S.AD_TEXT, *numeric_features]).assign(embedding=list(vecs), prior=prior)
 
@@ -108,7 +109,7 @@ def finish_partition(batches: Iterator[Any], *, settings: UdfSettings, numeric_f
         numeric = np.stack([col(c).to_numpy(zero_copy_only=False) for c in numeric_features], axis=1)
         pair, user = scorer.numeric_logit_parts(numeric.astype(np.float32))
         text = col(text_col).to_numpy(zero_copy_only=False).astype(np.float32)
-        probs = 1.0 / (1.0 + np.exp(-(text + pair + user)))
+        probs = sigmoid(text + pair + user)
         yield pa.RecordBatch.from_arrays([*(col(c) for c in keep), pa.array(probs.astype(np.float64))],
                                          names=[*keep, out_col])
 

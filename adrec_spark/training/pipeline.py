@@ -136,14 +136,14 @@ def gate_metrics(model_dir: str | Path, rows: Batch, *, k: int, batch_size: int,
     """A model's test AUC (of its click probability) and mean per-user NDCG@k (ranking each user's ads by the
     pair logit, as the evaluation and scoring jobs do) on the gate's rows. ``features``: the columns of
     ``rows.numeric``; the model reads the ones its spec names."""
-    from adrec_spark.model.inference import Scorer
+    from adrec_spark.model.inference import Scorer, sigmoid
 
     if len(rows) == 0:
         return registry.GateMetrics(float("nan"), float("nan"))
     scorer = Scorer(model_dir, batch_size=batch_size)
     numeric = rows.numeric[:, [list(features).index(f) for f in scorer.spec.numeric_features]]
     pair, user = scorer.logit_parts(rows.ad_text, rows.history_text, numeric)
-    auc = binary_metrics(rows.label, 1.0 / (1.0 + np.exp(-(pair.astype(np.float64) + user))))["auc"]
+    auc = binary_metrics(rows.label, sigmoid(pair.astype(np.float64) + user))["auc"]
     ndcg = mean_ndcg_at_k(rows.extra[S.USER_ID], rows.extra[S.AD_ID], rows.label, pair, k=k)
     return registry.GateMetrics(auc, ndcg)
 
