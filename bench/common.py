@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,18 @@ def machine() -> dict[str, object]:
 
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
             "cuda": torch.cuda.is_available(), "date": dt.date.today().isoformat()}
+
+
+def spark_cores(master: str, default_parallelism: int) -> int:
+    """A Spark session's task slots: ``N`` of ``local[N]`` (``local``: 1, ``local[*]``: this machine's CPUs),
+    ``default_parallelism`` on a cluster. In local mode ``defaultParallelism`` is not the cores: the session sets
+    it to the shuffle partitions."""
+    m = re.fullmatch(r"local(?:\[\s*(\d+|\*)\s*(?:,\s*\d+\s*)?\])?", master)
+    if m is None:
+        return default_parallelism
+    if m.group(1) is None:
+        return 1
+    return (os.cpu_count() or 1) if m.group(1) == "*" else int(m.group(1))
 
 
 def save(name: str, payload: dict[str, object], *, path: Path | None = None) -> Path:

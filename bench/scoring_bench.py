@@ -95,7 +95,7 @@ SPARK_JOB = """
 import datetime as dt, json, sys
 sys.path.insert(0, {root!r})
 from pathlib import Path
-from bench.common import bench_config
+from bench.common import bench_config, spark_cores
 from adrec_spark.logs import configure_logging
 from adrec_spark.session import build_spark
 from adrec_spark.scoring.pipeline import run_scoring
@@ -103,12 +103,13 @@ configure_logging("INFO")
 cfg = bench_config(Path({work!r}), *{overrides!r})
 spark = build_spark(cfg)
 r = run_scoring(spark, cfg, dt.date.fromisoformat({date!r}))
-cores = spark.sparkContext.defaultParallelism
+cores = spark_cores(spark.sparkContext.master, spark.sparkContext.defaultParallelism)
 # partitions: the job's scoring repartition (adrec_spark/scoring/pipeline.py, twice the parallelism)
+parts = spark.sparkContext.defaultParallelism * 2
 print(json.dumps({{"pairs": r.pairs_scored, "seconds": r.seconds, "stages": r.stage_seconds,
                   "users": r.users, "eligible_ads": r.eligible_ads, "inputs_scored": r.inputs_scored,
                   "pairs_saved": r.pairs_saved,
-                  "settings": {{"cores": cores, "partitions": cores * 2, "processes": cores,
+                  "settings": {{"cores": cores, "partitions": parts, "processes": cores,
                                "torch_threads": cfg.score.torch_threads, "batch_size": cfg.score.batch_size,
                                "output": "delta"}}}}))
 """
@@ -117,7 +118,7 @@ SPARK_UDF = """
 import json, os, sys, time
 sys.path.insert(0, {root!r})
 from pathlib import Path
-from bench.common import bench_config
+from bench.common import bench_config, spark_cores
 from adrec_spark.session import build_spark
 from adrec_spark import schema as S
 import mlflow, mlflow.pyfunc
@@ -129,15 +130,16 @@ from adrec_spark.model.inference import Scorer
 import inspect
 pairs = spark.read.parquet({pairs!r})
 n = pairs.count()
-cores = spark.sparkContext.defaultParallelism
+cores = spark_cores(spark.sparkContext.master, spark.sparkContext.defaultParallelism)
+parts = spark.sparkContext.defaultParallelism * 2  # the job's scoring repartition
 udf = mlflow.pyfunc.spark_udf(spark, "models:/" + cfg.mlflow.model_name + "@champion")
 t0 = time.perf_counter()
 # Like the job: the same partitions (its repartition), torch threads per worker (ADREC_PYFUNC_THREADS, set by
 # the bench), precision (ADREC_PYFUNC_PRECISION) and a Delta write.
-(pairs.repartition(cores * 2).withColumn(S.SCORE, udf(*[F.col(c) for c in S.MODEL_INPUT_COLUMNS]))
+(pairs.repartition(parts).withColumn(S.SCORE, udf(*[F.col(c) for c in S.MODEL_INPUT_COLUMNS]))
  .select(S.USER_ID, S.AD_ID, S.SCORE).write.format("delta").mode("overwrite").save({out!r}))
 print(json.dumps({{"pairs": n, "seconds": time.perf_counter() - t0,
-                  "settings": {{"cores": cores, "partitions": cores * 2, "processes": cores,
+                  "settings": {{"cores": cores, "partitions": parts, "processes": cores,
                                "torch_threads": int(os.environ["ADREC_PYFUNC_THREADS"]),
                                "precision": os.environ["ADREC_PYFUNC_PRECISION"],
                                "batch_size": inspect.signature(Scorer).parameters["batch_size"].default,

@@ -128,7 +128,7 @@ def test_scoring_bench_scripts_are_valid_python_once_filled_in() -> None:
               "spark_udf": sb.SPARK_UDF.format(root="/r", work="/w", pairs="/p", out="/o")}
     for name, code in filled.items():
         compile(code, name, "exec")
-    assert '"output": "delta"' in filled["spark_udf"] and ".repartition(cores * 2)" in filled["spark_udf"]
+    assert '"output": "delta"' in filled["spark_udf"] and ".repartition(parts)" in filled["spark_udf"]
 
 
 def _quality(methods: dict[str, tuple[float, float]], diffs: dict[str, tuple[float, float, float]],
@@ -183,3 +183,15 @@ def test_text_lift_says_when_a_dataset_has_no_run() -> None:
     assert "### MovieLens-100k\n\nNo run recorded yet." in lift
     assert report.dataset_of("quality-offline-movielens-cpu", {}) == "movielens"
     assert report.dataset_of("quality-24k-rows", {}) == "movielens"  # older JSON: MovieLens
+
+
+@pytest.mark.parametrize("master, parallelism, cores", [
+    ("local[2]", 4, 2),  # the session sets spark.default.parallelism to the shuffle partitions: not the cores
+    ("local", 4, 1),
+    ("local[3, 2]", 8, 3),
+    ("spark://host:7077", 8, 8),
+])
+def test_a_spark_benchs_cores_are_its_task_slots_not_its_default_parallelism(master, parallelism, cores) -> None:
+    from bench.common import spark_cores
+
+    assert spark_cores(master, parallelism) == cores
