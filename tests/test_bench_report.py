@@ -38,7 +38,8 @@ def test_page_names_command_and_machine_and_says_not_recorded_when_missing(tmp_p
     text = report.page({"etl": etl})
     assert "Machine: not recorded." in text
     assert "Command: `make bench-etl`" in text
-    assert "Machine: CPU Intel(R) Xeon(R) Processor, 2 cores" in report.page({"etl": results["etl"]})
+    machine = {"cpu": "Some CPU", "cores": 2, "python": "3.11.7", "torch": "2.15", "cuda": False, "date": "2026-01-02"}
+    assert "Machine: CPU Some CPU, 2 cores" in report.page({"etl": {**etl, "machine": machine}})
 
 
 def test_stale_readme_figure_is_detected() -> None:
