@@ -39,8 +39,16 @@ from adrec_spark.config import AppConfig, ChaosConfig
 from adrec_spark.frames import require_columns
 from adrec_spark.io import fs
 from adrec_spark.logs import Stopwatch
-from adrec_spark.model.inference import ModelCache, SpecialIds, calibrated_cpu_precision, model_cache_key, sigmoid
-from adrec_spark.model.relevance import load_model
+from adrec_spark.model.inference import (
+    PRECISIONS,
+    ModelCache,
+    SpecialIds,
+    cached_cpu_precision,
+    calibrated_cpu_precision,
+    model_cache_key,
+    sigmoid,
+)
+from adrec_spark.model.relevance import ModelSpec, load_model
 from adrec_spark.registry import registry
 
 log = logging.getLogger(__name__)
@@ -94,8 +102,6 @@ def prepare_model(spark: SparkSession, cfg: AppConfig, model: registry.ResolvedM
                            batch_size=sc.batch_size, threads=sc.torch_threads, token_budget=sc.token_budget,
                            chaos=sc.chaos if chaos else ChaosConfig(), progress=progress)
     settings = replace(settings, precision=job_precision(spark, settings, gpu_stage=sc.gpu.task_amount is not None))
-    from adrec_spark.model.relevance import ModelSpec
-
     spec = ModelSpec.from_json((local_dir / "spec.json").read_text())
     return PreparedModel(model, local_dir, settings, list(spec.numeric_features))
 
@@ -115,17 +121,21 @@ def job_precision(spark: SparkSession, settings: UdfSettings, *, gpu_stage: bool
 
 
 def _measured_precision(settings: UdfSettings, _: object) -> tuple[str, str]:
-    """In a worker: (the calibrated CPU precision of the shipped model, this host)."""
+    """In a worker: (the calibrated CPU precision of the shipped model, this host); the model is loaded only
+    when this host has not measured it yet."""
     import socket
 
     import torch
 
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    path = _model_path(settings.model_file)
-    model, tokenizer = load_model(path)
-    return calibrated_cpu_precision(model, SpecialIds.of(tokenizer), threads=torch.get_num_threads(),
-                                    cache_key=model_cache_key(path)), socket.gethostname()
+    path, threads = _model_path(settings.model_file), torch.get_num_threads()
+    chosen = cached_cpu_precision(path, threads=threads)
+    if chosen not in PRECISIONS:
+        model, tokenizer = load_model(path)
+        chosen = calibrated_cpu_precision(model, SpecialIds.of(tokenizer), threads=threads,
+                                          cache_key=model_cache_key(path))
+    return chosen, socket.gethostname()
 
 
 def ship_model_dir(sc: SparkContext, model_dir: str | Path) -> str:
@@ -197,7 +207,6 @@ def get_tokenizer(s: UdfSettings) -> tuple[Any, int]:
 
     def load() -> tuple[Any, int]:
         from adrec_spark.model.encoder import load_tokenizer
-        from adrec_spark.model.relevance import ModelSpec
 
         spec = ModelSpec.from_json((Path(path) / "spec.json").read_text())
         return load_tokenizer(Path(path) / "tokenizer"), spec.max_length
