@@ -19,8 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.fairness import comparison
-
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 PAGE = ROOT / "docs" / "benchmarks.md"
@@ -85,67 +83,21 @@ def allowed_to_vary(name: str) -> set[str]:
     return set()
 
 
-def status(c: Json, legacy: bool) -> str:
+def status(c: Json) -> str:
+    """"like for like", or what the comparison varies: its subject (allowed) or not (a bench defect)."""
     extra = sorted(set(c["varies"]) - allowed_to_vary(c["name"]))
-    if not legacy:
-        return "like for like"
     if extra:
-        return f"{PREDATES}; not like for like: {', '.join(extra)} differ"
-    return f"{PREDATES}; like for like"
+        return f"not like for like: {', '.join(extra)} differ"
+    if c["varies"]:
+        return f"like for like but for {', '.join(sorted(c['varies']))}"
+    return "like for like"
 
 
-def comparison_table(comps: list[Json], legacy: bool) -> list[str]:
+def comparison_table(comps: list[Json]) -> list[str]:
     rows = [[f"`{c['name']}`", f"{c['ratio']:.2f}x", f"{c['numerator']['rate']:.1f} / {c['denominator']['rate']:.1f}",
-             held(c), varies(c) + (f" ({c['note']})" if c.get("note") else ""), status(c, legacy)] for c in comps]
+             held(c), varies(c) + (f" ({c['note']})" if c.get("note") else ""), status(c)] for c in comps]
     return md_table(["comparison", "ratio", "rates", "held constant", "differs (numerator / denominator)",
                      "status"], rows)
-
-
-# What the scoring bench did before its comparisons were held like for like (bench code up to the fix; the
-# JSON of that time does not record it): the in-process loop 2 torch threads in one process, the job local[2]
-# with 4 scoring partitions and 1 torch thread per worker writing Delta, spark_udf over the pairs written as
-# one Parquet file (1 partition), torch's default threads, a no-op sink.
-LEGACY_SETTINGS = {
-    "in-process": {"cores": 2, "processes": 1, "torch_threads": 2, "partitions": None, "batch_size": 64,
-                   "output": "memory"},
-    "job": {"cores": 2, "processes": 2, "torch_threads": 1, "partitions": 4, "batch_size": 64, "output": "delta"},
-    "spark_udf": {"cores": 2, "processes": 1, "torch_threads": "torch default", "partitions": 1, "batch_size": 64,
-                  "output": "none (noop sink)"},
-}
-
-
-def _kind(method: str) -> str:
-    return "in-process" if method.startswith("in-process") else "spark_udf" if "spark_udf" in method else "job"
-
-
-def legacy_comparisons(d: Json) -> list[Json]:
-    """Same-precision ratios from a scoring JSON that predates ``comparisons``, with the settings of the time."""
-    rows = [r for r in d["throughput"] if r["precision"] in ("fp32", "bf16", "int8") and "marginal" not in r["method"]]
-
-    def side(kind: str, precision: str) -> Json | None:
-        r = next((r for r in rows if _kind(r["method"]) == kind and r["precision"] == precision), None)
-        return r and {"label": f"{kind}, {precision}", "rate": r["pairs_per_second"],
-                      "settings": {**LEGACY_SETTINGS[kind], "precision": precision, "pairs": r["pairs"]}}
-
-    out = []
-    fast = d.get("fastest_precision", "bf16")
-    for p in ("fp32", fast):
-        specs: list[tuple[str, str, tuple[str, ...]]] = [
-            ("spark_udf", f"job_vs_spark_udf_{p}", ("processes", "torch_threads", "partitions", "output")),
-            ("in-process", f"job_vs_in_process_{p}", ("processes", "torch_threads", "partitions", "output"))]
-        for other, name, vary in specs:
-            a, b = side("job", p), side(other, p)
-            if a and b:
-                out.append(comparison(name, a, b, varies=vary))
-    for kind in ("in-process", "job", "spark_udf"):
-        a, b = side(kind, fast), side(kind, "fp32")
-        if a and b:
-            out.append(comparison(f"{fast}_vs_fp32_{kind.replace('-', '_')}", a, b, varies=("precision",)))
-    return out
-
-
-def scoring_comparisons(d: Json) -> tuple[list[Json], bool]:
-    return (d["comparisons"], False) if "comparisons" in d else (legacy_comparisons(d), True)
 
 
 def scoring_section(name: str, d: Json) -> list[str]:
@@ -157,15 +109,7 @@ def scoring_section(name: str, d: Json) -> list[str]:
     out += md_table(["method", "precision", "pairs", "seconds", "pairs/s", "runs (pairs/s)"],
                     [[r["method"], r["precision"], r["pairs"], r["seconds"], r["pairs_per_second"], r.get("runs", "")]
                      for r in d["throughput"]])
-    comps, legacy = scoring_comparisons(d)
-    if legacy:
-        out += [f"This JSON {PREDATES}: its recorded ratios set methods with different settings against each "
-                "other (the recorded `job_fastest_vs_spark_udf_default` = "
-                f"{d['ratios']['job_fastest_vs_spark_udf_default']:.2f}x divides a bf16 job by an fp32 "
-                "spark_udf). The ratios below are recomputed from its rows at the same precision and pairs; the "
-                "settings that still differ are listed (from the bench code of the time; the JSON did not "
-                "record them).", ""]
-    out += comparison_table(comps, legacy)
+    out += comparison_table(d["comparisons"])
     st = d["steady_state"]
     out += [f"The job again over more users ({st['precision']}): {fmt(st['pairs'][1])} pairs in "
             f"{st['seconds'][1]:.1f} s; marginal rate {st['marginal_pairs_per_second']:.1f} pairs/s, fixed cost "
@@ -189,12 +133,7 @@ def training_section(name: str, d: Json) -> list[str]:
     out += md_table(["precision", "plain loop samples/s", "training job samples/s", "job / plain", "job wall s"],
                     [[r["precision"], r["plain_samples_per_sec"], r["job_samples_per_sec"], f"{r['job_vs_plain']:.2f}",
                       r["job_wall_seconds"]] for r in d["runs"]])
-    if "comparisons" in d:
-        out += comparison_table(d["comparisons"], legacy=False)
-    else:
-        out += [f"This JSON {PREDATES}: the plain loop left out 3 warm-up steps while the job's rate counts its "
-                "first steps, and the job's torch threads were not set; the job / plain ratios are not like for "
-                "like.", ""]
+    out += comparison_table(d["comparisons"])
     return out
 
 
@@ -471,14 +410,18 @@ def summary_rows(results: dict[str, Json]) -> list[list[str]]:
     """The headline figures: [figure, value, status, source]."""
     rows: list[list[str]] = []
     if (d := results.get("scoring")) is not None:
-        comps, legacy = scoring_comparisons(d)
+        comps = d["comparisons"]
         fast = d.get("fastest_precision", "bf16")
         for name, label in ((f"job_vs_spark_udf_{fast}", f"scoring job / `mlflow.pyfunc.spark_udf`, both {fast}"),
                             ("job_vs_in_process_fp32", "scoring job / in-process loop, both fp32"),
                             (f"job_vs_in_process_{fast}", f"scoring job / in-process loop, both {fast}"),
                             (f"{fast}_vs_fp32_in_process", f"{fast} / fp32, in-process loop")):
             if (c := _find(comps, name)) is not None:
-                rows.append([label, f"{c['ratio']:.2f}x", status(c, legacy), "`scoring.json`"])
+                rows.append([label, f"{c['ratio']:.2f}x", status(c), "`scoring.json`"])
+        st = d["steady_state"]
+        rows.append([f"scoring job ({st['precision']}): marginal rate, fixed cost per run",
+                     f"{st['marginal_pairs_per_second']:.1f} pairs/s, {st['fixed_seconds']:.0f} s", "",
+                     "`scoring.json`"])
         q = {x["precision"]: x for x in d["precision_quality"]}
         if fast in q:
             rows.append([f"test AUC fp32 / {fast}", f"{q['fp32']['test_auc']:.4f} / {q[fast]['test_auc']:.4f}",
@@ -512,9 +455,9 @@ def summary_rows(results: dict[str, Json]) -> list[list[str]]:
         rows.append(["ETL events/s (backfill of generated logs)", f"{r['events_per_second']:,.0f} "
                      f"({r['input_rows']:,} events in {r['etl_seconds']:.0f} s)", "", "`etl.json`"])
     if (d := results.get("training")) is not None:
-        r = d["runs"][-1]
-        rows.append([f"training job / plain loop, {r['precision']}", f"{r['job_vs_plain']:.2f}x",
-                     "like for like" if "comparisons" in d else PREDATES, "`training.json`"])
+        c = d["comparisons"][-1]
+        rows.append([f"training job / plain loop, {c['held_constant']['precision']}", f"{c['ratio']:.2f}x",
+                     status(c), "`training.json`"])
     name = next((n for n in ("quality", "quality-eval-v2") if n in results), None)
     if name is not None:
         t = results[name]["table"]
@@ -542,14 +485,14 @@ Every figure on this page comes from a JSON file in `bench/results/`, written by
 section on the machine named there. Speed is measured only by these commands, never in tests. A ratio is
 like for like: the benches build each one with `bench/fairness.py`, which records what both sides held
 constant (precision, cores, torch threads, processes, partitions, pairs, batch, output) and refuses a ratio
-where anything else differs. Figures marked "predates the like-for-like fix" come from runs made before that
-rule; the page recomputes from them only what can be derived at the same precision and pairs and lists what
-still differed.
+where anything else differs. A comparison whose subject is a difference (the job's processes and partitions
+against one in-process loop, the job's output against a plain loop's) names it; the CPU profiles, recorded on
+other machines before that rule, say that they predate it.
 
-How to re-run (2-core CPU; durations from the recorded runs): `python bench/run.py scoring` (~47 min, of
-which ~6 min prepare a world and a model once), `python bench/run.py scoring --users 2 --rounds 1
+How to re-run (2-core CPU; durations from the recorded runs): `python bench/run.py scoring` (~65 min, of
+which ~9 min prepare a world and a model once), `python bench/run.py scoring --users 2 --rounds 1
 --cascade-users 5` (~10 min once prepared), `python bench/run.py training` (~5 min once the scoring world is
-prepared), `make bench-etl` (~10 min), `make bench-quality` (~30 min; `python bench/run.py quality --dataset
+prepared), `make bench-etl` (~25 min), `make bench-quality` (~40 min; `python bench/run.py quality --dataset
 demo` for the demo data), `python bench/run.py ceiling` (after bench-quality, ~2 min), `python bench/run.py
 profile` (~10 min), `python bench/run.py incremental`, then `python bench/run.py report`. Fine-tuning on all the
 data on a GPU machine without Spark: `python bench/run.py quality-gpu --dataset movielens|demo` here, the
