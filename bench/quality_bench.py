@@ -179,6 +179,8 @@ def run(*, dataset: str = "movielens", fresh: bool = False) -> dict[str, object]
         print(f"\nfine-tuning cost: {cost['examples']:,} examples x {cost['epochs']} epoch(s) at {cost['tokens']} "
               f"tokens, {cost['minutes']:.1f} min on {cost['device']}")
     command = "make bench-quality" if dataset == "movielens" else f"python bench/run.py quality --dataset {dataset}"
+    if extra:  # the command reproduces the run: the extra settings are part of it
+        command = f"ADREC_QUALITY_SET={','.join(extra)} {command}"
     save(f"quality-eval-v{again}" if again and dataset == "movielens" else
          f"{ds.result}-eval-v{again}" if again else ds.result,
          {"command": (f"ADREC_QUALITY_EVAL_VERSION={again} " if again else "") + command, "dataset": dataset,
