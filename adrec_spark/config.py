@@ -224,6 +224,9 @@ class TrainConfig:
     eval_batch_size: int = 128
     max_steps: int | None = None
     max_train_rows: int | None = None  # train on the most recent N rows of the train split
+    # The starting logistic regression (``wide_init: linear``) reads only the numeric columns: it is fitted on the
+    # most recent N rows of the train split (null: all; never fewer than fine-tuning reads).
+    linear_init_rows: int | None = 1_000_000
     max_eval_rows: int | None = None
     early_stopping_patience: int = 2
     eval_every_steps: int | None = None
@@ -267,7 +270,8 @@ class TrainConfig:
         for key in ("epochs", "batch_size", "eval_batch_size", "num_processes", "log_every_steps",
                     "shuffle_buffer_rows", "lora_r", "top_k_layers"):
             _check(getattr(self, key) >= 1, f"train.{key}", "must be >= 1")
-        for key in ("max_steps", "max_train_rows", "max_eval_rows", "eval_every_steps", "window_days"):
+        for key in ("max_steps", "max_train_rows", "linear_init_rows", "max_eval_rows", "eval_every_steps",
+                    "window_days"):
             value = getattr(self, key)
             _check(value is None or value >= 1, f"train.{key}", "must be >= 1 or null")
         _check(self.early_stopping_patience >= 0, "train.early_stopping_patience", "must be >= 0")

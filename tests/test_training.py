@@ -252,3 +252,25 @@ def test_the_model_reads_the_text_similarity_features_when_its_params_name_them(
     assert (scorer.score(*texts, hi) > scorer.score(*texts, lo)).all()
     with pytest.raises(TrainingDataError, match="warm-start"):  # a model with other features cannot be the start
         train_worker(_params(tiny, data, tmp_path / "again", epochs=1, init_model_dir=out["model_dir"]).to_json())
+
+
+@pytest.mark.parametrize("linear_init_rows, fitted_on", [(None, 320), (64, 64), (8, 32)])
+def test_wide_term_is_fitted_on_more_rows_than_fine_tuning_reads(tiny, splits, tmp_path, linear_init_rows,
+                                                                  fitted_on) -> None:
+    """``train.max_train_rows`` bounds the encoder's passes; the starting logistic regression (numeric columns
+    only, cheap) is fitted on the newest ``train.linear_init_rows`` rows (all by default, never fewer than
+    fine-tuning reads), so the model starts where a logistic regression on the whole split is."""
+    from sklearn.linear_model import LogisticRegression
+
+    from adrec_spark.model.trainer import Trainer
+
+    p = _params(tiny, splits, tmp_path, max_train_rows=32, linear_init_rows=linear_init_rows)
+    trainer = Trainer(p)
+    data = trainer.load_data()
+    trainer.build_model(data)
+    assert data.train.num_rows == 32
+    rows = PairDataset(splits / S.TRAIN).read_all()
+    numeric, label = rows.numeric.astype(np.float64)[-fitted_on:], rows.label[-fitted_on:]  # the newest rows
+    mean, std = numeric.mean(axis=0), numeric.std(axis=0)
+    ref = LogisticRegression(C=1.0, max_iter=1000).fit((numeric - mean) / np.where(std > 1e-6, std, 1.0), label)
+    np.testing.assert_allclose(trainer.model.wide.weight.detach().numpy()[0], ref.coef_[0], rtol=1e-3, atol=1e-5)

@@ -376,9 +376,10 @@ def train_worker(params_json: str) -> TrainSummary:
 
 @dataclass
 class _Splits:
-    train: PairDataset
+    train: PairDataset  # the rows fine-tuning reads
     valid: Batch
     test: PairDataset
+    linear: PairDataset  # the rows the starting logistic regression is fitted on (numeric columns only)
 
 
 class Trainer:
@@ -405,7 +406,7 @@ class Trainer:
         hf_logging.disable_progress_bar()
         set_seed(self.t.seed)
         data = self.load_data()
-        self.build_model(data.train)
+        self.build_model(data)
         self.build_optimizer(data.train)
         self.resume()
         summary = TrainSummary(rank=self.rank, world_size=self.world, device=self.device, precision=self.precision,
@@ -448,11 +449,14 @@ class Trainer:
         valid = PairDataset(fs.join(data, S.VALID), max_rows=t.max_eval_rows, numeric_features=features).read_all()
         test = PairDataset(fs.join(data, S.TEST), max_rows=t.max_eval_rows, extra_columns=(S.USER_ID, S.AD_ID),
                            numeric_features=features)
-        return _Splits(train, valid, test)
+        linear_rows = None if t.linear_init_rows is None else max(t.linear_init_rows, train.num_rows)
+        linear = PairDataset(fs.join(data, S.TRAIN), max_rows=linear_rows, newest=True, numeric_features=features)
+        return _Splits(train, valid, test, linear)
 
-    def build_model(self, train: PairDataset) -> None:
-        """The warm start, or the pretrained encoder with fresh heads (the wide term fitted first, see
-        :func:`init_wide_from_linear`); frozen parts and LoRA per ``train.trainable``/``train.lora``."""
+    def build_model(self, data: _Splits) -> None:
+        """The warm start, or the pretrained encoder with fresh heads (standardization and the wide term from
+        ``data.linear``, see :func:`init_wide_from_linear`); frozen parts and LoRA per
+        ``train.trainable``/``train.lora``."""
         p, m = self.p, self.p.model
         features = list(m.numeric_features())
         if p.init_model_dir:
@@ -463,16 +467,17 @@ class Trainer:
                                         f"{model.spec.numeric_features}, this run's config gives {features} "
                                         "(model.text_similarity_features): train from the pretrained model instead")
         else:
-            mean, std = train.numeric_stats()
+            mean, std = data.linear.numeric_stats()
             spec = ModelSpec(features, mean, std, max_length=m.max_length, pooling=m.pooling,
                              numeric_hidden=m.numeric_hidden, dropout=m.dropout, base_model=p.base_model_dir,
                              user_features=list(m.model_user_features()))
             model, self.tokenizer = build_model(p.base_model_dir, spec, seed=self.t.seed), \
                 load_tokenizer(p.base_model_dir)
             if self.t.wide_init == "linear":
-                coefs = init_wide_from_linear(model, train, self.t.loss)
-                log.info("wide term initialised from a %s regression on the numeric features: %s",
-                         "ridge" if self.t.loss == "mse" else "logistic", {k: round(v, 3) for k, v in coefs.items()})
+                coefs = init_wide_from_linear(model, data.linear, self.t.loss)
+                log.info("wide term initialised from a %s regression on the numeric features of %d rows: %s",
+                         "ridge" if self.t.loss == "mse" else "logistic", data.linear.num_rows,
+                         {k: round(v, 3) for k, v in coefs.items()})
         self.model = apply_trainable(model, self.t).to(self.device)
         self.model.train()
         self.ddp_model: nn.Module = self.model
