@@ -228,6 +228,22 @@ def gain_line(d: Json) -> str:
             f"{by_ndcg}{interval}; test AUC {t[model]['auc'] - t[by_auc]['auc']:+.4f} against {by_auc}.")
 
 
+def validation_line(d: Json) -> str:
+    """Whether fine-tuning moved validation AUC off its starting state (step 0: the logistic regression the fused
+    model starts from); the trainer keeps the best state, step 0 included."""
+    curve = [p for p in d.get("history") or [] if p.get("valid_auc") is not None]
+    start = next((p for p in curve if p.get("step") == 0), None)
+    if start is None:
+        return "Validation AUC while fine-tuning: not recorded in this JSON."
+    best = max(curve, key=lambda p: p["valid_auc"])  # the earliest of equals, as the trainer keeps it
+    last = max(p["step"] for p in curve)
+    head = (f"Validation AUC while fine-tuning: {start['valid_auc']:.4f} at step 0 (the starting logistic "
+            f"regression), best {best['valid_auc']:.4f} at step {best['step']} of {last}")
+    if best["step"] == 0:
+        return head + ": no evaluation after step 0 beat it, so the model is its starting state."
+    return head + f" ({best['valid_auc'] - start['valid_auc']:+.4f})."
+
+
 def text_lift_source(results: dict[str, Json], dataset: str) -> str | None:
     """The run a dataset's text-lift table comes from: a GPU run, else one that recorded its cost, else the
     main MovieLens table (``quality-eval-v2``)."""
@@ -273,7 +289,7 @@ def text_lift_section(results: dict[str, Json]) -> list[str]:
         out += [f"### {title}: {kind}{reduced}, `bench/results/{name}.json`", "",
                 f"Command: `{d.get('command', 'not recorded')}`.", ""]
         out += text_lift_table(d)
-        out += [cost_line(d) + "  ", gain_line(d), ""]
+        out += [cost_line(d) + "  ", validation_line(d) + "  ", gain_line(d), ""]
     return out
 
 

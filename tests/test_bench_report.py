@@ -194,6 +194,27 @@ def test_text_lift_says_when_a_dataset_has_no_run() -> None:
     assert report.dataset_of("quality-24k-rows", {}) == "movielens"  # older JSON: MovieLens
 
 
+def _curve(*points: tuple[int, float]) -> list[dict[str, float]]:
+    return [{"step": step, "valid_auc": auc, "valid_log_loss": 0.3} for step, auc in points]
+
+
+def test_text_lift_says_whether_fine_tuning_moved_validation_auc_off_its_start() -> None:
+    """The fused model starts from a logistic regression and keeps its best state, step 0 included: the page says
+    plainly when no evaluation after step 0 beat it (the model kept its starting state)."""
+    kept = _quality({"model v1": (0.69, 0.65), "logistic_regression_text": (0.691, 0.655)}, {}, dataset="demo",
+                    cost={"examples": 2000, "epochs": 1, "tokens": 128, "minutes": 2.3, "device": "cpu"},
+                    history=_curve((0, 0.6822), (125, 0.6796)))
+    demo = "\n".join(report.text_lift_section({"quality-demo": kept}))
+    assert ("Validation AUC while fine-tuning: 0.6822 at step 0 (the starting logistic regression), best 0.6822 at "
+            "step 0 of 125: no evaluation after step 0 beat it, so the model is its starting state.") in demo
+    moved = {**kept, "history": _curve((0, 0.70), (100, 0.72), (200, 0.71))}
+    demo = "\n".join(report.text_lift_section({"quality-demo": moved}))
+    assert ("Validation AUC while fine-tuning: 0.7000 at step 0 (the starting logistic regression), best 0.7200 at "
+            "step 100 of 200 (+0.0200).") in demo
+    demo = "\n".join(report.text_lift_section({"quality-demo": {**kept, "history": None}}))
+    assert "Validation AUC while fine-tuning: not recorded in this JSON." in demo
+
+
 @pytest.mark.parametrize("master, parallelism, cores", [
     ("local[2]", 4, 2),  # the session sets spark.default.parallelism to the shuffle partitions: not the cores
     ("local", 4, 1),
