@@ -474,16 +474,16 @@ def summary_rows(results: dict[str, Json]) -> list[list[str]]:
         c = d["comparisons"][-1]
         rows.append([f"training job / plain loop, {c['held_constant']['precision']}", f"{c['ratio']:.2f}x",
                      status(c), "`training.json`"])
-    name = next((n for n in ("quality", "quality-eval-v2") if n in results), None)
-    if name is not None:
+    for title, names in (("MovieLens-100k", ("quality", "quality-eval-v2")), ("Demo data", ("quality-demo",))):
+        name = next((n for n in names if n in results), None)
+        if name is None:
+            continue
         t = results[name]["table"]
         model = next(m for m in t if m.startswith("model") and "[" not in m)
-        rows.append([f"MovieLens-100k NDCG@10 / test AUC, {model}",
-                     f"{t[model]['ndcg@10']:.4f} / {t[model]['auc']:.4f}", "", f"`{name}.json`"])
-        for method, label in (("logistic_regression", "logistic regression"),
+        for method, label in ((model, model), ("logistic_regression", "logistic regression"),
                               ("logistic_regression_text", "logistic regression + text similarity")):
             if method in t:
-                rows.append([f"MovieLens-100k NDCG@10 / test AUC, {label}",
+                rows.append([f"{title} NDCG@10 / test AUC, {label}",
                              f"{t[method]['ndcg@10']:.4f} / {t[method]['auc']:.4f}", "", f"`{name}.json`"])
     return rows
 
@@ -508,8 +508,8 @@ other machines before that rule, say that they predate it.
 How to re-run (2-core CPU; durations from the recorded runs): `python bench/run.py scoring` (~65 min, of
 which ~9 min prepare a world and a model once), `python bench/run.py scoring --users 2 --rounds 1
 --cascade-users 5` (~10 min once prepared), `python bench/run.py training` (~5 min once the scoring world is
-prepared), `make bench-etl` (~25 min), `make bench-quality` (~40 min; `python bench/run.py quality --dataset
-demo` for the demo data), `python bench/run.py ceiling` (after bench-quality, ~2 min), `python bench/run.py
+prepared), `make bench-etl` (~25 min), `make bench-quality` (~30 min; `python bench/run.py quality --dataset
+demo` for the demo data, ~30 min), `python bench/run.py ceiling` (after bench-quality, ~2 min), `python bench/run.py
 profile` (~10 min), `python bench/run.py incremental`, then `python bench/run.py report`. Fine-tuning on all the
 data on a GPU machine without Spark: `python bench/run.py quality-gpu --dataset movielens|demo` here, the
 `run.sh` it writes there, then `python bench/run.py quality-gpu --ingest DIR` here (docs/operations.md).

@@ -194,6 +194,15 @@ def test_text_lift_says_when_a_dataset_has_no_run() -> None:
     assert report.dataset_of("quality-24k-rows", {}) == "movielens"  # older JSON: MovieLens
 
 
+def test_summary_names_the_model_and_both_regressions_for_each_dataset() -> None:
+    demo = _quality({"model v2": (0.6908, 0.6557), "logistic_regression": (0.6565, 0.6063),
+                     "logistic_regression_text": (0.6910, 0.6553)}, {}, dataset="demo")
+    rows = [r[:2] for r in report.summary_rows({"quality-demo": demo})]
+    assert rows == [["Demo data NDCG@10 / test AUC, model v2", "0.6557 / 0.6908"],
+                    ["Demo data NDCG@10 / test AUC, logistic regression", "0.6063 / 0.6565"],
+                    ["Demo data NDCG@10 / test AUC, logistic regression + text similarity", "0.6553 / 0.6910"]]
+
+
 def _curve(*points: tuple[int, float]) -> list[dict[str, float]]:
     return [{"step": step, "valid_auc": auc, "valid_log_loss": 0.3} for step, auc in points]
 
