@@ -46,17 +46,17 @@ print(json.dumps(evaluate_ingested(spark, cfg, json.loads(Path({manifest!r}).rea
 
 
 def export_for_offline(spark, cfg, out: str) -> dict[str, object]:
-    """The latest ``training_examples`` split as the training job splits it, exported to ``out`` as the
-    training job exports it; the table version, cut-offs and rows (what the ingest needs to find the same
-    test rows again)."""
+    """The latest ``training_examples`` (with the text-similarity features when the model reads them) split as
+    the training job splits it, exported to ``out`` as the training job exports it; the table version, cut-offs
+    and rows (what the ingest needs to find the same test rows again)."""
     from adrec_spark import schema as S
     from adrec_spark.io import tables
-    from adrec_spark.training.pipeline import export_splits, split_training_data
+    from adrec_spark.training.pipeline import export_splits, split_training_data, training_table
 
     version = tables.table_version(spark, cfg.storage, S.TRAINING_EXAMPLES)
     if version is None:
         raise SystemExit("no training_examples table: the ETL has not run")
-    table = tables.read_table(spark, cfg.storage, S.TRAINING_EXAMPLES, version=version).drop(S.SPLIT).cache()
+    table = training_table(spark, cfg, version).cache()  # as the training job reads it
     try:
         df, cutoffs = split_training_data(table, cfg.train.split, window_days=cfg.train.window_days)
         rows = export_splits(df, out, partitions=1)
@@ -95,7 +95,10 @@ def folder(ds: Dataset) -> Path:
 
 
 def recipe(ds: Dataset, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
-    return (*GPU_RECIPE, f"train.epochs={EPOCHS[ds.name]}", *extra)
+    """The GPU recipe for ``ds``: the model its CPU recipe trains (``model.*`` settings, e.g. the demo's
+    text-similarity features), then the GPU's training settings, then ``extra``; later settings win."""
+    model = tuple(s for s in ds.recipe if s.startswith("model."))
+    return (*model, *GPU_RECIPE, f"train.epochs={EPOCHS[ds.name]}", *extra)
 
 
 def folder_bytes(path: Path) -> dict[str, int]:
@@ -143,7 +146,8 @@ def params_json(ds: Dataset, overrides: tuple[str, ...]) -> dict[str, object]:
 
 RUN_SH = """#!/usr/bin/env bash
 # {dataset}: fine-tune on every training row on a GPU machine (no Spark, Java, network or MLflow needed).
-# Run from the repository root. $OUT (default: {carry}/out) receives test_scores.parquet,
+# Run from the repository root. BASE_MODEL (default: {carry}/model) is the encoder folder; $OUT (default:
+# {carry}/out) receives test_scores.parquet,
 # training_summary.json and train.log; bring that folder back and run
 #   python bench/run.py quality-gpu --ingest <that folder>
 set -euo pipefail
@@ -151,7 +155,7 @@ CARRY={carry}
 OUT="${{OUT:-$CARRY/out}}"
 mkdir -p "$OUT"
 "${{PYTHON:-python3}}" -m adrec_spark.model.offline_train --data "$CARRY/data" --params "$CARRY/params.json" \\
-  --base-model "$CARRY/model" --out "$OUT" --work "${{TMPDIR:-/tmp}}/adrec-offline-{dataset}" \
+  --base-model "${{BASE_MODEL:-$CARRY/model}}" --out "$OUT" --work "${{TMPDIR:-/tmp}}/adrec-offline-{dataset}" \
   2>&1 | tee "$OUT/train.log"
 """
 

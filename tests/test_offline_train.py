@@ -107,6 +107,27 @@ def test_recipe_runs_without_spark_or_mlflow_and_scores_every_test_row(tiny, tmp
     assert summary["pretrained_test_auc"] == pytest.approx(roc_auc_score(test[S.LABEL], scores["pretrained"]))
 
 
+def test_a_model_reading_the_text_similarity_features_scores_its_test_rows(tiny, tmp_path) -> None:
+    """The test rows are read with the numeric features the trained model reads (here the text-similarity
+    ones too), and scored as the trainer scores them."""
+    carry = tmp_path / "carry"
+    data = write_export(carry / "data", n=(64, 32, 32))
+    rng = np.random.default_rng(3)
+    for f in sorted(data.rglob("*.parquet")):
+        df = pd.read_parquet(f)
+        for c in S.TEXT_SIMILARITY_FEATURES:
+            df[c] = rng.uniform(-1, 1, len(df)).astype(np.float32)
+        df.to_parquet(f, index=False)
+    OT.half_precision_copy(tiny, carry / "model")
+    params = write_params(carry / "params.json", epochs=1, text_similarity_features=True)
+    summary = OT.run(params, data=data, out=tmp_path / "out", work=tmp_path / "work", zero_shot=False)
+    assert summary["params"]["text_similarity_features"] is True
+    scores = pd.read_parquet(tmp_path / "out" / OT.SCORES_FILE)
+    trainer = np.load(tmp_path / "work" / "train" / "test_predictions.npz")
+    assert len(scores) == 32
+    np.testing.assert_allclose(scores["score"], trainer["score"], atol=1e-5)
+
+
 def _mean_pooled(folder: Path, texts: list[str], max_length: int) -> np.ndarray:
     """Independent reference: plain transformers, mean over the attention mask, L2-normalised."""
     from transformers import AutoModel, AutoTokenizer

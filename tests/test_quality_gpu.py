@@ -61,12 +61,24 @@ def test_gpu_recipe_uses_every_training_row_at_128_tokens_in_bf16_and_the_offlin
     assert reduced["max_train_rows"] == 2000 and reduced["use_gpu"] is False
 
 
+@pytest.mark.parametrize("dataset", sorted(QB.DATASETS))
+def test_gpu_recipe_keeps_the_model_settings_of_the_cpu_recipe(dataset) -> None:
+    # the demo's model reads the text-similarity features on CPU; the GPU run must train the same model
+    ds = QB.DATASETS[dataset]
+    cpu = QG.params_json(ds, ds.recipe)
+    gpu = QG.params_json(ds, QG.recipe(ds))
+    assert gpu["text_similarity_features"] == cpu["text_similarity_features"]
+    if dataset == "demo":
+        assert gpu["text_similarity_features"] is True
+
+
 def test_run_sh_is_one_bash_command_from_the_repository_root(tmp_path) -> None:
     script = QG.RUN_SH.format(dataset="demo", carry="bench/.work/quality-gpu-demo/carry")
     (tmp_path / "run.sh").write_text(script)
     assert subprocess.run(["bash", "-n", str(tmp_path / "run.sh")]).returncode == 0
     assert "-m adrec_spark.model.offline_train --data \"$CARRY/data\" --params \"$CARRY/params.json\"" in script
     assert 'OUT="${OUT:-$CARRY/out}"' in script
+    assert '--base-model "${BASE_MODEL:-$CARRY/model}"' in script  # one model folder can serve two carries
 
 
 def test_bench_steps_are_valid_python_once_filled_in() -> None:
@@ -74,3 +86,33 @@ def test_bench_steps_are_valid_python_once_filled_in() -> None:
               "demo": QB.DEMO_LOGS}
     for name, code in {"step": QB.STEP, "export": QG.EXPORT, "ingest": QG.INGEST}.items():
         compile(code.format(**common, manifest="/m.json", scores="/s.parquet"), name, "exec")
+
+
+def test_the_export_carries_the_text_similarity_features_the_model_reads(spark, tmp_path, monkeypatch) -> None:
+    """With ``model.text_similarity_features`` on, the exported splits hold the features as the training job's
+    export does (the offline trainer refuses splits without them)."""
+    import pyarrow.parquet as pq
+
+    from adrec_spark import schema as S
+    from adrec_spark.io import tables
+    from adrec_spark.training import pipeline as TP
+    from tests.conftest import make_config
+    from tests.test_text_similarity import _recording_encoder
+
+    rows = []
+    for i in range(40):
+        rows.append({S.HISTORY_TEXT: f"clicked: shoes {i % 3}", S.AD_TEXT: f"ad {i % 5}",
+                     **dict.fromkeys(S.NUMERIC_FEATURES, 0.5), S.LABEL: i % 2, S.RELEVANCE: float(i % 2),
+                     S.USER_ID: f"u{i % 4}", S.AD_ID: f"a{i % 5}", S.EVENT_TS: 1_700_000_000.0 + 3600 * i,
+                     S.EVENT_ID: f"e{i}", S.SPLIT: "train", S.HISTORY_CLICK_TEXTS: [f"shoes {i % 3}"],
+                     S.HISTORY_SEARCH_TEXTS: ["running"], S.HISTORY_REVIEW_TEXTS: []})
+    table = spark.createDataFrame(pd.DataFrame(rows))
+    monkeypatch.setattr(tables, "table_version", lambda *a, **k: 3)
+    monkeypatch.setattr(tables, "read_table", lambda *a, **k: table)
+    monkeypatch.setattr(TP, "text_encoder", lambda cfg: _recording_encoder(tmp_path / "embedded.txt"))
+    cfg = make_config(tmp_path, "model.text_similarity_features=true", "train.split.method=fraction")
+    exported = QG.export_for_offline(spark, cfg, str(tmp_path / "export"))
+    assert exported["table_version"] == 3 and sum(exported["rows"].values()) == 40
+    names = pq.read_schema(next((tmp_path / "export" / "train").glob("*.parquet"))).names
+    assert set(S.TEXT_SIMILARITY_FEATURES) <= set(names)
+    assert (tmp_path / "embedded.txt").read_text().count("ad 0\n") == 1  # each text embedded once

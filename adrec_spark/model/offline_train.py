@@ -199,9 +199,10 @@ def score_test_rows(model_dir: str | Path, test_dir: str | Path, *, device: str,
     from adrec_spark.model.data import PairDataset
     from adrec_spark.model.inference import Embedder, Scorer, sigmoid
 
-    rows = PairDataset(test_dir, extra_columns=(S.EVENT_ID, S.USER_ID, S.AD_ID)).read_all()
-    pair, user = Scorer(model_dir, device=device, precision="fp32", batch_size=batch_size).logit_parts(
-        rows.ad_text, rows.history_text, rows.numeric)
+    scorer = Scorer(model_dir, device=device, precision="fp32", batch_size=batch_size)
+    rows = PairDataset(test_dir, extra_columns=(S.EVENT_ID, S.USER_ID, S.AD_ID),
+                       numeric_features=scorer.spec.numeric_features).read_all()  # the features the model reads
+    pair, user = scorer.logit_parts(rows.ad_text, rows.history_text, rows.numeric)
     logit = pair.astype(np.float64) + user
     out = pd.DataFrame({S.EVENT_ID: rows.extra[S.EVENT_ID].astype(str), S.USER_ID: rows.extra[S.USER_ID].astype(str),
                         S.AD_ID: rows.extra[S.AD_ID].astype(str), S.LABEL: rows.label.astype(np.int32),

@@ -102,6 +102,19 @@ def with_text_similarity_once(df: DataFrame, cfg: AppConfig) -> DataFrame:
     return T.with_text_similarity(df, vectors=T.collect_text_vectors([df], text_encoder(cfg)))
 
 
+def training_table(spark: SparkSession, cfg: AppConfig, version: int) -> DataFrame:
+    """``training_examples`` at ``version`` as the model reads it: the export columns checked, the ETL's split
+    dropped (training splits by its own cut-offs), and the text-similarity features added when the model
+    reads them."""
+    table = tables.read_table(spark, cfg.storage, S.TRAINING_EXAMPLES, version=version)
+    require_columns(table, EXPORT_COLUMNS, "training_examples")
+    table = table.drop(S.SPLIT)
+    if cfg.model.text_similarity_features:
+        T.require_history_texts(table, f"training_examples v{version}")
+        table = with_text_similarity_once(table, cfg)
+    return table
+
+
 def _distributor_local_mode(spark: SparkSession, run_on: str) -> bool:
     if run_on == "driver":
         return True
@@ -230,13 +243,7 @@ def run_training(spark: SparkSession, cfg: AppConfig, *, init_from: str | None =
         version = tables.table_version(spark, cfg.storage, S.TRAINING_EXAMPLES)
     if version is None:
         raise InputDataError("table 'training_examples' does not exist: run the ETL job first")
-    table = tables.read_table(spark, cfg.storage, S.TRAINING_EXAMPLES, version=version)
-    require_columns(table, EXPORT_COLUMNS, "training_examples")
-    table = table.drop(S.SPLIT)
-    if cfg.model.text_similarity_features:
-        T.require_history_texts(table, f"training_examples v{version}")
-        table = with_text_similarity_once(table, cfg)
-    table = table.persist(StorageLevel.MEMORY_AND_DISK)
+    table = training_table(spark, cfg, version).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         df, cutoffs = split_training_data(table, cfg.train.split, window_days=cfg.train.window_days)
         return _train_and_register(spark, cfg, df, cutoffs, version=version, init_from=init_from, resume=resume,
