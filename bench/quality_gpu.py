@@ -204,13 +204,71 @@ def prepare(dataset: str, extra: tuple[str, ...] = ()) -> Path:
     return folder(ds) / "carry"
 
 
-def ingest(scores_dir: Path, dataset: str | None = None) -> Path:
+SELECTION_RULE = ("the run with the highest best validation AUC (valid split, before any test row is read); "
+                  "the test split is evaluated for that run only")
+
+
+def training_runs(path: Path, work: Path) -> dict[str, Path]:
+    """The training runs at ``path``, by variant: one run folder (``test_scores.parquet`` and
+    ``training_summary.json``: variant ``""``), or a folder or ``.tgz`` (what ``bench/gpu_session.sh`` brings
+    back) of ``[<dataset>/]<variant>/`` folders, each a run or a failed run's ``train.log`` (extracted under
+    ``work``)."""
+    import tarfile
+
+    from adrec_spark.model.offline_train import SUMMARY_FILE
+
+    if path.is_file() and path.name.endswith((".tgz", ".tar.gz")):
+        shutil.rmtree(work, ignore_errors=True)
+        with tarfile.open(path) as tar:
+            tar.extractall(work, filter="data")
+        path = work
+    if (path / SUMMARY_FILE).is_file():
+        return {"": path}
+    runs = {f.parent.name: f.parent for f in sorted(path.rglob("train.log"))}
+    runs |= {f.parent.name: f.parent for f in sorted(path.rglob(SUMMARY_FILE))}
+    if not runs:
+        raise SystemExit(f"no training run at {path}: give the folder or .tgz the GPU machine wrote")
+    return runs
+
+
+def select_run(runs: dict[str, Path]) -> tuple[str, list[dict[str, object]]]:
+    """The run to evaluate (:data:`SELECTION_RULE`) and every run's validation record: its overrides, step 0
+    and best validation AUC, steps, epochs, minutes; a run without a summary is listed as failed with the
+    last line of its log."""
+    import math
+
     from adrec_spark.model.offline_train import SCORES_FILE, SUMMARY_FILE
 
+    table: list[dict[str, object]] = []
+    for variant, path in runs.items():
+        if not (path / SUMMARY_FILE).is_file() or not (path / SCORES_FILE).is_file():
+            log = path / "train.log"
+            last = log.read_text().strip().splitlines()[-1:] if log.is_file() else []
+            table.append({"variant": variant, "status": "failed", "reason": last[0] if last else "no log"})
+            continue
+        sm = json.loads((path / SUMMARY_FILE).read_text())
+        table.append({"variant": variant, "status": "trained", "overrides": sm.get("overrides", {}),
+                      "tokens": sm.get("tokens"), "initial_valid_auc": sm.get("initial_valid_auc"),
+                      "best_valid_auc": sm.get("best_valid_auc"), "steps": sm.get("steps"),
+                      "epochs": sm.get("epochs"), "minutes": sm.get("minutes"),
+                      "stopped_early": sm.get("stopped_early")})
+    ok = [r for r in table if r["status"] == "trained" and isinstance(r["best_valid_auc"], float)
+          and math.isfinite(r["best_valid_auc"])]
+    if not ok:
+        raise SystemExit(f"no run trained to the end: {table}")
+    best = max(ok, key=lambda r: r["best_valid_auc"])  # the first of equals
+    return str(best["variant"]), table
+
+
+def ingest(path: Path, dataset: str | None = None) -> Path:
+    from adrec_spark.model.offline_train import SCORES_FILE, SUMMARY_FILE
+
+    runs = training_runs(path, WORK / "quality-gpu-ingest")
+    variant, selection = select_run(runs)
+    scores_dir = runs[variant]
+    if len(runs) > 1:
+        print(f"runs: {json.dumps(selection, indent=1)}\nselected: {variant} ({SELECTION_RULE})")
     summary_path, scores_path = scores_dir / SUMMARY_FILE, scores_dir / SCORES_FILE
-    for p in (summary_path, scores_path):
-        if not p.is_file():
-            raise SystemExit(f"{p} is missing: give the folder run.sh wrote ($OUT)")
     summary = json.loads(summary_path.read_text())
     dataset = dataset or summary.get("dataset")
     if dataset not in DATASETS:
@@ -232,8 +290,9 @@ def ingest(scores_dir: Path, dataset: str | None = None) -> Path:
     save(name, {
         "command": f"python bench/run.py quality-gpu --dataset {dataset}"
                    + "".join(f" --set {x}" for x in m["recipe"][len(recipe(ds)):])
-                   + f"; bash {m['carry']}/run.sh (on the training machine); "
-                   "python bench/run.py quality-gpu --ingest DIR",
+                   + (f"; bash {m['carry']}/run.sh (on the training machine); python bench/run.py quality-gpu "
+                      "--ingest DIR" if len(runs) == 1 else "; bash bench/gpu_session.sh with RUNS (on the "
+                      f"training machine); python bench/run.py quality-gpu --ingest {dataset}.tgz"),
         "dataset": dataset, "recipe": m["recipe"], "trained_on": {"device": summary.get("device"),
                                                                   "versions": summary.get("versions")},
         "prepared": {k: m[k] for k in ("table_version", "split", "rows", "carry_bytes", "prepared")},
@@ -241,14 +300,18 @@ def ingest(scores_dir: Path, dataset: str | None = None) -> Path:
                      "pretrained_test_auc": summary.get("pretrained_test_auc"),
                      "best_valid_auc": summary.get("best_valid_auc")},
         "cost": cost, "history": summary.get("validation_curve"), "table": ev["table"],
-        "comparison": ev["comparison"], "intervals": ev["intervals"]})
+        "comparison": ev["comparison"], "intervals": ev["intervals"],
+        **({"selection": {"rule": SELECTION_RULE, "selected": variant, "runs": selection},
+            "overrides": summary.get("overrides", {})} if len(runs) > 1 else {})})
     return scores_dir
 
 
 def run(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python bench/run.py quality-gpu", description=__doc__.split("\n")[0])
     ap.add_argument("--dataset", choices=sorted(DATASETS), help="the dataset to prepare (or to ingest as)")
-    ap.add_argument("--ingest", type=Path, metavar="DIR", help="evaluate the scores in DIR (what run.sh wrote)")
+    ap.add_argument("--ingest", type=Path, metavar="PATH",
+                    help="evaluate the scores in PATH: what run.sh wrote, or bench/gpu_session.sh's <dataset>.tgz "
+                         "(several runs: the one with the best validation AUC)")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="K=V",
                     help="change the recipe at preparation (repeatable), e.g. train.max_train_rows=2000")
     args = ap.parse_args(argv)

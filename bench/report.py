@@ -299,6 +299,8 @@ def quality_section(name: str, d: Json) -> list[str]:
     if d.get("cost"):
         out += [cost_line(d) + (" The machine above evaluated the scores; they were trained where this line says."
                                 if d.get("trained_on") else ""), ""]
+    if d.get("selection"):
+        out += selection_table(d["selection"])
     out += md_table(["method", *(label for _, label in QUALITY_COLUMNS)],
                     [[m, *(f"{t[k]:.4f}" if t.get(k) is not None else "-" for k, _ in QUALITY_COLUMNS)]
                      for m, t in d["table"].items()])
@@ -390,7 +392,32 @@ def scorer_section(name: str, d: Json) -> list[str]:
         out += [f"`score.precision: auto` chose {a['chose']} at {a['pairs_per_s']:.1f} pairs/s: "
                 f"{a['vs_fastest']:.2f}x the fastest precision measured here ({a['fastest_precision']}).", ""]
     out += [f"Pair assembly from ids: {fmt(int(d['assembly_pairs_per_s_one_core']))} pairs/s on one core.", ""]
+    if d.get("token_budget_sweep"):
+        out += [f"The scorer alone by token budget (padded tokens per forward pass), {fmt(d['sweep_pairs'])} pairs "
+                f"each, {d['precision']}; GPU busy = kernel time / wall time (torch.profiler):", ""]
+        out += md_table(["token budget", "pairs/s", "GPU busy", "peak GPU memory"],
+                        [[fmt(r["token_budget"]), fmt(int(r["pairs_per_s"])), f"{r['gpu_busy']:.0%}",
+                          f"{r['peak_memory_gib']:.2f} GiB"] for r in d["token_budget_sweep"]])
+        out += [f"Best: {fmt(int(d['best_pairs_per_s']))} pairs/s, {d['fraction_of_ceiling']:.0%} of the physical "
+                f"ceiling ({d['ceiling_pairs_per_s']}).", ""]
     return out
+
+
+def selection_table(sel: Json) -> list[str]:
+    """The runs a GPU session trained for one dataset and the one evaluated on test."""
+    rows = []
+    for r in sel["runs"]:
+        if r["status"] != "trained":
+            rows.append([r["variant"], "-", "-", "-", "-", "-", f"failed: {r.get('reason', '')}"])
+            continue
+        sets = ", ".join(f"{k}={v}" for k, v in (r.get("overrides") or {}).items()) or "the recipe"
+        rows.append([r["variant"] + (" (evaluated)" if r["variant"] == sel["selected"] else ""), f"`{sets}`",
+                     fmt(r.get("tokens")), f"{r['initial_valid_auc']:.4f}", f"{r['best_valid_auc']:.4f}",
+                     f"{fmt(r.get('steps'))} ({fmt(r.get('epochs'))} epoch(s))",
+                     f"{fmt(r.get('minutes'))} min" + (", stopped early" if r.get("stopped_early") else "")])
+    return [f"Runs of this session, picked by {sel['rule']}:", "",
+            *md_table(["run", "settings over the recipe", "tokens", "valid AUC step 0", "best valid AUC", "steps",
+                       "fine-tuning"], rows)]
 
 
 SECTIONS: list[tuple[str, Callable[[str, Json], list[str]]]] = [
@@ -458,6 +485,15 @@ def summary_rows(results: dict[str, Json]) -> list[list[str]]:
         if "auto" in d:
             rows.append([f"`precision: auto` / fastest precision on CPU ({d['auto']['fastest_precision']})",
                          f"{d['auto']['vs_fastest']:.2f}x (chose {d['auto']['chose']})", "", "`scorer-cpu.json`"])
+    if (d := results.get("scorer-gpu")) is not None:
+        r = d["by_precision"][d["precision"]]
+        rows.append([f"scorer on {d['machine'].get('gpu') or 'GPU'} ({d['precision']}): pairs/s, / "
+                     "`CrossEncoder.predict`", f"{fmt(int(d['best_pairs_per_s']))} "
+                     f"({d['fraction_of_ceiling']:.0%} of the ceiling), {r['scorer_vs_cross_encoder']:.1f}x",
+                     "like for like", "`scorer-gpu.json`"])
+        top = max(d["token_budget_sweep"], key=lambda x: x["pairs_per_s"])
+        rows.append(["scorer on GPU: busy at the best token budget", f"{top['gpu_busy']:.0%} "
+                     f"(budget {fmt(top['token_budget'])})", "", "`scorer-gpu.json`"])
     if (d := results.get("incremental")) is not None:
         sc = next((x for x in d["scenarios"] if x["scenario"] == "users 10%"), None)
         if sc is not None:
@@ -474,10 +510,12 @@ def summary_rows(results: dict[str, Json]) -> list[list[str]]:
         c = d["comparisons"][-1]
         rows.append([f"training job / plain loop, {c['held_constant']['precision']}", f"{c['ratio']:.2f}x",
                      status(c), "`training.json`"])
-    for title, names in (("MovieLens-100k", ("quality", "quality-eval-v2")), ("Demo data", ("quality-demo",))):
+    for title, names in (("MovieLens-100k", ("quality-gpu-movielens",)), ("MovieLens-100k", ("quality",
+                         "quality-eval-v2")), ("Demo data", ("quality-gpu-demo",)), ("Demo data", ("quality-demo",))):
         name = next((n for n in names if n in results), None)
         if name is None:
             continue
+        title = f"{title} ({'GPU' if on_gpu(results[name]) else 'CPU'})"
         t = results[name]["table"]
         model = next(m for m in t if m.startswith("model") and "[" not in m)
         for method, label in ((model, model), ("logistic_regression", "logistic regression"),

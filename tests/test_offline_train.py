@@ -196,6 +196,14 @@ def test_settings_it_cannot_honour_are_errors(tiny, tmp_path) -> None:
         OT.read_params(tmp_path / "c.json", data=data, work=tmp_path / "w", base_model=tiny)
     p = OT.read_params(write_params(tmp_path / "d.json"), data=data, work=tmp_path / "w", base_model=tiny)
     assert p.data_dir == str(data) and p.base_model_dir == str(tiny) and p.tracking_uri is None
+    p = OT.read_params(write_params(tmp_path / "d.json"), data=data, work=tmp_path / "w", base_model=tiny,
+                       overrides=OT.parse_sets(["max_length=96", "learning_rate=1e-4", "lora=true"]))
+    assert (p.model.max_length, p.train.learning_rate, p.train.lora) == (96, 1e-4, True)
+    with pytest.raises(ConfigError, match=r"unknown training setting\(s\) \['max_lenght'\]"):
+        OT.read_params(write_params(tmp_path / "d.json"), data=data, work=tmp_path / "w", base_model=tiny,
+                       overrides=OT.parse_sets(["max_lenght=96"]))
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        OT.parse_sets(["max_length"])
     (tmp_path / "nodata").mkdir()
     with pytest.raises(TrainingDataError, match="no train split"):
         OT.check_splits(tmp_path / "nodata")

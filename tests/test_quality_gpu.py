@@ -116,3 +116,39 @@ def test_the_export_carries_the_text_similarity_features_the_model_reads(spark, 
     names = pq.read_schema(next((tmp_path / "export" / "train").glob("*.parquet"))).names
     assert set(S.TEXT_SIMILARITY_FEATURES) <= set(names)
     assert (tmp_path / "embedded.txt").read_text().count("ad 0\n") == 1  # each text embedded once
+
+
+def _run(folder: Path, valid: float | None, **overrides: object) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "train.log").write_text("training ...\nerror: CUDA out of memory\n")
+    if valid is not None:
+        (folder / OT.SUMMARY_FILE).write_text(json.dumps({
+            "best_valid_auc": valid, "initial_valid_auc": 0.70, "overrides": overrides, "steps": 10, "epochs": 1,
+            "minutes": 0.5, "stopped_early": False, "tokens": 128, "test": {"auc": 0.99}}))
+        (folder / OT.SCORES_FILE).write_bytes(b"")
+    return folder
+
+
+def test_several_runs_come_back_as_one_archive_and_the_best_on_validation_is_evaluated(tmp_path) -> None:
+    import tarfile
+
+    runs = tmp_path / "runs"
+    _run(runs / "movielens" / "base", 0.7341)
+    _run(runs / "movielens" / "t384", 0.7390, max_length=384)
+    _run(runs / "movielens" / "lr", 0.7390, learning_rate=1e-4)  # ties: the first in name order wins
+    _run(runs / "movielens" / "oom", None)
+    with tarfile.open(tmp_path / "movielens.tgz", "w:gz") as tar:
+        tar.add(runs / "movielens", arcname="movielens")
+    found = QG.training_runs(tmp_path / "movielens.tgz", tmp_path / "x")
+    assert sorted(found) == ["base", "lr", "oom", "t384"]
+    assert found["t384"] == tmp_path / "x" / "movielens" / "t384"
+    chosen, table = QG.select_run(found)
+    assert chosen == "lr"
+    by = {r["variant"]: r for r in table}
+    assert by["oom"] == {"variant": "oom", "status": "failed", "reason": "error: CUDA out of memory"}
+    assert by["t384"]["overrides"] == {"max_length": 384} and by["t384"]["best_valid_auc"] == 0.7390
+    assert all("test" not in str(r) for r in table)  # selection reads validation only
+    one = _run(tmp_path / "single", 0.71)
+    assert QG.training_runs(one, tmp_path / "y") == {"": one}
+    with pytest.raises(SystemExit, match="no run trained to the end"):
+        QG.select_run({"oom": runs / "movielens" / "oom"})

@@ -12,6 +12,7 @@ pretrained) and ``training_summary.json`` (what training cost and its validation
 computed where Spark is, by the evaluation job's code (``bench/run.py quality-gpu --ingest DIR``).
 
     python -m adrec_spark.model.offline_train --data DIR --params params.json --out DIR [--base-model DIR]
+        [--set KEY=VALUE ...]
 
 This module must never import pyspark or mlflow (a test imports and runs it with both blocked).
 """
@@ -133,11 +134,25 @@ def _run_fields() -> set[str]:
     return {f.name for f in fields(TrainParams)} - {"train", "model"}
 
 
-def read_params(path: str | Path, *, data: str | Path, work: str | Path,
-                base_model: str | Path | None = None) -> TrainParams:
-    """The :class:`TrainParams` in ``path`` (a flat JSON object, see :func:`flat_params`), with the data,
-    output, checkpoint and base-model folders of this machine. Unknown fields and settings that need MLflow
-    are errors; the config sections check their values as the config loader does."""
+def parse_sets(items: Sequence[str]) -> dict[str, object]:
+    """``KEY=VALUE`` settings (``--set``), each value read as YAML (``256``, ``1e-4``, ``true``, ``null``)."""
+    import yaml
+
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set takes KEY=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def read_params(path: str | Path, *, data: str | Path, work: str | Path, base_model: str | Path | None = None,
+                overrides: dict[str, object] | None = None) -> TrainParams:
+    """The :class:`TrainParams` in ``path`` (a flat JSON object, see :func:`flat_params`) with ``overrides`` on
+    top (the same flat keys), and the data, output, checkpoint and base-model folders of this machine. Unknown
+    fields and settings that need MLflow are errors; the config sections check their values as the config
+    loader does."""
     from adrec_spark.config import ModelConfig, TrainConfig, build_section
     from adrec_spark.model.trainer import TrainParams
 
@@ -148,6 +163,7 @@ def read_params(path: str | Path, *, data: str | Path, work: str | Path,
         raise ConfigError(f"cannot read the training settings {path}: {e}") from e
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a JSON object of training settings")
+    raw |= overrides or {}
     run_fields = _run_fields()
     section_fields = {name: {f.name for f in fields(cls)} - run_fields
                       for name, cls in (("train", TrainConfig), ("model", ModelConfig))}
@@ -243,9 +259,11 @@ def cost_summary(p: TrainParams, trained: TrainSummary, *, device: str, wall_sec
 
 
 def run(params_path: str | Path, *, data: str | Path, out: str | Path, work: str | Path | None = None,
-        base_model: str | Path | None = None, zero_shot: bool = True) -> dict[str, object]:
-    """Train on ``data`` with the settings in ``params_path``, score the test rows, write both files to
-    ``out``; returns the summary. ``work`` (default ``out/work``) holds the model and checkpoints."""
+        base_model: str | Path | None = None, zero_shot: bool = True,
+        overrides: dict[str, object] | None = None) -> dict[str, object]:
+    """Train on ``data`` with the settings in ``params_path`` (``overrides`` on top), score the test rows, write
+    both files to ``out``; returns the summary. ``work`` (default ``out/work``) holds the model and
+    checkpoints."""
     import torch
 
     from adrec_spark.model.trainer import binary_metrics, train_worker
@@ -254,7 +272,7 @@ def run(params_path: str | Path, *, data: str | Path, out: str | Path, work: str
     out = Path(out)
     work = Path(work) if work else out / "work"
     rows = check_splits(data)
-    p = read_params(params_path, data=data, work=work, base_model=base_model)
+    p = read_params(params_path, data=data, work=work, base_model=base_model, overrides=overrides)
     # the zero-shot baseline is scored below, on the training device, with the event ids
     p = replace(p, train=replace(p.train, zero_shot_baseline=False))
     device = "cuda:0" if p.train.use_gpu and torch.cuda.is_available() else "cpu"
@@ -277,7 +295,8 @@ def run(params_path: str | Path, *, data: str | Path, out: str | Path, work: str
         "validation_curve": trained["history"], "test": trained["test"],
         "pretrained_test_auc": binary_metrics(scores[S.LABEL], (scores["pretrained"] + 1) / 2)["auc"]
         if "pretrained" in scores else None,
-        "params": {k: v for k, v in flat_params(p).items() if not k.endswith("_dir")}, "extra": p.extra}
+        "params": {k: v for k, v in flat_params(p).items() if not k.endswith("_dir")}, "extra": p.extra,
+        "overrides": overrides or {}}
     text = json.dumps(summary, indent=2, default=float)
     (out / SUMMARY_FILE).write_text(text)
     log.info("wrote %s (%d test rows) and %s: %d examples x %d epochs at %d tokens in %.1f min on %s; test AUC "
@@ -295,6 +314,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     ap.add_argument("--base-model", help="the pretrained encoder folder (default: base_model_dir in params, "
                                          "relative to the params file)")
     ap.add_argument("--no-zero-shot", action="store_true", help="skip the pretrained zero-shot scores")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="change one setting of the params file (repeatable), e.g. --set max_length=256")
     return ap.parse_args(list(argv))
 
 
@@ -303,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         run(args.params, data=args.data, out=args.out, work=args.work, base_model=args.base_model,
-            zero_shot=not args.no_zero_shot)
+            zero_shot=not args.no_zero_shot, overrides=parse_sets(args.sets))
     except AdrecError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

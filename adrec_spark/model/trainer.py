@@ -617,11 +617,12 @@ class Trainer:
         and ``summary.json``."""
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
-        self.model = merge_lora(self.model).to("cpu").eval()
+        self.model = merge_lora(self.model).eval()
+        test_all = test.read_all()
+        scores = self.predict(test_all, precision="fp32")  # on the training device
+        self.model = self.model.to("cpu")
         out = Path(self.p.out_dir)
         self.model.save(out / "model", self.tokenizer)
-        test_all = test.read_all()
-        scores = self.predict(test_all, device="cpu", precision="fp32")
         np.savez(out / "test_predictions.npz", score=scores, label=test_all.label,
                  user_id=test_all.extra[S.USER_ID].astype(str), ad_id=test_all.extra[S.AD_ID].astype(str))
         summary |= TrainSummary(test=binary_metrics(test_all.label, scores), model_dir=str(out / "model"))
