@@ -202,6 +202,8 @@ def test_settings_it_cannot_honour_are_errors(tiny, tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"unknown training setting\(s\) \['max_lenght'\]"):
         OT.read_params(write_params(tmp_path / "d.json"), data=data, work=tmp_path / "w", base_model=tiny,
                        overrides=OT.parse_sets(["max_lenght=96"]))
+    assert OT.parse_sets(["learning_rate=1e-4", "loss=mse", "max_steps=null"]) == {
+        "learning_rate": 1e-4, "loss": "mse", "max_steps": None}
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         OT.parse_sets(["max_length"])
     (tmp_path / "nodata").mkdir()

@@ -135,7 +135,8 @@ def _run_fields() -> set[str]:
 
 
 def parse_sets(items: Sequence[str]) -> dict[str, object]:
-    """``KEY=VALUE`` settings (``--set``), each value read as YAML (``256``, ``1e-4``, ``true``, ``null``)."""
+    """``KEY=VALUE`` settings (``--set``), each value read as JSON (``256``, ``1e-4``, ``true``, ``null``), else as
+    YAML (``bce``, ``[a, b]``)."""
     import yaml
 
     out: dict[str, object] = {}
@@ -143,7 +144,10 @@ def parse_sets(items: Sequence[str]) -> dict[str, object]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set takes KEY=VALUE, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = yaml.safe_load(value)
     return out
 
 
