@@ -7,8 +7,9 @@ model in half precision, ``params.json`` (the GPU recipe: every training row, se
 bf16 on CUDA) and ``run.sh``, the one command to run there from the repository root. The folder must stay
 under the 64 MiB a GPU machine takes; the command fails loudly when it does not.
 
-``python bench/run.py quality-gpu --ingest DIR`` reads back what ``run.sh`` wrote (``test_scores.parquet``,
-``training_summary.json``), joins the scores to the same test rows, computes the same baselines as the
+``python bench/run.py quality-gpu --ingest PATH`` reads back what ``run.sh`` wrote (``test_scores.parquet``,
+``training_summary.json``; or ``bench/gpu_session.sh``'s ``<dataset>.tgz`` of several runs, of which the one
+with the best validation AUC is evaluated), joins the scores to the same test rows, computes the same baselines as the
 quality bench and the evaluation job's metrics, intervals and paired NDCG@10 differences, and writes
 ``bench/results/quality-gpu-<dataset>.json`` (``quality-offline-<dataset>-cpu.json`` when the scores were
 trained on a CPU). ``--set K=V`` (repeatable) changes the recipe at preparation, e.g. for a reduced CPU run.
@@ -291,8 +292,9 @@ def ingest(path: Path, dataset: str | None = None) -> Path:
         "command": f"python bench/run.py quality-gpu --dataset {dataset}"
                    + "".join(f" --set {x}" for x in m["recipe"][len(recipe(ds)):])
                    + (f"; bash {m['carry']}/run.sh (on the training machine); python bench/run.py quality-gpu "
-                      "--ingest DIR" if len(runs) == 1 else "; bash bench/gpu_session.sh with RUNS (on the "
-                      f"training machine); python bench/run.py quality-gpu --ingest {dataset}.tgz"),
+                      "--ingest DIR" if len(runs) == 1 else "; bash bench/gpu_session.sh (on the training machine, "
+                      "RUNS naming the runs listed here); python bench/run.py quality-gpu --ingest "
+                      f"{dataset}.tgz"),
         "dataset": dataset, "recipe": m["recipe"], "trained_on": {"device": summary.get("device"),
                                                                   "versions": summary.get("versions")},
         "prepared": {k: m[k] for k in ("table_version", "split", "rows", "carry_bytes", "prepared")},

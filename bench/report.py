@@ -55,7 +55,7 @@ def machine_line(d: Json) -> str:
     parts = [f"CPU {m.get('cpu') or 'not recorded'}", f"{m['cores']} cores" if m.get("cores") else
              "cores not recorded"]
     parts += [f"{k} {m[k]}" for k in ("python", "torch") if m.get(k)]
-    parts.append("CUDA" if m.get("cuda") else "no GPU")
+    parts.append(f"GPU {m['gpu']}" if m.get("gpu") else "CUDA" if m.get("cuda") else "no GPU")
     return f"Machine: {', '.join(parts)}; run on {m.get('date', 'a date not recorded')}."
 
 
@@ -374,11 +374,11 @@ def scorer_section(name: str, d: Json) -> list[str]:
         out += [f"Other work on the machine (1-minute load average before / after): {before:.1f} / {after:.1f} on "
                 f"{d['machine']['cores']} cores; it slows every run alike, as they take turns.", ""]
     rows = []
-    for p, r in d.get("by_precision", {d["precision"]: {
+    for p, r in (d.get("by_precision") or {d["precision"]: {
             "legacy_pairs_per_s": d["results"]["legacy"]["pairs_per_s"],
             "scorer_pairs_per_s": d["results"]["scorer"]["pairs_per_s"], **d["ratios"],
             "cross_encoder_pairs_per_s": d["results"].get("cross_encoder", {}).get("pairs_per_s"),
-            "logit_correlation_with_legacy": d["scorer_vs_legacy_logit_correlation"]}}).items():
+            "logit_correlation_with_legacy": d["scorer_vs_legacy_logit_correlation"]}}).items():  # older JSON
         ce = r.get("cross_encoder_pairs_per_s")
         rows.append([p, f"{r['legacy_pairs_per_s']:.1f}", f"{r['scorer_pairs_per_s']:.1f}",
                      f"{ce:.1f}" if ce else "-", f"{r['scorer_vs_legacy']:.2f}x",
@@ -415,7 +415,8 @@ def selection_table(sel: Json) -> list[str]:
                      fmt(r.get("tokens")), f"{r['initial_valid_auc']:.4f}", f"{r['best_valid_auc']:.4f}",
                      f"{fmt(r.get('steps'))} ({fmt(r.get('epochs'))} epoch(s))",
                      f"{fmt(r.get('minutes'))} min" + (", stopped early" if r.get("stopped_early") else "")])
-    return [f"Runs of this session, picked by {sel['rule']}:", "",
+    return [f"Runs of this session (trained side by side on one GPU: their minutes include the sharing), picked "
+            f"by {sel['rule']}:", "",
             *md_table(["run", "settings over the recipe", "tokens", "valid AUC step 0", "best valid AUC", "steps",
                        "fine-tuning"], rows)]
 
@@ -550,7 +551,8 @@ prepared), `make bench-etl` (~25 min), `make bench-quality` (~30 min; `python be
 demo` for the demo data, ~30 min), `python bench/run.py ceiling` (after bench-quality, ~2 min), `python bench/run.py
 profile` (~10 min), `python bench/run.py incremental`, then `python bench/run.py report`. Fine-tuning on all the
 data on a GPU machine without Spark: `python bench/run.py quality-gpu --dataset movielens|demo` here, the
-`run.sh` it writes there, then `python bench/run.py quality-gpu --ingest DIR` here (docs/operations.md).
+`run.sh` it writes there, then `python bench/run.py quality-gpu --ingest DIR` here; on a lent GPU machine with a
+time limit, `bench/gpu_session.sh` runs the scorer bench and several recipes in one command (docs/operations.md).
 
 ## Summary
 

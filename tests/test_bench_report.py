@@ -198,9 +198,49 @@ def test_summary_names_the_model_and_both_regressions_for_each_dataset() -> None
     demo = _quality({"model v2": (0.6908, 0.6557), "logistic_regression": (0.6565, 0.6063),
                      "logistic_regression_text": (0.6910, 0.6553)}, {}, dataset="demo")
     rows = [r[:2] for r in report.summary_rows({"quality-demo": demo})]
-    assert rows == [["Demo data NDCG@10 / test AUC, model v2", "0.6557 / 0.6908"],
-                    ["Demo data NDCG@10 / test AUC, logistic regression", "0.6063 / 0.6565"],
-                    ["Demo data NDCG@10 / test AUC, logistic regression + text similarity", "0.6553 / 0.6910"]]
+    assert rows == [["Demo data (CPU) NDCG@10 / test AUC, model v2", "0.6557 / 0.6908"],
+                    ["Demo data (CPU) NDCG@10 / test AUC, logistic regression", "0.6063 / 0.6565"],
+                    ["Demo data (CPU) NDCG@10 / test AUC, logistic regression + text similarity", "0.6553 / 0.6910"]]
+    rows = [r[0] for r in report.summary_rows({"quality-demo": demo, "quality-gpu-demo": GPU_DEMO})]
+    assert rows[0] == "Demo data (GPU) NDCG@10 / test AUC, model" and rows[3].startswith("Demo data (CPU)")
+
+
+SCORER_GPU = {
+    "command": "python bench/run.py scorer", "machine": {"gpu": "NVIDIA H200", "cores": 16}, "device": "cuda:0",
+    "precision": "bf16", "precisions": ["bf16"], "pairs": 8000, "users": 114, "ads_per_user": 70, "threads": 2,
+    "model_source": "MiniLM", "pair_tokens": {"mean": 119.7}, "tokenize_distinct_texts_s": 0.025,
+    "assembly_pairs_per_s_one_core": 405607.3, "results": {}, "ratios": {},
+    "by_precision": {"bf16": {"legacy_pairs_per_s": 3000.0, "scorer_pairs_per_s": 62000.0, "scorer_vs_legacy": 20.7,
+                              "cross_encoder_pairs_per_s": 2900.0, "scorer_vs_cross_encoder": 21.4,
+                              "logit_correlation_with_legacy": 1.0, "logit_correlation_with_fp32": 1.0}},
+    "sweep_pairs": 100000, "token_budget_sweep": [
+        {"token_budget": 16384, "pairs_per_s": 43818.7, "gpu_busy": 0.448, "peak_memory_gib": 0.336},
+        {"token_budget": 65536, "pairs_per_s": 72844.4, "gpu_busy": 0.913, "peak_memory_gib": 0.731}],
+    "best_pairs_per_s": 72844.4, "fraction_of_ceiling": 0.2142, "ceiling_pairs_per_s": "~340,000 on one H200"}
+
+
+def test_gpu_scorer_sweep_and_summary() -> None:
+    section = "\n".join(report.scorer_section("scorer-gpu", SCORER_GPU))
+    assert "| 65,536 | 72,844 | 91% | 0.73 GiB |" in section
+    assert "Best: 72,844 pairs/s, 21% of the physical ceiling (~340,000 on one H200)." in section
+    rows = [r[:2] for r in report.summary_rows({"scorer-gpu": SCORER_GPU})]
+    assert rows == [["scorer on NVIDIA H200 (bf16): pairs/s, / `CrossEncoder.predict`", "72,844 (21% of the ceiling), "
+                     "21.4x"], ["scorer on GPU: busy at the best token budget", "91% (budget 65,536)"]]
+
+
+def test_quality_section_lists_every_run_of_a_session_and_the_one_evaluated() -> None:
+    runs = [{"variant": "base", "status": "trained", "overrides": {}, "tokens": 128, "initial_valid_auc": 0.7337,
+             "best_valid_auc": 0.7341, "steps": 1250, "epochs": 1, "minutes": 0.85, "stopped_early": True},
+            {"variant": "t384", "status": "trained", "overrides": {"max_length": 384}, "tokens": 384,
+             "initial_valid_auc": 0.7337, "best_valid_auc": 0.7345, "steps": 1250, "epochs": 1, "minutes": 1.8,
+             "stopped_early": True},
+            {"variant": "oom", "status": "failed", "reason": "CUDA out of memory"}]
+    d = {**GPU_DEMO, "selection": {"rule": "the best validation AUC", "selected": "t384", "runs": runs}}
+    section = "\n".join(report.quality_section("quality-gpu-demo", d))
+    assert "include the sharing), picked by the best validation AUC:" in section
+    assert "| base | `the recipe` | 128 | 0.7337 | 0.7341 | 1,250 (1 epoch(s)) | 0.8 min, stopped early |" in section
+    assert "| t384 (evaluated) | `max_length=384` | 384 | 0.7337 | 0.7345 |" in section
+    assert "| oom | - | - | - | - | - | failed: CUDA out of memory |" in section
 
 
 def _curve(*points: tuple[int, float]) -> list[dict[str, float]]:
