@@ -192,3 +192,31 @@ def test_on_a_cluster_only_the_profiled_stage_gets_the_gpu(saved) -> None:
     assert seen["plain"] == ["", ""]
     assert seen["profiled"] == ["0", "0"]
     assert len(seen["scores"]) == 2 and all(0 < s < 1 for s in seen["scores"])
+
+
+def test_the_cascade_embeds_users_on_every_core_when_the_profiles_sit_in_one_file(spark, saved, cfg) -> None:
+    # A date's profiles often come in one file, so in one task: the cascade must spread them before it runs an
+    # encoder pass per user, and still find each user the candidates it finds from any layout.
+    from adrec_spark.config import replace
+    from adrec_spark.scoring import candidates as C
+    from adrec_spark.scoring.pipeline import candidate_pairs
+
+    settings = UdfSettings(model_file=str(saved), precision="fp32", batch_size=4)
+    ad_texts = ["cheap flights deal", "coffee beans", "hiking boots", "wine club", "hotel rooms", "pizza"]
+    ids = [f"a{i}" for i in range(len(ad_texts))]
+    vecs = udf.get_scorer(settings).embed(ad_texts)
+    index = C.build_index(ids, vecs, np.linspace(0.9, 0.1, len(ids)), np.zeros(len(ids)),
+                          categories=["travel", "food", "outdoor", "food", "travel", "food"])
+    ads = spark.createDataFrame([(a,) for a in ids], f"{S.AD_ID} string")
+    users = spark.createDataFrame(
+        [(f"u{i}", f"clicked: {ad_texts[i % 6]} {ad_texts[(i * 5) % 6]}", C.PERSONALIZED, [ids[i % 6]], {}, 0, None)
+         for i in range(12)],
+        f"{S.USER_ID} string, retrieval_text string, {S.STRATEGY} string, clicked_ad_ids array<string>, "
+        f"{features.CATEGORY_CLICKS} map<string,long>, {features.USER_CLICKS} long, "
+        "shown_categories map<string,bigint>")
+    cfg = replace(cfg, "score.retrieval_top_n=2", "score.prior_top_n=1")
+    one_file = candidate_pairs(users.coalesce(1), ads, index, cfg, settings)
+    assert one_file.rdd.getNumPartitions() == spark.sparkContext.defaultParallelism > 1
+    spread = candidate_pairs(users.repartition(3), ads, index, cfg, settings)
+    assert sorted(map(tuple, one_file.collect())) == sorted(map(tuple, spread.collect()))
+    assert one_file.count() == 12 * 3

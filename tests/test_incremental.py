@@ -54,6 +54,13 @@ def test_compare_snapshots_names_new_changed_unchanged_and_gone(spark) -> None:
     assert got == {"a": "unchanged", "b": "changed", "c": "new", "g": "gone", "n": "changed"}
 
 
+def test_change_counts_count_users_and_ads_by_change(spark) -> None:
+    users = spark.createDataFrame([("u1", "new"), ("u2", "new"), ("u3", "unchanged")], "user_id string, change string")
+    ads = spark.createDataFrame([("a1", "gone"), ("a2", "changed"), ("a3", "new")], "ad_id string, change string")
+    assert inc.change_counts(users, ads) == {"users_new": 2, "users_unchanged": 1, "ads_gone": 1, "ads_changed": 1,
+                                             "ads_new": 1}
+
+
 def test_compare_snapshots_names_a_missing_column(spark) -> None:
     df = spark.createDataFrame([("a",)], "ad_id string")
     with pytest.raises(Exception, match="content_hash"):

@@ -185,12 +185,10 @@ def with_reused_text_logits(pairs: DataFrame, *, user_hashes: DataFrame, ad_hash
 
 
 def change_counts(user_changes: DataFrame, ad_changes: DataFrame) -> dict[str, int]:
-    """``{'users_new': 3, 'ads_changed': 5, ...}`` for the log and ``scoring_runs``."""
-    out: dict[str, int] = {}
-    for what, df in (("users", user_changes), ("ads", ad_changes)):
-        for r in df.groupBy("change").count().collect():
-            out[f"{what}_{r['change']}"] = int(r["count"])
-    return out
+    """``{'users_new': 3, 'ads_changed': 5, ...}`` for the log and ``scoring_runs``, counted in one Spark job."""
+    both = user_changes.select(F.concat(F.lit("users_"), "change").alias("k")).unionByName(
+        ad_changes.select(F.concat(F.lit("ads_"), "change").alias("k")))
+    return {r["k"]: int(r["count"]) for r in both.groupBy("k").count().collect()}
 
 
 def runs_row(spark: SparkSession, record: Mapping[str, Any]) -> DataFrame:

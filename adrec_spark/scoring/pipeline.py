@@ -268,14 +268,17 @@ def build_ad_index(ads: DataFrame, cfg: AppConfig, settings: UdfSettings, *, wit
 
 def candidate_pairs(users: DataFrame, ads: DataFrame, index: C.AdIndex, cfg: AppConfig,
                     settings: UdfSettings, score_date: dt.date | None = None) -> DataFrame:
-    """(user_id, ad_id, source) to score: the cascade, or every eligible pair the user has not clicked."""
+    """(user_id, ad_id, source) to score: the cascade (users embedded and matched on every core), or every
+    eligible pair the user has not clicked."""
     if cfg.score.candidates == "all":
         return (users.select(S.USER_ID, "clicked_ad_ids").crossJoin(ads.select(S.AD_ID))
                 .where(~F.array_contains("clicked_ad_ids", F.col(S.AD_ID)))
                 .select(S.USER_ID, S.AD_ID, F.lit("all").alias(S.SOURCE)))
     spark = users.sparkSession
     bindex = spark.sparkContext.broadcast(index)
-    embedded = users.withColumn("embedding", F.when(~F.col(S.STRATEGY).isin(*C.COLD_STRATEGIES),
+    # A date's profiles often sit in one file (one task) and each user costs an encoder pass: spread them first.
+    spread = users.repartition(spark.sparkContext.defaultParallelism, S.USER_ID)
+    embedded = spread.withColumn("embedding", F.when(~F.col(S.STRATEGY).isin(*C.COLD_STRATEGIES),
                                                     model_udf(settings, output="embedding")(F.col("retrieval_text"))))
     sc = cfg.score
     cs = sc.cold_start
