@@ -184,8 +184,8 @@ def run() -> None:
         "command": COMMAND, "world": WORLD, "settings": SETTINGS, "new_ad_fraction": NEW_ADS,
         "reuse": "text_logit",  # carried over per (ad text, history text); scores recomputed from the numeric part
         "model": "all-MiniLM-L6-v2 fine-tuned for 6 steps (quality is not measured here; cost is)",
-        "size_note": "a world sized for a 2-core machine (the bench runs in under 20 minutes): the costs every run pays "
-                     "whatever changed (a fresh night's Delta reads, the ad index, the re-rank, the commits, "
+        "size_note": "a world sized for a 2-core machine (the bench runs in under 20 minutes): the costs every run "
+                     "pays whatever changed (a fresh night's Delta reads, the ad index, the re-rank, the commits, "
                      "tens of seconds) weigh far more here than on a platform's night, where the cross-encoder's "
                      "pairs dominate; the pair-scoring stage's ratio is the part that grows with the users",
         "night1_users": got["night1_users"], "night1_pairs": got["night1_pairs"], "scenarios": got["scenarios"],

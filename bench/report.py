@@ -339,28 +339,26 @@ def incremental_section(name: str, d: Json) -> list[str]:
         out += [f"The night's catalog change is the new ads alone: the {d['scenarios'][0]['flights_extended']} ads "
                 "whose flight would have ended that night run a day longer (counted as changed ads; their text is "
                 "the same), so no other ad leaves the candidate lists.", ""]
-    if d["scenarios"][0].get("order"):
-        out += ["The night's new ads are a seeded share of the generated catalog held back from the first night; which "
-                "run goes first alternates from one scenario to the next. The pair-scoring stage is the cascade, the "
-                "cross-encoder and the scores' write, the part whose cost follows the users; the rest of a run "
-                "(reading the night, the ad index, the re-rank, the commits) costs the same in both modes.", ""]
+    out += ["The night's new ads are a seeded share of the generated catalog held back from the first night; which "
+            "run goes first alternates from one scenario to the next. The pair-scoring stage is the cascade, the "
+            "cross-encoder and the scores' write, the part whose cost follows the users; the rest of a run "
+            "(reading the night, the ad index, the re-rank, the commits) costs the same in both modes.", ""]
     rows = []
     by_name = {c["name"]: c for c in d["comparisons"]}
     labels = ["pairs scored by the model", "distinct inputs scored", "wall seconds", "pair-scoring stage seconds"]
-    staged = f"{d['scenarios'][0]['scenario']}: {labels[3]}, incremental / full" in by_name
     for sc in d["scenarios"]:
         full, inc = sc["full"], sc["incremental"]
-        ratio = [by_name[f"{sc['scenario']}: {label}, incremental / full"]["ratio"] for label in labels[:3 + staged]]
+        ratio = [by_name[f"{sc['scenario']}: {label}, incremental / full"]["ratio"] for label in labels]
         rows.append([sc["scenario"], sc["changed_users"], inc["changes"].get("ads_changed", 0),
                      f"{full['pairs_to_model']:,} / {inc['pairs_to_model']:,}",
                      f"{full['inputs_scored']:,} / {inc['inputs_scored']:,}",
                      f"{full['wall_seconds']:.1f} / {inc['wall_seconds']:.1f}",
-                     *([f"{full['pair_stage_seconds']:.1f} / {inc['pair_stage_seconds']:.1f}"] if staged else []),
+                     f"{full['pair_stage_seconds']:.1f} / {inc['pair_stage_seconds']:.1f}",
                      *[f"{r:.2f}x" for r in ratio]])
     out += md_table(["scenario", "users changed", "ads changed", "pairs to the model (full / incr.)",
                      "distinct inputs (full / incr.)", "wall s (full / incr.)",
-                     *(["pair stage s (full / incr.)"] if staged else []), "pairs incr./full",
-                     "inputs incr./full", "wall incr./full", *(["pair stage incr./full"] if staged else [])], rows)
+                     "pair stage s (full / incr.)", "pairs incr./full", "inputs incr./full", "wall incr./full",
+                     "pair stage incr./full"], rows)
     first = d["comparisons"][0]
     out += [f"Held constant in every ratio: {held(first)}; differs: {varies(first)} ({first['note']}).", ""]
     return out
@@ -507,12 +505,11 @@ def summary_rows(results: dict[str, Json]) -> list[list[str]]:
         sc = next((x for x in d["scenarios"] if x["scenario"] == "users 10%"), None)
         if sc is not None:
             comps = {c["name"]: c["ratio"] for c in d["comparisons"]}
-            stage = comps.get("users 10%: pair-scoring stage seconds, incremental / full")
             rows.append(["incremental / full night, 10% of users changed, 5% new ads: pairs to the model, "
-                         + ("pair-scoring stage, " if stage is not None else "") + "wall",
+                         "pair-scoring stage, wall",
                          f"{comps['users 10%: pairs scored by the model, incremental / full']:.2f}x, "
-                         + (f"{stage:.2f}x, " if stage is not None else "")
-                         + f"{comps['users 10%: wall seconds, incremental / full']:.2f}x", "like for like",
+                         f"{comps['users 10%: pair-scoring stage seconds, incremental / full']:.2f}x, "
+                         f"{comps['users 10%: wall seconds, incremental / full']:.2f}x", "like for like",
                          "`incremental.json`"])
     if (d := results.get("etl")) is not None:
         r = d["runs"][-1]
