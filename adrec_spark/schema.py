@@ -13,8 +13,9 @@ USER_AD_SCORES = "user_ad_scores"
 RECOMMENDATIONS = "recommendations"
 EVAL_METRICS = "eval_metrics"
 SCORING_RUNS = "scoring_runs"  # one row per scored date: mode, base date, table versions (incremental scoring)
+USER_EMBEDDINGS = "user_embeddings"  # per scored date and user: the retrieval embedding (reused by incremental nights)
 ALL_TABLES = (EVENTS_CLEAN, EVENTS_REJECTED, ADS, USER_PROFILES, TRAINING_EXAMPLES, ETL_RUNS,
-              USER_AD_SCORES, RECOMMENDATIONS, EVAL_METRICS)
+              USER_AD_SCORES, RECOMMENDATIONS, EVAL_METRICS, USER_EMBEDDINGS)
 
 # Partition column of every nightly table: the processing (landing) date.
 DS = "ds"

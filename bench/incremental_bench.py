@@ -130,6 +130,7 @@ for k, (name, frac, counters) in enumerate(scenarios):
         r = run_scoring(spark, cfg, N2, full=full)
         runs[mode] = {{"wall_seconds": time.perf_counter() - t0, "job_seconds": r.seconds, "mode": r.mode,
                        "pairs": r.pairs_scored, "pairs_reused": r.pairs_reused,
+                       "embeddings_reused": r.embeddings_reused,
                        "pairs_to_model": r.pairs_scored - r.pairs_reused, "inputs_scored": r.inputs_scored,
                        "stage_seconds": r.stage_seconds, "pair_stage_seconds": r.stage_seconds["score_pairs"],
                        "changes": r.changes, "base_date": r.base_date,
@@ -182,7 +183,9 @@ def run() -> None:
     print(table(rows, list(rows[0])))
     save("incremental", {
         "command": COMMAND, "world": WORLD, "settings": SETTINGS, "new_ad_fraction": NEW_ADS,
-        "reuse": "text_logit",  # carried over per (ad text, history text); scores recomputed from the numeric part
+        # text logits carried over per (ad text, history text), scores recomputed from the numeric part; the
+        # users' retrieval embeddings carried over per retrieval text
+        "reuse": "text_logit+user_embedding",
         "model": "all-MiniLM-L6-v2 fine-tuned for 6 steps (quality is not measured here; cost is)",
         "size_note": "a world sized for a 2-core machine (the bench runs in under 20 minutes): the costs every run "
                      "pays whatever changed (a fresh night's Delta reads, the ad index, the re-rank, the commits, "

@@ -327,22 +327,22 @@ def incremental_section(name: str, d: Json) -> list[str]:
             f"back in one JVM, after a full first night: {d['night1_users']} users, "
             f"{d['scenarios'][0]['ads']} ads on night 2 ({d['scenarios'][0]['new_ads']} new), {d['model']}. "
             f"{d['size_note'][0].upper()}{d['size_note'][1:]}.", "",
-            ("\"Pairs to the model\" are the candidate pairs whose (ad text, history text) the night before did not "
-             "score: the cross-encoder scores their distinct text inputs, and every pair's score is recomputed from "
-             "the night's numeric features (text logits carried over by text input). In the `ad counters move` row "
-             "the changed users were shown existing ads, whose impression and click counts (numeric inputs) "
-             "therefore changed." if d.get("reuse") == "text_logit" else
-             "\"Pairs to the model\" are the candidate pairs not carried over from the night before; the "
-             "cross-encoder scores their distinct inputs. In the `ad counters move` row the changed users were "
-             "shown existing ads, whose impression and click counts (model inputs) therefore changed."), ""]
+            "\"Pairs to the model\" are the candidate pairs whose (ad text, history text) the night before did not "
+            "score: the cross-encoder scores their distinct text inputs, and every pair's score is recomputed from "
+            "the night's numeric features (text logits carried over by text input). The cascade's user embeddings "
+            "carry over the same way, by retrieval text (those of "
+            f"{', '.join(str(s['incremental']['embeddings_reused']) for s in d['scenarios'])} users in the rows "
+            "below). In the `ad counters move` row the changed users were shown existing ads, whose impression and "
+            "click counts (numeric inputs) therefore changed.", ""]
     if d["scenarios"][0].get("flights_extended"):
         out += [f"The night's catalog change is the new ads alone: the {d['scenarios'][0]['flights_extended']} ads "
                 "whose flight would have ended that night run a day longer (counted as changed ads; their text is "
                 "the same), so no other ad leaves the candidate lists.", ""]
     out += ["The night's new ads are a seeded share of the generated catalog held back from the first night; which "
-            "run goes first alternates from one scenario to the next. The pair-scoring stage is the cascade, the "
-            "cross-encoder and the scores' write, the part whose cost follows the users; the rest of a run "
-            "(reading the night, the ad index, the re-rank, the commits) costs the same in both modes.", ""]
+            "run goes first alternates from one scenario to the next. The pair-scoring stage is the cascade (the "
+            "users' embeddings and their candidates), the cross-encoder and the scores' write, the part whose cost "
+            "follows the users; the rest of a run (reading the night, the ad index, the re-rank, the commits) costs "
+            "the same in both modes.", ""]
     rows = []
     by_name = {c["name"]: c for c in d["comparisons"]}
     labels = ["pairs scored by the model", "distinct inputs scored", "wall seconds", "pair-scoring stage seconds"]

@@ -194,12 +194,23 @@ def test_on_a_cluster_only_the_profiled_stage_gets_the_gpu(saved) -> None:
     assert len(seen["scores"]) == 2 and all(0 < s < 1 for s in seen["scores"])
 
 
+def _cascade_users(spark, ad_texts, ids, n=12):
+    from adrec_spark.scoring import candidates as C
+
+    return spark.createDataFrame(
+        [(f"u{i}", f"clicked: {ad_texts[i % 6]} {ad_texts[(i * 5) % 6]}", C.PERSONALIZED, [ids[i % 6]], {}, 0, None)
+         for i in range(n)],
+        f"{S.USER_ID} string, retrieval_text string, {S.STRATEGY} string, clicked_ad_ids array<string>, "
+        f"{features.CATEGORY_CLICKS} map<string,long>, {features.USER_CLICKS} long, "
+        "shown_categories map<string,bigint>")
+
+
 def test_the_cascade_embeds_users_on_every_core_when_the_profiles_sit_in_one_file(spark, saved, cfg) -> None:
     # A date's profiles often come in one file, so in one task: the cascade must spread them before it runs an
     # encoder pass per user, and still find each user the candidates it finds from any layout.
     from adrec_spark.config import replace
     from adrec_spark.scoring import candidates as C
-    from adrec_spark.scoring.pipeline import candidate_pairs
+    from adrec_spark.scoring.pipeline import candidate_pairs, embed_users
 
     settings = UdfSettings(model_file=str(saved), precision="fp32", batch_size=4)
     ad_texts = ["cheap flights deal", "coffee beans", "hiking boots", "wine club", "hotel rooms", "pizza"]
@@ -208,15 +219,44 @@ def test_the_cascade_embeds_users_on_every_core_when_the_profiles_sit_in_one_fil
     index = C.build_index(ids, vecs, np.linspace(0.9, 0.1, len(ids)), np.zeros(len(ids)),
                           categories=["travel", "food", "outdoor", "food", "travel", "food"])
     ads = spark.createDataFrame([(a,) for a in ids], f"{S.AD_ID} string")
-    users = spark.createDataFrame(
-        [(f"u{i}", f"clicked: {ad_texts[i % 6]} {ad_texts[(i * 5) % 6]}", C.PERSONALIZED, [ids[i % 6]], {}, 0, None)
-         for i in range(12)],
-        f"{S.USER_ID} string, retrieval_text string, {S.STRATEGY} string, clicked_ad_ids array<string>, "
-        f"{features.CATEGORY_CLICKS} map<string,long>, {features.USER_CLICKS} long, "
-        "shown_categories map<string,bigint>")
+    users = _cascade_users(spark, ad_texts, ids)
+    embedded = embed_users(users.coalesce(1), settings)
+    per_task = embedded.rdd.mapPartitions(lambda rows: [sum(not r["embedding_reused"] for r in rows)]).collect()
+    assert sum(per_task) == 12 and sum(n > 0 for n in per_task) == spark.sparkContext.defaultParallelism > 1
     cfg = replace(cfg, "score.retrieval_top_n=2", "score.prior_top_n=1")
-    one_file = candidate_pairs(users.coalesce(1), ads, index, cfg, settings)
-    assert one_file.rdd.getNumPartitions() == spark.sparkContext.defaultParallelism > 1
-    spread = candidate_pairs(users.repartition(3), ads, index, cfg, settings)
+    one_file = candidate_pairs(embedded, ads, index, cfg)
+    spread = candidate_pairs(embed_users(users.repartition(3), settings), ads, index, cfg)
     assert sorted(map(tuple, one_file.collect())) == sorted(map(tuple, spread.collect()))
     assert one_file.count() == 12 * 3
+
+
+def test_users_take_the_base_embedding_of_their_retrieval_text_and_only_the_rest_are_embedded(spark, saved) -> None:
+    import hashlib
+
+    from adrec_spark.scoring import candidates as C
+    from adrec_spark.scoring.pipeline import embed_users
+
+    settings = UdfSettings(model_file=str(saved), precision="fp32", batch_size=4)
+    users = spark.createDataFrame(
+        [("u1", "clicked: coffee beans", C.PERSONALIZED), ("u2", "clicked: coffee beans", C.PERSONALIZED),
+         ("u3", "clicked: hiking boots", C.PERSONALIZED), ("u4", "searched: wine", C.QUERY),
+         ("u5", "", C.POPULAR), ("u6", "", C.SHOWN)],
+        f"{S.USER_ID} string, retrieval_text string, {S.STRATEGY} string")
+    sha = {t: hashlib.sha256(t.encode()).hexdigest() for t in ("clicked: coffee beans", "clicked: hiking", "")}
+    marker = [1.0, 0.0, 0.0, 0.0]  # not an embedding the model makes: it shows where the base's one was taken
+    base = spark.createDataFrame([(sha["clicked: coffee beans"], marker), (sha["clicked: hiking"], marker),
+                                  (sha[""], marker)], "retrieval_text_hash string, embedding array<float>")
+    got = {r[S.USER_ID]: r for r in embed_users(users, settings, base=base).collect()}
+    # u1 kept its text and u2 is a new user with the same one: both take the base's embedding
+    assert [got[u]["embedding"] for u in ("u1", "u2")] == [marker, marker]
+    assert got["u1"]["retrieval_text_hash"] == sha["clicked: coffee beans"]
+    assert [got[u]["embedding_reused"] for u in ("u1", "u2", "u3", "u4", "u5", "u6")] == [True, True] + [False] * 4
+    # u3's text changed and u4's was never embedded: the encoder embeds them
+    want = udf.get_scorer(settings).embed(["clicked: hiking boots", "searched: wine"])
+    np.testing.assert_allclose([got["u3"]["embedding"], got["u4"]["embedding"]], want, atol=1e-5)
+    # users without history or searches are matched without an embedding, whatever the base holds
+    assert got["u5"]["embedding"] is None and got["u6"]["embedding"] is None
+    no_base = {r[S.USER_ID]: r for r in embed_users(users, settings).collect()}
+    np.testing.assert_allclose(no_base["u1"]["embedding"], udf.get_scorer(settings).embed(["clicked: coffee beans"])[0],
+                               atol=1e-5)
+    assert not any(r["embedding_reused"] for r in no_base.values())

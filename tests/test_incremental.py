@@ -108,6 +108,15 @@ def test_text_logits_are_reused_by_text_input_not_by_pair(spark) -> None:
                    ("u3", "a3"): ("prior", None)}  # scored yesterday, but without a text logit
 
 
+def test_base_embeddings_are_the_same_models_once_per_text(spark) -> None:
+    rows = [("k1", "h1", [0.1, 0.2], "m", 3), ("k2", "h1", [0.1, 0.2], "m", 3), ("k3", "h2", [0.3, 0.4], "m", 3),
+            ("k4", "h3", [0.5, 0.6], "m", 2), ("k5", "h4", [0.7, 0.8], "other", 3), ("k6", "h5", None, "m", 3)]
+    base = spark.createDataFrame(rows, "user_id string, retrieval_text_hash string, embedding array<float>, "
+                                       "model_name string, model_version int")
+    got = inc.base_embeddings(base, model_name="m", model_version=3).toPandas()
+    assert sorted(got[inc.RETRIEVAL_TEXT_HASH]) == ["h1", "h2"]  # not another version's, model's, or a null
+
+
 def _run(day: dt.date, **settings) -> inc.BaseRun:
     return inc.BaseRun(day, settings.get("model_version", 3), {**SETTINGS, **settings}, 5, 7)
 
@@ -224,17 +233,38 @@ def nights(spark, tmp_path_factory):
     return {"cfg": cfg, "tmp": tmp, "results": results, "after_first": after_first}
 
 
+def _retrieval_texts(spark, cfg, night: dt.date) -> dict[str, str | None]:
+    """Each user's retrieval text on ``night``, from the profiles by hand: the history text, else the searches;
+    None for a user with neither (matched without an embedding)."""
+    from pyspark.sql import functions as F
+
+    profiles = (spark.read.format("delta").load(cfg.storage.table_path(S.USER_PROFILES))
+                .where(F.col(S.DS) == night).toPandas())
+    out = {}
+    for user, history, queries in zip(profiles[S.USER_ID], profiles[S.HISTORY_TEXT], profiles["recent_queries"],
+                                       strict=True):
+        queries = list(queries) if queries is not None else []
+        out[user] = history or (" | ".join(f"searched: {q}" for q in queries) if queries else None)
+    return out
+
+
 def _partition(spark, cfg, table: str, night: dt.date):
     from pyspark.sql import functions as F
 
     df = spark.read.format("delta").load(cfg.storage.table_path(table)).where(F.col(S.SCORE_DATE) == night)
-    keys = [S.USER_ID, S.RANK] if table == S.RECOMMENDATIONS else [S.USER_ID, S.AD_ID]
+    keys = {S.RECOMMENDATIONS: [S.USER_ID, S.RANK], S.USER_EMBEDDINGS: [S.USER_ID]}.get(table, [S.USER_ID, S.AD_ID])
     return df.toPandas().sort_values(keys).reset_index(drop=True)
 
 
 def _assert_same_scores_and_lists(spark, got_cfg, want_cfg, night: dt.date) -> None:
-    """Equal rows; scores within float tolerance (fp32: the micro-batches differ), top-K and reasons identical."""
+    """Equal rows; scores and embeddings within float tolerance (fp32: the micro-batches differ), top-K and
+    reasons identical."""
     import numpy as np
+
+    got, want = (_partition(spark, c, S.USER_EMBEDDINGS, night) for c in (got_cfg, want_cfg))
+    keys = [S.USER_ID, inc.RETRIEVAL_TEXT_HASH, S.MODEL_VERSION]
+    assert len(got) == len(want) > 0 and got[keys].equals(want[keys]), night
+    np.testing.assert_allclose(np.stack(got[inc.EMBEDDING]), np.stack(want[inc.EMBEDDING]), atol=1e-5)
 
     for table, exact in ((S.USER_AD_SCORES, [S.USER_ID, S.AD_ID, "candidate_source", S.MODEL_VERSION]),
                          (S.RECOMMENDATIONS, [S.USER_ID, S.RANK, S.AD_ID, S.REASON, S.STRATEGY, S.MODEL_VERSION])):
@@ -260,6 +290,10 @@ def test_incremental_nights_equal_full_runs_on_the_same_inputs(spark, nights) ->
         assert r.changes["users_unchanged"] > 0 and r.changes["users_changed"] > 0 and r.changes["users_new"] > 0
         assert r.changes["ads_unchanged"] > 0 and r.changes["ads_changed"] > 0
     assert results[NIGHTS[2]].changes["ads_new"] == 1 and results[NIGHTS[2]].changes["ads_gone"] >= 2
+    for night in NIGHTS[1:]:  # the users whose retrieval text the night before embedded are not embedded again
+        texts, before = _retrieval_texts(spark, cfg, night), _retrieval_texts(spark, cfg, night - dt.timedelta(days=1))
+        want = sum(t is not None and t in set(before.values()) for t in texts.values())
+        assert 0 < results[night].embeddings_reused == want < sum(t is not None for t in texts.values())
     full_cfg = replace(cfg, f"storage.lakehouse={nights['tmp'] / 'full'}")
     shutil.copytree(cfg.storage.lakehouse, full_cfg.storage.lakehouse)
     for night in NIGHTS[1:]:
@@ -274,6 +308,8 @@ def test_incremental_nights_equal_full_runs_on_the_same_inputs(spark, nights) ->
     assert list(runs["mode"]) == ["full", "incremental", "incremental"]
     assert [str(d) if d is not None else None for d in runs["base_date"]] == [None, str(NIGHTS[0]), str(NIGHTS[1])]
     assert runs["pairs_reused"].tolist() == [0, *(results[n].pairs_reused for n in NIGHTS[1:])]
+    assert runs["embeddings_reused"].tolist() == [0, *(results[n].embeddings_reused for n in NIGHTS[1:])]
+    assert runs["base_embeddings_version"].iloc[1:].notna().all()
     assert runs["base_scores_version"].iloc[1:].notna().all() and runs["user_profiles_version"].notna().all()
 
 
@@ -287,7 +323,7 @@ def test_a_failed_night_leaves_the_tables_and_the_next_night_runs_in_full_with_t
     from adrec_spark.scoring.pipeline import run_scoring
 
     cfg = replace(nights["cfg"], f"storage.lakehouse={nights['after_first']}")
-    tables_ = (S.USER_AD_SCORES, S.RECOMMENDATIONS, S.SCORING_RUNS)
+    tables_ = (S.USER_AD_SCORES, S.USER_EMBEDDINGS, S.RECOMMENDATIONS, S.SCORING_RUNS)
 
     def read(table):
         return spark.read.format("delta").load(cfg.storage.table_path(table)).toPandas()

@@ -11,9 +11,11 @@ text and the history text), not by the pair: only text inputs the previous night
 cross-encoder, so a user whose counts moved but whose history did not, or a new user without history, costs
 no encoder pass.
 
-The candidate cascade and the re-rank still run for every user (they are cheap next to the cross-encoder), so
-candidate sets, top-K and reasons are those of a full run by construction, and ads that left the catalog or
-whose flight ended are gone from every list.
+The candidate cascade and the re-rank still run for every user, so candidate sets, top-K and reasons are those
+of a full run by construction, and ads that left the catalog or whose flight ended are gone from every list.
+The cascade's one costly part, an encoder pass per user for the retrieval embedding, carries over the same
+way: each date's embeddings are kept in ``user_embeddings`` with the hash of the text embedded, and a user
+whose retrieval text the base date embedded with the same model takes that embedding (:func:`base_embeddings`).
 
 The ETL's ``content_hash`` of every user profile and ad snapshot (:func:`adrec_spark.etl.features.
 with_content_hash`) counts what changed at all (``changes`` in the log and ``scoring_runs``); texts are
@@ -56,7 +58,8 @@ RUNS_COLUMNS = (
     ("settings_fingerprint", "string"), ("user_profiles_version", "long"), ("ads_version", "long"),
     ("base_scores_version", "long"), ("base_user_profiles_version", "long"), ("base_ads_version", "long"),
     ("pairs", "long"), ("pairs_reused", "long"), ("inputs_scored", "long"), ("changes", "map<string,long>"),
-    ("seconds", "double"), ("finished_at", "timestamp"))
+    ("seconds", "double"), ("finished_at", "timestamp"), ("base_embeddings_version", "long"),
+    ("embeddings_reused", "long"))
 
 
 def score_settings(cfg: AppConfig, model_name: str, model_version: int, *, precision: str) -> dict[str, Any]:
@@ -182,6 +185,18 @@ def with_reused_text_logits(pairs: DataFrame, *, user_hashes: DataFrame, ad_hash
                 .join(base_logits, [AD_TEXT_HASH, HISTORY_TEXT_HASH])
                 .select(S.USER_ID, S.AD_ID, F.col(S.TEXT_LOGIT).alias(REUSED)))
     return pairs.join(reusable, [S.USER_ID, S.AD_ID], "left")
+
+
+RETRIEVAL_TEXT_HASH, EMBEDDING, EMBEDDING_REUSED = "retrieval_text_hash", "embedding", "embedding_reused"
+
+
+def base_embeddings(base: DataFrame, *, model_name: str, model_version: int) -> DataFrame:
+    """``(retrieval_text_hash, embedding)``: each retrieval text the base date embedded with this model, once.
+    ``base``: the base date's ``user_embeddings`` rows."""
+    require_columns(base, (RETRIEVAL_TEXT_HASH, EMBEDDING, S.MODEL_NAME, S.MODEL_VERSION), "base_embeddings")
+    same_model = (F.col(S.MODEL_NAME) == model_name) & (F.col(S.MODEL_VERSION) == model_version)
+    return (base.where(same_model & F.col(EMBEDDING).isNotNull()).select(RETRIEVAL_TEXT_HASH, EMBEDDING)
+            .dropDuplicates([RETRIEVAL_TEXT_HASH]))
 
 
 def change_counts(user_changes: DataFrame, ad_changes: DataFrame) -> dict[str, int]:

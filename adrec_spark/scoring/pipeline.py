@@ -68,6 +68,8 @@ log = logging.getLogger(__name__)
 
 CANDIDATE_SCHEMA = "user_id string, ad_id string, source string"
 RECS_SCHEMA = "user_id string, rank int, ad_id string, score double, reason string, strategy string"
+EMBEDDINGS_SCHEMA = (f"{S.SCORE_DATE} date, {S.USER_ID} string, {inc.RETRIEVAL_TEXT_HASH} string, "
+                     f"{inc.EMBEDDING} array<float>, {S.MODEL_NAME} string, {S.MODEL_VERSION} int")
 
 
 @dataclass
@@ -85,8 +87,10 @@ class ScoringResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     # Distinct text inputs the cross-encoder scored: pairs with the same (ad text, history text) are scored once.
     inputs_scored: int | None = None
-    # Pairs whose text logit carried over from the previous date (incremental mode), and what the run built on.
+    # Pairs whose text logit carried over from the previous date (incremental mode), users whose retrieval
+    # embedding did, and what the run built on.
     pairs_reused: int = 0
+    embeddings_reused: int = 0
     mode: str = "full"
     base_date: str | None = None
     fallback_reason: str = ""
@@ -107,8 +111,8 @@ class ScoringResult:
         if self.mode != "incremental":
             return f"full run ({self.fallback_reason})"
         versions = ", ".join(f"{k} v{v}" for k, v in self.built_on.items())
-        return (f"incremental on {self.base_date} ({versions}): {self.pairs_reused} pairs carried over; "
-                f"changes {self.changes}")
+        return (f"incremental on {self.base_date} ({versions}): {self.pairs_reused} pairs and "
+                f"{self.embeddings_reused} user embeddings carried over; changes {self.changes}")
 
 
 def with_strategy(users: DataFrame) -> DataFrame:
@@ -266,20 +270,41 @@ def build_ad_index(ads: DataFrame, cfg: AppConfig, settings: UdfSettings, *, wit
     return index, info
 
 
+def embed_users(users: DataFrame, settings: UdfSettings, *, base: DataFrame | None = None) -> DataFrame:
+    """``users`` with ``retrieval_text_hash``, ``embedding`` (the encoder's retrieval embedding of
+    ``retrieval_text``; null for cold-start users, who are matched without one) and ``embedding_reused``. With
+    ``base`` (:func:`inc.base_embeddings`) a text embedded before keeps that embedding, whichever user it was;
+    only the others go through the encoder, spread over every core first (a date's profiles often sit in one
+    file, hence one task, and each user costs an encoder pass)."""
+    require_columns(users, (S.USER_ID, S.STRATEGY, "retrieval_text"), "embed_users")
+    spark = users.sparkSession
+    hashed = users.withColumn(inc.RETRIEVAL_TEXT_HASH, F.sha2(F.coalesce(F.col("retrieval_text"), F.lit("")), 256))
+    if base is None:
+        hashed = hashed.withColumn("_base", F.lit(None).cast("array<float>"))
+    else:
+        hashed = hashed.join(base.withColumnRenamed(inc.EMBEDDING, "_base"), inc.RETRIEVAL_TEXT_HASH, "left")
+    spread = hashed.repartition(spark.sparkContext.defaultParallelism, S.USER_ID)
+    warm = ~F.col(S.STRATEGY).isin(*C.COLD_STRATEGIES)
+    todo = warm & F.col("_base").isNull()
+    # A pandas UDF inside a condition still runs on every row: the rows to embed are split off instead.
+    embedded = (spread.where(todo)
+                .withColumn(inc.EMBEDDING, model_udf(settings, output="embedding")(F.col("retrieval_text")))
+                .withColumn(inc.EMBEDDING_REUSED, F.lit(False)))
+    rest = (spread.where(~todo).withColumn(inc.EMBEDDING, F.when(warm, F.col("_base")))
+            .withColumn(inc.EMBEDDING_REUSED, warm))
+    return embedded.unionByName(rest).drop("_base")
+
+
 def candidate_pairs(users: DataFrame, ads: DataFrame, index: C.AdIndex, cfg: AppConfig,
-                    settings: UdfSettings, score_date: dt.date | None = None) -> DataFrame:
-    """(user_id, ad_id, source) to score: the cascade (users embedded and matched on every core), or every
-    eligible pair the user has not clicked."""
+                    score_date: dt.date | None = None) -> DataFrame:
+    """(user_id, ad_id, source) to score: the cascade over the users' embeddings (:func:`embed_users`), or
+    every eligible pair the user has not clicked."""
     if cfg.score.candidates == "all":
         return (users.select(S.USER_ID, "clicked_ad_ids").crossJoin(ads.select(S.AD_ID))
                 .where(~F.array_contains("clicked_ad_ids", F.col(S.AD_ID)))
                 .select(S.USER_ID, S.AD_ID, F.lit("all").alias(S.SOURCE)))
-    spark = users.sparkSession
-    bindex = spark.sparkContext.broadcast(index)
-    # A date's profiles often sit in one file (one task) and each user costs an encoder pass: spread them first.
-    spread = users.repartition(spark.sparkContext.defaultParallelism, S.USER_ID)
-    embedded = spread.withColumn("embedding", F.when(~F.col(S.STRATEGY).isin(*C.COLD_STRATEGIES),
-                                                    model_udf(settings, output="embedding")(F.col("retrieval_text"))))
+    require_columns(users, (S.USER_ID, inc.EMBEDDING), "candidate_pairs (the cascade)")
+    bindex = users.sparkSession.sparkContext.broadcast(index)
     sc = cfg.score
     cs = sc.cold_start
     cold = C.ColdStart(strategy=cs.strategy, pool_size=cs.pool_size, shown_fraction=cs.shown_fraction,
@@ -289,11 +314,11 @@ def candidate_pairs(users: DataFrame, ads: DataFrame, index: C.AdIndex, cfg: App
         return C.retrieve_partition(frames, bindex.value, top_n=sc.retrieval_top_n, prior_n=sc.prior_top_n,
                                     popular_n=sc.popular_pool, cold=cold)
 
-    shown = (F.col("shown_categories") if "shown_categories" in embedded.columns
+    shown = (F.col("shown_categories") if "shown_categories" in users.columns
              else F.lit(None).cast("map<string,bigint>"))
-    return (embedded.select(S.USER_ID, "embedding", "clicked_ad_ids", S.STRATEGY,
-                            F.col(features.CATEGORY_CLICKS).alias("category_clicks"),
-                            F.col(features.USER_CLICKS).alias("user_clicks"), shown.alias("shown_categories"))
+    return (users.select(S.USER_ID, inc.EMBEDDING, "clicked_ad_ids", S.STRATEGY,
+                         F.col(features.CATEGORY_CLICKS).alias("category_clicks"),
+                         F.col(features.USER_CLICKS).alias("user_clicks"), shown.alias("shown_categories"))
             .mapInPandas(body, CANDIDATE_SCHEMA))
 
 
@@ -346,13 +371,17 @@ def _read_users_and_model(spark: SparkSession, cfg: AppConfig, score_date: dt.da
 @dataclass
 class _Reuse:
     """What an incremental run reuses: the text logits of every text input the previous date scored
-    (:func:`inc.base_text_logits`, persisted), tonight's text hashes, and the counts of what changed at all."""
+    (:func:`inc.base_text_logits`, persisted), tonight's text hashes, the counts of what changed at all, and the
+    previous date's retrieval embeddings."""
 
     base_logits: DataFrame
     user_hashes: DataFrame
     ad_hashes: DataFrame
     base_scores_version: int
     changes: dict[str, int]
+    # The base date's retrieval embeddings by text (inc.base_embeddings), when its run kept them.
+    base_embeddings: DataFrame | None = None
+    base_embeddings_version: int | None = None
 
 
 def _plan(spark: SparkSession, cfg: AppConfig, score_date: dt.date, users: DataFrame, ads: DataFrame,
@@ -403,9 +432,15 @@ def _base_inputs(spark: SparkSession, cfg: AppConfig, base: inc.BaseRun, users: 
     base_logits = inc.base_text_logits(
         scores.select(S.USER_ID, S.AD_ID, S.TEXT_LOGIT), user_hashes=base_user_hashes,
         ad_hashes=inc.text_hashes(base_ads, key=S.AD_ID, text=S.AD_TEXT, out=inc.AD_TEXT_HASH))
+    # The embeddings are a saving, not an input: a base without them (kept by an earlier release) embeds all.
+    emb_version = tables.table_version(spark, cfg.storage, S.USER_EMBEDDINGS)
+    embeddings = None if emb_version is None else inc.base_embeddings(
+        tables.read_table(spark, cfg.storage, S.USER_EMBEDDINGS, version=emb_version).where(F.col(S.SCORE_DATE) == bds),
+        model_name=base.settings["model_name"], model_version=base.model_version)
     return _Reuse(base_logits.persist(StorageLevel.MEMORY_AND_DISK),
                   inc.text_hashes(users, key=S.USER_ID, text=S.HISTORY_TEXT, out=inc.HISTORY_TEXT_HASH),
-                  inc.text_hashes(ads, key=S.AD_ID, text=S.AD_TEXT, out=inc.AD_TEXT_HASH), version, changes)
+                  inc.text_hashes(ads, key=S.AD_ID, text=S.AD_TEXT, out=inc.AD_TEXT_HASH), version, changes,
+                  embeddings, emb_version)
 
 
 def _split_reusable(featured: DataFrame, reuse: _Reuse | None) -> tuple[DataFrame, DataFrame | None, list[DataFrame]]:
@@ -472,13 +507,20 @@ def run_scoring(spark: SparkSession, cfg: AppConfig, score_date: dt.date, *, ful
                                          f"no ads eligible on {score_date + dt.timedelta(days=1)} in the "
                                          f"{score_date} catalog"))
     with watch.stage("score_pairs"):
-        # The cascade runs for every user (candidates equal a full run's); only the cross-encoder skips the pairs
-        # whose text logit carries over from the day before.
-        featured = model_inputs(candidate_pairs(night.users, night.ads, index, cfg, prepared.settings, score_date),
-                                night.users, night.ads, prepared, cfg)
+        # The cascade runs for every user (candidates equal a full run's); only the encoder passes of the users'
+        # retrieval texts and of the pairs' text inputs that the day before already ran are skipped.
+        users = night.users
+        if cfg.score.candidates != "all":
+            users = embed_users(users, prepared.settings, base=reuse.base_embeddings if reuse else None
+                                ).persist(StorageLevel.MEMORY_AND_DISK)
+        featured = model_inputs(candidate_pairs(users, night.ads, index, cfg, score_date), night.users, night.ads,
+                                prepared, cfg)
         to_score, carried, cached = _split_reusable(featured, reuse)
         out, counts = _scores(to_score, carried, night.model, prepared, cfg, score_date)
-    result = _write_outputs(spark, cfg, night, out, info, prepared, counts, watch, cached=[featured, *cached],
+        counts["embeddings_reused"] = (users.where(F.col(inc.EMBEDDING_REUSED)).count()
+                                       if reuse is not None and reuse.base_embeddings is not None else 0)
+    result = _write_outputs(spark, cfg, night, out, _embeddings_out(users, cfg, night.model, score_date), info,
+                            prepared, counts, watch, cached=[users, featured, *cached],
                             record=dict(plan=plan, reuse=reuse, settings=settings_used))
     result.users, result.users_by_strategy, result.eligible_ads = night.n_users, night.by_strategy, len(index.ad_ids)
     result.all_pairs = night.n_users * len(index.ad_ids)
@@ -528,11 +570,23 @@ def _scores(to_score: DataFrame, carried: DataFrame | None, model: registry.Reso
     return out, counts
 
 
-def _write_outputs(spark: SparkSession, cfg: AppConfig, night: _Night, out: DataFrame, info: AdInfo,
-                   prepared: PreparedModel, counts: dict[str, int], watch: Stopwatch, *,
+def _embeddings_out(users: DataFrame, cfg: AppConfig, model: registry.ResolvedModel,
+                    score_date: dt.date) -> DataFrame:
+    """``user_embeddings``' rows: the users' retrieval embeddings (none with ``score.candidates: all``, which
+    embeds no user), under the output user id, with the hash of the text embedded and the model."""
+    if inc.EMBEDDING not in users.columns:
+        return users.sparkSession.createDataFrame([], EMBEDDINGS_SCHEMA)
+    return (users.where(F.col(inc.EMBEDDING).isNotNull())
+            .select(F.lit(score_date.isoformat()).cast("date").alias(S.SCORE_DATE), _user_key(cfg).alias(S.USER_ID),
+                    inc.RETRIEVAL_TEXT_HASH, inc.EMBEDDING, F.lit(model.name).alias(S.MODEL_NAME),
+                    F.lit(model.version).cast("int").alias(S.MODEL_VERSION)))
+
+
+def _write_outputs(spark: SparkSession, cfg: AppConfig, night: _Night, out: DataFrame, embeddings: DataFrame,
+                   info: AdInfo, prepared: PreparedModel, counts: dict[str, int], watch: Stopwatch, *,
                    cached: list[DataFrame], record: dict[str, Any]) -> ScoringResult:
-    """Scores, recommendations and the ``scoring_runs`` row (:func:`_record_run` with ``record``): three commits,
-    one unit (an error before the last one puts back what was written)."""
+    """Scores, retrieval embeddings, recommendations and the ``scoring_runs`` row (:func:`_record_run` with
+    ``record``): four commits, one unit (an error before the last one puts back what was written)."""
     model, score_date, date = night.model, night.score_date, night.score_date.isoformat()
     ds = F.lit(date).cast("date")
     n_inputs, n_reused = counts["inputs"], counts["reused"]
@@ -545,6 +599,8 @@ def _write_outputs(spark: SparkSession, cfg: AppConfig, night: _Night, out: Data
                            description=f"{model.uri} scores {score_date}", merge_schema=True)
             written = tables.read_table(spark, cfg.storage, S.USER_AD_SCORES).where(F.col(S.SCORE_DATE) == ds)
             n_pairs = written.count()
+            unit.write(embeddings, S.USER_EMBEDDINGS, partition_col=S.SCORE_DATE, values=[date],
+                       description=f"{model.uri} retrieval embeddings {score_date}")
             for df in cached:
                 df.unpersist()
         log.info("%d pairs, %d distinct model inputs scored (text inputs, through the cross-encoder): %d pairs "
@@ -560,7 +616,8 @@ def _write_outputs(spark: SparkSession, cfg: AppConfig, night: _Night, out: Data
         result = ScoringResult(score_date=date, model_name=model.name, model_version=model.version, users=0,
                                users_by_strategy={}, eligible_ads=0, pairs_scored=n_pairs, all_pairs=0,
                                recommendations=n_recs, seconds=watch.elapsed(), stage_seconds=watch.stages,
-                               inputs_scored=n_inputs, pairs_reused=n_reused)
+                               inputs_scored=n_inputs, pairs_reused=n_reused,
+                               embeddings_reused=counts["embeddings_reused"])
         _record_run(unit, cfg, score_date, result, versions=night.versions, **record)
     return result
 
@@ -574,6 +631,8 @@ def _record_run(unit: tables.PartitionUnit, cfg: AppConfig, score_date: dt.date,
     result.built_on = {} if base is None or reuse is None else {
         "user_profiles_version": base.user_profiles_version, "ads_version": base.ads_version,
         "user_ad_scores_version": reuse.base_scores_version}
+    if reuse is not None and reuse.base_embeddings_version is not None:
+        result.built_on["user_embeddings_version"] = reuse.base_embeddings_version
     result.changes = dict(reuse.changes) if reuse else {}
     row = inc.runs_row(unit.spark, {
         S.SCORE_DATE: score_date, "mode": plan.mode, "base_date": base.score_date if base else None,
@@ -585,9 +644,12 @@ def _record_run(unit: tables.PartitionUnit, cfg: AppConfig, score_date: dt.date,
         "base_user_profiles_version": base.user_profiles_version if base else None,
         "base_ads_version": base.ads_version if base else None, "pairs": result.pairs_scored,
         "pairs_reused": result.pairs_reused, "inputs_scored": result.inputs_scored, "changes": result.changes,
-        "seconds": result.seconds, "finished_at": dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)})
+        "seconds": result.seconds, "finished_at": dt.datetime.now(dt.timezone.utc).replace(tzinfo=None),
+        "base_embeddings_version": reuse.base_embeddings_version if reuse else None,
+        "embeddings_reused": result.embeddings_reused})
+    # merge_schema: a scoring_runs table written before its last columns existed gains them
     unit.write(row, S.SCORING_RUNS, partition_col=S.SCORE_DATE, values=[score_date.isoformat()],
-               description=f"{plan.mode} scoring run {score_date}")
+               description=f"{plan.mode} scoring run {score_date}", merge_schema=True)
 
 
 def rerank(scores: DataFrame, users: DataFrame, info: AdInfo, cfg: AppConfig) -> DataFrame:
