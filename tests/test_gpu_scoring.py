@@ -194,17 +194,6 @@ def test_on_a_cluster_only_the_profiled_stage_gets_the_gpu(saved) -> None:
     assert len(seen["scores"]) == 2 and all(0 < s < 1 for s in seen["scores"])
 
 
-def _cascade_users(spark, ad_texts, ids, n=12):
-    from adrec_spark.scoring import candidates as C
-
-    return spark.createDataFrame(
-        [(f"u{i}", f"clicked: {ad_texts[i % 6]} {ad_texts[(i * 5) % 6]}", C.PERSONALIZED, [ids[i % 6]], {}, 0, None)
-         for i in range(n)],
-        f"{S.USER_ID} string, retrieval_text string, {S.STRATEGY} string, clicked_ad_ids array<string>, "
-        f"{features.CATEGORY_CLICKS} map<string,long>, {features.USER_CLICKS} long, "
-        "shown_categories map<string,bigint>")
-
-
 def test_the_cascade_embeds_users_on_every_core_when_the_profiles_sit_in_one_file(spark, saved, cfg) -> None:
     # A date's profiles often come in one file, so in one task: the cascade must spread them before it runs an
     # encoder pass per user, and still find each user the candidates it finds from any layout.
@@ -219,7 +208,12 @@ def test_the_cascade_embeds_users_on_every_core_when_the_profiles_sit_in_one_fil
     index = C.build_index(ids, vecs, np.linspace(0.9, 0.1, len(ids)), np.zeros(len(ids)),
                           categories=["travel", "food", "outdoor", "food", "travel", "food"])
     ads = spark.createDataFrame([(a,) for a in ids], f"{S.AD_ID} string")
-    users = _cascade_users(spark, ad_texts, ids)
+    users = spark.createDataFrame(
+        [(f"u{i}", f"clicked: {ad_texts[i % 6]} {ad_texts[(i * 5) % 6]}", C.PERSONALIZED, [ids[i % 6]], {}, 0, None)
+         for i in range(12)],
+        f"{S.USER_ID} string, retrieval_text string, {S.STRATEGY} string, clicked_ad_ids array<string>, "
+        f"{features.CATEGORY_CLICKS} map<string,long>, {features.USER_CLICKS} long, "
+        "shown_categories map<string,bigint>")
     embedded = embed_users(users.coalesce(1), settings)
     per_task = embedded.rdd.mapPartitions(lambda rows: [sum(not r["embedding_reused"] for r in rows)]).collect()
     assert sum(per_task) == 12 and sum(n > 0 for n in per_task) == spark.sparkContext.defaultParallelism > 1

@@ -37,7 +37,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 import adrec_spark
@@ -150,11 +150,16 @@ def compare_snapshots(current: DataFrame, base: DataFrame, *, key: str) -> DataF
 AD_TEXT_HASH, HISTORY_TEXT_HASH = "ad_text_hash", "history_text_hash"
 
 
+def text_hash(text: str) -> Column:
+    """The SHA-256 of the column ``text`` (a null text hashed as the empty one, which is what the model reads for
+    it): how every reuse keys a text."""
+    return F.sha2(F.coalesce(F.col(text), F.lit("")), 256)
+
+
 def text_hashes(df: DataFrame, *, key: str, text: str, out: str) -> DataFrame:
-    """``(key, out)``: the SHA-256 of each row's ``text`` (a null text hashed as the empty one, which is what the
-    model reads for it)."""
+    """``(key, out)``: the :func:`text_hash` of each row's ``text``."""
     require_columns(df, (key, text), "text_hashes")
-    return df.select(key, F.sha2(F.coalesce(F.col(text), F.lit("")), 256).alias(out))
+    return df.select(key, text_hash(text).alias(out))
 
 
 def base_text_logits(base_scores: DataFrame, *, user_hashes: DataFrame, ad_hashes: DataFrame) -> DataFrame:

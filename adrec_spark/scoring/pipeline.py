@@ -278,7 +278,7 @@ def embed_users(users: DataFrame, settings: UdfSettings, *, base: DataFrame | No
     file, hence one task, and each user costs an encoder pass)."""
     require_columns(users, (S.USER_ID, S.STRATEGY, "retrieval_text"), "embed_users")
     spark = users.sparkSession
-    hashed = users.withColumn(inc.RETRIEVAL_TEXT_HASH, F.sha2(F.coalesce(F.col("retrieval_text"), F.lit("")), 256))
+    hashed = users.withColumn(inc.RETRIEVAL_TEXT_HASH, inc.text_hash("retrieval_text"))
     if base is None:
         hashed = hashed.withColumn("_base", F.lit(None).cast("array<float>"))
     else:
